@@ -1,0 +1,12 @@
+"""smsdd-jax: the SMSDD Siamese VGG16 defect detector in JAX/Flax.
+
+Module map (imports only point down):
+  main.py           flags -> train.train_and_evaluate
+  train.py          train state, jitted step, evaluation, the loop
+  input_pipeline.py tf.data pairs and eval batches over a TFDS dataset
+  datasets/         TFDS builders (synthetic_screens, ...)
+  models.py         VGG16 tower + 2-way classifier, pure forward()
+  losses.py         cross-entropy, contrastive and extra loss terms (registry)
+  checkpointing.py  Orbax save / restore / resume
+  roi.py            Hough-based screen finder and perspective rectification
+"""

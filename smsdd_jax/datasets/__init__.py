@@ -1,0 +1,1 @@
+"""TFDS builders. Importing a builder module registers it with tensorflow-datasets."""
