@@ -1,0 +1,1 @@
+"""Experiment configs: `default.py` declares every field; variants override."""

@@ -1,0 +1,8 @@
+"""SMSDD-E (the paper's Table 1): cross-entropy + 0.0001 x contrastive."""
+from configs import default
+
+
+def get_config(arg=None):
+  config = default.get_config(arg)
+  config.loss.beta = 0.0001
+  return config

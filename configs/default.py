@@ -1,0 +1,83 @@
+"""Every field of an SMSDD run, each with its default and why.
+
+Variants (beta_a.py ... beta_e.py) import this and override only beta. Every
+config file takes an optional argument after a colon:
+
+  --config=configs/beta_c.py          the paper's setting
+  --config=configs/beta_c.py:quick    same program, tiny width and data, runs
+                                      end to end in well under a minute on CPU
+"""
+import ml_collections
+
+QUICK = 'quick'
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds init, pair sampling, shuffling and dropout-free RNG.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'synthetic_screens'  # TFDS builder name.
+  config.data.builder_config = 'default'  # 1200 frames, 168 defective (paper's balance).
+  config.data.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets).
+  config.data.manual_dir = ''  # For builders that read a user's files; '' = none.
+  config.data.image_size = (110, 230)  # (height, width) of the screen ROI, as the paper.
+  config.data.train_split = 'train'
+  config.data.val_split = 'validation'
+  config.data.test_split = 'test'
+  config.data.defective_fraction = 0.5  # Share of defective images among sampled images.
+  config.data.cache = True  # Keep decoded examples in memory (the sets are small).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.width_mult = 1.0  # 1.0 = the paper's VGG16 (64..512 channels).
+  config.model.batch_norm = False  # False = the paper; True = the common VGG16-BN.
+  # Vector compared by the contrastive loss. The paper: flattened tower output
+  # (3x7x512 = 10752 ReLU dims, distances in the hundreds). '_l2' normalises it
+  # so distances lie in [0, 2] and margin=1 is meaningful (see docs in README).
+  config.model.embedding = 'flatten_l2'  # 'flatten' | 'flatten_l2' | 'gap' | 'gap_l2'
+  config.model.num_classes = 2  # 0 good, 1 defective.
+  config.model.dtype = 'float32'  # Compute dtype; params stay float32.
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.classification = 'cross_entropy'  # Term with weight 1 (eq. 3).
+  config.loss.pair = 'contrastive'  # Term with weight beta (eq. 4).
+  config.loss.beta = 0.01  # eq. 8; Table 1: A 0, B 0.1, C 0.01, D 0.001, E 0.0001.
+  config.loss.margin = 1.0  # Contrastive margin m, on the embedding's scale (paper: unstated).
+  config.loss.focal_gamma = 2.0  # Used by the 'focal' term only.
+  config.loss.cosine_margin = 0.5  # Used by the 'cosine_margin' term only.
+  config.loss.extra = ml_collections.ConfigDict()  # More terms: {'name': weight}.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.01  # Constant, "0.01 in all epochs" (paper).
+  config.optimizer.momentum = 0.9  # SGD momentum (paper: unstated).
+  config.optimizer.nesterov = False
+  # Global-norm gradient clipping (0 = off). Plain VGG16 from scratch at lr
+  # 0.01 and momentum 0.9 can blow up in its first steps; clipping at 1 keeps
+  # those steps bounded and is inactive once gradients are small.
+  config.optimizer.grad_clip_norm = 1.0
+
+  config.batch_size = 8  # Pairs per step (16 images through the tower).
+  config.num_epochs = 30  # An epoch = as many sampled images as the train split holds.
+  config.eval_batch_size = 32  # Single images per eval batch (last one padded + masked).
+  config.log_every_steps = 10  # Train metrics to terminal, metrics.jsonl, TensorBoard.
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 0  # 0 = at the end of every epoch.
+  config.checkpoint.max_to_keep = 3
+
+  if arg == QUICK:
+    apply_quick(config)
+  elif arg:
+    raise ValueError(f'unknown config argument {arg!r}: expected nothing or {QUICK!r}')
+  return config
+
+
+def apply_quick(config):
+  """big_vision's `runlocal` idea: the same program, small enough for a CPU."""
+  config.data.builder_config = 'small'
+  config.model.width_mult = 1 / 16
+  config.batch_size = 4
+  config.num_epochs = 2
+  config.eval_batch_size = 16
+  config.log_every_steps = 5
+  return config

@@ -1,0 +1,143 @@
+"""tf.data input: balanced training pairs and single-image eval batches.
+
+Data comes from a TFDS builder (`config.data.name`), whose examples carry an
+`image` (the rectified screen ROI, uint8 RGB) and a `label` (0 good,
+1 defective).
+
+Pair sampling rule (training). Two independent image streams A and B are
+drawn; each picks a defective image with probability
+`config.data.defective_fraction` (default 0.5) and otherwise a good one, each
+class cycling through its own seeded shuffle. Pair i is (A_i, B_i). With 0.5,
+every class makes half of the images the tower sees and same/different pairs
+come 1:1 (GG, GD, DG, DD each 1/4), so the rare defective class is never
+drowned. Drawing pairs uniformly from 168/1032 images would instead give ~76%
+same-class pairs, nearly all good-good.
+
+An epoch is `len(train split) // (2 * batch_size)` steps: as many images as
+the split holds. The stream is one seeded, deterministic sequence; resuming at
+step s skips its first s batches, so a resumed run sees the same data.
+
+TensorFlow here is only an input library: it is kept off any GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# Keep TF away from accelerators: JAX owns them (big_vision does the same).
+tf.config.set_visible_devices([], 'GPU')
+
+GOOD, DEFECTIVE = 0, 1
+
+
+def preprocess(image: tf.Tensor, image_size) -> tf.Tensor:
+  """uint8 RGB -> float32 in [-1, 1], resized to `image_size` if needed."""
+  image = tf.cast(image, tf.float32)
+  if tuple(image.shape[-3:-1]) != tuple(image_size):
+    image = tf.image.resize(image, image_size, antialias=True)
+  return image / 127.5 - 1.0
+
+
+def prepare(data_config) -> tfds.core.DatasetBuilder:
+  """Builds (once; TFDS caches it in data_dir) and returns the dataset builder."""
+  from smsdd_jax import datasets  # pylint: disable=import-outside-toplevel
+  datasets.register_all()
+  name = data_config.name
+  if data_config.builder_config:
+    name = f'{name}/{data_config.builder_config}'
+  try:
+    builder = tfds.builder(name, data_dir=data_config.data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f'config.data.name={data_config.name!r}: no such TFDS '
+                     f'dataset ({str(e).splitlines()[0]})') from None
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=data_config.manual_dir or None)
+  builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+  num_examples: int
+  num_good: int
+  num_defective: int
+
+
+def split_info(builder, split: str) -> SplitInfo:
+  """Example counts per class (one pass over the labels only)."""
+  ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  labels = np.fromiter((ex['label'] for ex in tfds.as_numpy(ds.map(
+      lambda ex: {'label': ex['label']}))), dtype=np.int64)
+  return SplitInfo(len(labels), int((labels == GOOD).sum()),
+                   int((labels == DEFECTIVE).sum()))
+
+
+def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
+  return max(1, num_train_examples // (2 * batch_size))
+
+
+def _images(builder, split, data_config, cache: bool) -> tf.data.Dataset:
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = ds.map(lambda ex: {'image': preprocess(ex['image'], data_config.image_size),
+                          'label': tf.cast(ex['label'], tf.int32)},
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.cache() if cache else ds
+
+
+def _class_stream(images: tf.data.Dataset, data_config, seed: int) -> tf.data.Dataset:
+  """Endless image stream: a defective image with prob defective_fraction."""
+  per_class = []
+  for offset, label in enumerate((GOOD, DEFECTIVE)):
+    ds = images.filter(lambda ex, label=label: ex['label'] == label)
+    ds = ds.shuffle(4096, seed=seed + offset, reshuffle_each_iteration=True).repeat()
+    per_class.append(ds)
+  f = float(data_config.defective_fraction)
+  return tf.data.Dataset.sample_from_datasets(per_class, weights=[1.0 - f, f],
+                                              seed=seed + 2)
+
+
+def train_pairs(builder, config, *, start_step: int = 0) -> Iterator[dict]:
+  """Endless numpy batches of pairs: image_a, image_b, label_a, label_b, same.
+
+  Deterministic for a given config.seed; starts at batch `start_step`.
+  """
+  data_config = config.data
+  if not 0.0 < data_config.defective_fraction < 1.0:
+    raise ValueError(f'config.data.defective_fraction={data_config.defective_fraction}:'
+                     ' must be in (0, 1)')
+  images = _images(builder, data_config.train_split, data_config, data_config.cache)
+  seed = int(config.seed) * 1000
+  a = _class_stream(images, data_config, seed)
+  b = _class_stream(images, data_config, seed + 10)
+  pairs = tf.data.Dataset.zip(a, b).map(
+      lambda x, y: {'image_a': x['image'], 'image_b': y['image'],
+                    'label_a': x['label'], 'label_b': y['label'],
+                    'same': tf.cast(tf.equal(x['label'], y['label']), tf.float32)},
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  pairs = pairs.batch(config.batch_size, drop_remainder=True)
+  pairs = pairs.skip(start_step).prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  return iter(tfds.as_numpy(pairs.with_options(options)))
+
+
+def eval_batches(builder, split: str, config) -> Iterator[dict]:
+  """Every example of `split` exactly once, in fixed order.
+
+  The last batch is padded to `config.eval_batch_size` (so the jitted eval
+  step sees one shape) and `mask` is 1.0 for real examples, 0.0 for padding.
+  """
+  size = config.eval_batch_size
+  ds = _images(builder, split, config.data, cache=False).batch(size)
+  for batch in tfds.as_numpy(ds.prefetch(2)):
+    n = len(batch['label'])
+    mask = np.zeros(size, np.float32)
+    mask[:n] = 1.0
+    if n < size:
+      batch = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+               for k, v in batch.items()}
+    yield {**batch, 'mask': mask}

@@ -1,0 +1,84 @@
+"""Train and evaluate SMSDD.
+
+  python -m smsdd_jax.main --config=configs/beta_c.py [--workdir=runs/beta_c]
+  python -m smsdd_jax.main --config=configs/beta_c.py:quick --config.loss.beta=0.05
+
+Thin on purpose (as the Flax examples' main.py): flags, device log, then
+`train.train_and_evaluate`. Run from the repository root, so that config
+files can import `configs.default`.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config file (path[:quick]).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory; default runs/<config file name>.')
+flags.mark_flags_as_required(['config'])
+
+
+def default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
+  suffix = config_path.split(':')[1] if ':' in config_path else ''
+  return os.path.join('runs', f'{name}_{suffix}' if suffix else name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Imported here so that `--help` and flag errors come fast, before TF/JAX load.
+  import jax  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import train  # pylint: disable=import-outside-toplevel
+  workdir = FLAGS.workdir or default_workdir(FLAGS['config'].config_filename)
+  logging.info('JAX %s: %d process(es), devices %s', jax.__version__,
+               jax.process_count(), jax.devices())
+  logging.info('workdir: %s', os.path.abspath(workdir))
+  try:
+    train.train_and_evaluate(FLAGS.config, workdir)
+  except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
+    # Bad input is a one-line message, not a traceback.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parser, with any failure (an unknown config key, a missing or
+  broken config file, a bad value) reduced to one line naming the culprit."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.lock()  # Config files load lazily: force it here, errors included.
+    return rest
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'error: {_one_line_reason(e, argv)}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line_reason(error: Exception, argv) -> str:
+  if isinstance(error, (AttributeError, KeyError)):
+    key = str(error).strip('"\' ')
+    for arg in argv[1:]:
+      path = arg.split('=')[0].lstrip('-')
+      if path.startswith('config.') and key in path.split('.'):
+        return f'unknown config key {path!r} (from {arg!r})'
+    return f'unknown config key {key!r}'
+  # Config-file errors embed a whole traceback: its last line is the reason.
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  reason = lines[-1] if lines else type(error).__name__
+  config_arg = next((a for a in argv[1:] if a.startswith('--config=')), '')
+  if 'config' in str(error).split('\n')[0] and config_arg and config_arg not in reason:
+    return f'{config_arg}: {reason}'
+  return reason
+
+
+def run():
+  logging.set_verbosity(logging.INFO)
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

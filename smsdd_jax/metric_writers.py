@@ -1,0 +1,43 @@
+"""Metrics to a JSON-lines file anyone can read, and to TensorBoard.
+
+`metrics.jsonl` gets one object per write: {"step": N, "train/loss": ...}.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import tensorflow as tf
+
+
+class MetricWriter:
+  """Appends scalars to `workdir/metrics.jsonl` and TensorBoard event files."""
+
+  def __init__(self, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    scalars = {k: float(v) for k, v in scalars.items()}
+    # JSON has no NaN/inf: write them as null so every line stays parseable.
+    record = {'step': int(step),
+              **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    with self._tb.as_default(step=int(step)):
+      for k, v in scalars.items():
+        tf.summary.scalar(k, v)
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of a run's metrics.jsonl, in order."""
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]

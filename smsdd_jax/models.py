@@ -1,0 +1,152 @@
+"""The SMSDD network: a VGG16 conv tower shared by both images of a pair.
+
+The paper's backbone is VGG16 without its fully connected layers (13 conv 3x3 +
+ReLU, 5 max-pools) followed by one Dense layer with two outputs. A Siamese pair
+is run as ONE concatenated batch through ONE tower, so the two branches share
+their weights by construction rather than by bookkeeping.
+
+Everything outside this file sees pure functions over pytrees:
+
+  model = models.create(config.model)
+  params, model_state = models.init(model, rng, image_shape=(110, 230, 3))
+  logits, out = models.forward(params, images, model=model)
+
+`out['embedding']` is the vector the contrastive loss compares.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# Channels per conv layer; 'M' is a 2x2 max-pool with stride 2 (VGG16, config D).
+VGG16_LAYERS: tuple[Any, ...] = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
+                                 512, 512, 512, 'M', 512, 512, 512, 'M')
+NUM_POOLS = sum(1 for v in VGG16_LAYERS if v == 'M')
+EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
+
+# Kaiming-normal with fan_out, as torchvision initialises VGG. It keeps the
+# ReLU activations' variance roughly constant through 13 layers, so the
+# flattened features start at O(1) instead of vanishing (Glorot) or growing.
+CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# A tiny classifier init starts the logits near zero (loss ~= ln 2): with
+# 10752 input features a default LeCun init gives logits of O(1) and large
+# first gradients, which with lr 0.01 and momentum 0.9 was what diverged.
+DENSE_INIT = nn.initializers.normal(stddev=0.01)
+
+
+def channels(width_mult: float) -> list[Any]:
+  """Layer plan with each conv's channel count scaled by `width_mult`."""
+  return [v if v == 'M' else max(1, int(v * width_mult)) for v in VGG16_LAYERS]
+
+
+def feature_shape(image_shape: Sequence[int], width_mult: float) -> tuple[int, int, int]:
+  """Shape (h, w, c) of the tower's last feature map; floor division per pool."""
+  h, w = image_shape[0], image_shape[1]
+  for _ in range(NUM_POOLS):
+    h, w = h // 2, w // 2
+  if h < 1 or w < 1:
+    raise ValueError(
+        f'image size {image_shape[:2]} is too small for VGG16: needs at least '
+        f'{2 ** NUM_POOLS}x{2 ** NUM_POOLS} for {NUM_POOLS} max-pools')
+  return h, w, channels(width_mult)[-2]
+
+
+class SiameseVGG16(nn.Module):
+  """VGG16 conv tower + Dense(num_classes). Returns (logits, out)."""
+  width_mult: float = 1.0
+  batch_norm: bool = False
+  num_classes: int = 2
+  embedding: str = 'flatten_l2'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False):
+    x = images.astype(self.dtype)
+    for v in channels(self.width_mult):
+      if v == 'M':
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        continue
+      x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
+                  kernel_init=CONV_INIT, dtype=self.dtype)(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         dtype=self.dtype)(x)
+      x = nn.relu(x)
+    features = x.reshape((x.shape[0], -1))
+    logits = nn.Dense(self.num_classes, kernel_init=DENSE_INIT,
+                      dtype=self.dtype)(features)
+    out = {'embedding': _embedding(x, self.embedding).astype(jnp.float32)}
+    return logits.astype(jnp.float32), out
+
+
+def _embedding(feature_map: jax.Array, kind: str) -> jax.Array:
+  """The vector the contrastive loss compares, from the last feature map."""
+  if kind.startswith('gap'):
+    emb = feature_map.mean(axis=(1, 2))
+  else:  # The paper's choice: the flattened tower output (3 x 7 x 512).
+    emb = feature_map.reshape((feature_map.shape[0], -1))
+  if kind.endswith('_l2'):
+    # L2-normalised so distances live in [0, 2] and a margin of O(1) bites;
+    # eps keeps the gradient finite for an all-zero (dead ReLU) feature map.
+    emb = emb * jax.lax.rsqrt(jnp.sum(emb.astype(jnp.float32) ** 2, -1,
+                                      keepdims=True) + 1e-12).astype(emb.dtype)
+  return emb
+
+
+def create(model_config: ml_collections.ConfigDict) -> SiameseVGG16:
+  """The Flax module described by `config.model`."""
+  if model_config.embedding not in EMBEDDINGS:
+    raise ValueError(f'config.model.embedding={model_config.embedding!r}: '
+                     f'expected one of {EMBEDDINGS}')
+  if model_config.width_mult <= 0:
+    raise ValueError(f'config.model.width_mult={model_config.width_mult}: must be > 0')
+  return SiameseVGG16(width_mult=model_config.width_mult,
+                      batch_norm=model_config.batch_norm,
+                      num_classes=model_config.num_classes,
+                      embedding=model_config.embedding,
+                      dtype=jnp.dtype(model_config.dtype))
+
+
+def init(model: SiameseVGG16, rng: jax.Array, image_shape: Sequence[int]):
+  """Returns (params, model_state); model_state holds BatchNorm statistics."""
+  feature_shape(image_shape, model.width_mult)  # Fail early on a too-small image.
+  variables = jax.jit(model.init)(rng, jnp.zeros((1, *image_shape), jnp.float32))
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  return params, model_state
+
+
+def forward(params, images: jax.Array, *, model: SiameseVGG16, model_state=None,
+            train: bool = False):
+  """Pure forward pass: (logits, out). In training with BatchNorm,
+  `out['model_state']` carries the updated statistics."""
+  variables = {'params': params, **(model_state or {})}
+  if train and model.batch_norm:
+    (logits, out), new_state = model.apply(variables, images, train=True,
+                                           mutable=['batch_stats'])
+    return logits, {**out, 'model_state': new_state}
+  logits, out = model.apply(variables, images, train=train)
+  return logits, {**out, 'model_state': model_state or {}}
+
+
+def siamese_forward(params, images_a: jax.Array, images_b: jax.Array, *,
+                    model: SiameseVGG16, model_state=None, train: bool = False):
+  """Both images of every pair through the one tower as a single batch.
+
+  Returns (logits, out): logits is (2N, classes) with the a-images first;
+  out has 'emb_a', 'emb_b' (N, d) and 'model_state'.
+  """
+  n = images_a.shape[0]
+  logits, out = forward(params, jnp.concatenate([images_a, images_b]),
+                        model=model, model_state=model_state, train=train)
+  emb = out['embedding']
+  return logits, {'emb_a': emb[:n], 'emb_b': emb[n:],
+                  'model_state': out['model_state']}
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))
