@@ -7,6 +7,7 @@ Thin on purpose (as the Flax examples' main.py): flags, device log, then
 `train.train_and_evaluate`. Run from the repository root, so that config
 files can import `configs.default`.
 """
+import logging as pylogging
 import os
 import sys
 
@@ -35,9 +36,10 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   from smsdd_jax import train  # pylint: disable=import-outside-toplevel
   workdir = FLAGS.workdir or default_workdir(FLAGS['config'].config_filename)
-  logging.info('JAX %s: %d process(es), devices %s', jax.__version__,
+  log = pylogging.getLogger('smsdd_jax')
+  log.info('JAX %s: %d process(es), devices %s', jax.__version__,
                jax.process_count(), jax.devices())
-  logging.info('workdir: %s', os.path.abspath(workdir))
+  log.info('workdir: %s', os.path.abspath(workdir))
   try:
     train.train_and_evaluate(FLAGS.config, workdir)
   except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
@@ -75,8 +77,19 @@ def _one_line_reason(error: Exception, argv) -> str:
   return reason
 
 
+def _setup_logging() -> None:
+  """Our progress lines at INFO; other libraries' absl INFO hidden."""
+  logging.set_verbosity(logging.WARNING)
+  handler = pylogging.StreamHandler(sys.stdout)
+  handler.setFormatter(pylogging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+  logger = pylogging.getLogger('smsdd_jax')
+  logger.addHandler(handler)
+  logger.setLevel(pylogging.INFO)
+  logger.propagate = False
+
+
 def run():
-  logging.set_verbosity(logging.INFO)
+  _setup_logging()
   app.run(main, flags_parser=parse_flags)
 
 

@@ -10,6 +10,14 @@ import os
 from typing import Mapping
 
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+# tf.summary.scalar lives in the `tensorboard` package, which tensorflow-cpu
+# does not install. The low-level tf.summary.write with the scalars plugin's
+# metadata writes the identical event, so TensorBoard reads it as a scalar.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'),
+    data_class=summary_pb2.DATA_CLASS_SCALAR)
 
 
 class MetricWriter:
@@ -29,7 +37,7 @@ class MetricWriter:
     self._jsonl.flush()
     with self._tb.as_default(step=int(step)):
       for k, v in scalars.items():
-        tf.summary.scalar(k, v)
+        tf.summary.write(k, tf.constant(v, tf.float32), metadata=_SCALAR_METADATA)
     self._tb.flush()
 
   def close(self) -> None:
@@ -41,3 +49,14 @@ def read_metrics(workdir: str) -> list[dict]:
   """All records of a run's metrics.jsonl, in order."""
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def read_tensorboard_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
+  """Scalars from a run's TensorBoard event files: {tag: [(step, value)]}."""
+  out: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, 'tensorboard', 'events.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append(
+            (event.step, float(tf.make_ndarray(value.tensor))))
+  return out

@@ -18,8 +18,7 @@ import time
 from importlib import metadata
 from typing import Any, Iterator
 
-from absl import logging
-import chex
+import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,11 @@ from smsdd_jax import input_pipeline
 from smsdd_jax import losses
 from smsdd_jax import metric_writers
 from smsdd_jax import models
+
+
+# The package's own logger: main.py shows it at INFO while third-party absl
+# INFO chatter (Orbax logs every save in detail) stays hidden.
+logging = logging.getLogger('smsdd_jax')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -114,8 +118,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss_config):
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, **terms,
              'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
-             'l2_grads': optax.global_norm(grads),
-             'l2_params': optax.global_norm(params),
+             'l2_grads': optax.tree.norm(grads),
+             'l2_params': optax.tree.norm(params),
              **_pair_distances(out['emb_a'], out['emb_b'], batch['same'])}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=out['model_state'])
@@ -131,11 +135,27 @@ def _pair_distances(emb_a, emb_b, same) -> dict:
                                 jnp.maximum(jnp.sum(1 - same), 1.0)}
 
 
-def make_train_step(model, tx, loss_config):
-  """The jitted step. It donates the state and must compile exactly once:
-  chex raises if a changed shape, dtype or weak type forces a retrace."""
-  step = functools.partial(train_step, model=model, tx=tx, loss_config=loss_config)
-  return jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
+class RetraceError(RuntimeError):
+  """The train step was traced (so compiled) more than once."""
+
+
+def make_train_step(model, tx, loss_config, *, max_traces: int = 1):
+  """The jitted step. It donates the state and must compile exactly once: a
+  changed shape, dtype or weak type that forces a retrace (and a multi-second
+  recompile, silently, every time) raises RetraceError instead."""
+  traces = 0
+
+  def step(state, batch):
+    nonlocal traces
+    traces += 1  # Runs only while tracing, never per executed step.
+    if traces > max_traces:
+      raise RetraceError(
+          f'train step traced {traces} times (max {max_traces}): the inputs '
+          f'changed shape or dtype; batch shapes: '
+          f'{jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), batch)}')
+    return train_step(state, batch, model=model, tx=tx, loss_config=loss_config)
+
+  return jax.jit(step, donate_argnums=0)
 
 
 def eval_step(params, model_state, batch, *, model):

@@ -2,9 +2,20 @@
 import os
 import pathlib
 
+import jax
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+  """Identical programs (the same tiny step compiled by several tests) are
+  compiled once per test session, through JAX's persistent cache."""
+  cache = config.cache.mkdir('jax_compilation_cache') if config.cache else None
+  if cache is not None:
+    jax.config.update('jax_compilation_cache_dir', str(cache))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
 
 
 @pytest.fixture(scope='session')
@@ -15,3 +26,24 @@ def shared_data() -> pathlib.Path:
   if not root.is_dir():
     pytest.skip(f'shared real data not found at {root}')
   return root
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding the built `synthetic_screens/small` (built once)."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path_factory.mktemp('tfds'))
+  config = default.get_config('quick')
+  config.data.data_dir = path
+  input_pipeline.prepare(config.data)
+  return path
+
+
+@pytest.fixture
+def quick_config(data_dir):
+  """The quick config reading the session's built dataset."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  config = default.get_config('quick')
+  config.data.data_dir = data_dir
+  return config

@@ -9,9 +9,10 @@ Two layers live here:
   (white bezel around a black display), faint reflections on the glass, a
   lighting gradient, sensor noise and a mild blur; defective frames carry a
   scratch, spots, a stain or an oil drop on the glass. Frame i depends only on
-  (seed, i): the scene and the defect use two separate random streams, so the
+  (seed, i): the scene and the defect use separate random streams, so the
   same index rendered with `defective=False` is the same frame without the
-  defect, pixel for pixel.
+  defect, pixel for pixel, and the same index rendered at another frame_size
+  shows the same phone in the same pose (scaled).
 
 * `SyntheticScreens`, a `tfds.core.GeneratorBasedBuilder` (TFDS name
   `synthetic_screens`) that renders the frames at build time and applies the
@@ -76,12 +77,16 @@ class Frame:
   phone: str
 
 
-def _rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-  """Scene and defect streams, each a function of (seed, index) only."""
+def _rngs(seed: int, index: int):
+  """Scene, defect and texture streams, each a function of (seed, index) only.
+
+  The scene and defect streams draw a fixed number of values whatever the
+  frame size, so a frame shows the same phone, pose and defect (scaled) at
+  every frame_size; the texture stream draws size-dependent noise.
+  """
   if seed < 0 or index < 0:
     raise ValueError(f'seed and index must be >= 0, got {seed}, {index}')
-  return (np.random.default_rng([int(seed), int(index), 0]),
-          np.random.default_rng([int(seed), int(index), 1]))
+  return tuple(np.random.default_rng([int(seed), int(index), k]) for k in range(3))
 
 
 @functools.lru_cache(maxsize=4)
@@ -199,10 +204,10 @@ def _place_phone(rng, height, width) -> _Phone:
   centred = local - [length / 2, pw / 2]
   img = centred @ np.array([[c, s], [-s, c]])
   # Perspective skew: a keystone along one axis plus small per-corner jitter.
-  key = rng.uniform(-0.012, 0.012) * length
+  key = rng.uniform(-0.008, 0.008) * length
   img += np.array([[key, 0], [-key, 0], [0, 0], [0, 0]]) if rng.random() < 0.5 else \
       np.array([[0, key], [0, 0], [0, 0], [0, -key]])
-  img += rng.uniform(-0.005, 0.005, size=(4, 2)) * width
+  img += rng.uniform(-0.003, 0.003, size=(4, 2)) * width
   # Position: anywhere the phone fits with a margin.
   margin = 0.02 * width
   lo, hi = img.min(0), img.max(0)
@@ -245,7 +250,6 @@ def _draw_phone(img, rng, ph: _Phone, scale: float) -> np.ndarray:
     _fill(img, _map(ph.hom, _rounded_rect(x0, y0, x1, y1, P * 0.04)),
           (g + 2 - d, g + 1 - d, g - d))
     # Front camera (and sometimes a second sensor) near one end, outside the display.
-    cam_x = 0.5 * x0 if end == 1 else L - 0.5 * x0
     rad = max(2.0, rng.uniform(0.012, 0.018) * P)
     for k, dy in enumerate((0.0, 3.2 * rad) if rng.random() < 0.5 else (0.0,)):
       c = _map(ph.hom, [[cam_x, 0.5 * P + dy * (-1) ** k]])[0]
@@ -266,7 +270,7 @@ def _draw_phone(img, rng, ph: _Phone, scale: float) -> np.ndarray:
         _polyline(img, _map(ph.hom, np.stack([xs, np.full_like(xs, yy)], 1)),
                   (bright + 20, bright + 5, bright), max(1.0, 1.6 * scale))
   else:
-    w = rng.uniform(200, 228)
+    w = rng.uniform(212, 245)
     tint = rng.uniform(-4, 4)
     edge = w - rng.uniform(25, 45)
     _fill(img, _map(ph.hom, outline), (edge + 4, edge + 2, edge))
@@ -277,15 +281,16 @@ def _draw_phone(img, rng, ph: _Phone, scale: float) -> np.ndarray:
     disp = _rounded_rect(x0, y0, x1, y1, 1.5 * scale)
     _fill(img, _map(ph.hom, disp), (g + 2, g + 1, g))
     cv2.fillPoly(glass_mask, [_fixed(_map(ph.hom, disp))], 255, cv2.LINE_8, _SHIFT)
-    dark = (w * 0.35, w * 0.35, w * 0.33)
+    dv = rng.uniform(22, 45)
+    dark = (dv + 10, dv, dv - 4)  # Speaker slot and camera: near-black, bluish.
     # Speaker slot with the camera beside it on the camera end.
-    sw, sh = max(2.0, 0.012 * L), 0.18 * P
+    sw, sh = max(2.0, rng.uniform(0.005, 0.008) * L), 0.18 * P
     _fill(img, _map(ph.hom, _rounded_rect(cam_x - sw / 2, 0.5 * P - sh / 2,
                                           cam_x + sw / 2, 0.5 * P + sh / 2, sw / 2)),
           dark)
     for dy in (-0.22 * P, 0.2 * P) if rng.random() < 0.6 else (-0.22 * P,):
       c = _map(ph.hom, [[cam_x, 0.5 * P + dy]])[0]
-      cv2.circle(img, tuple(_fixed(c)), int(max(2.0, 0.02 * P) * (1 << _SHIFT)),
+      cv2.circle(img, tuple(_fixed(c)), int(max(2.0, 0.017 * P) * (1 << _SHIFT)),
                  _color(dark), -1, cv2.LINE_AA, _SHIFT)
     style = rng.integers(3)
     if style == 0:  # Oval home button.
@@ -301,18 +306,18 @@ def _draw_phone(img, rng, ph: _Phone, scale: float) -> np.ndarray:
   return glass_mask
 
 
-def _glass_shading(rng, ph: _Phone, height, width, h8, w8) -> np.ndarray:
+def _glass_shading(rng, h8, w8) -> np.ndarray:
   """Low-res additive glass shading: gradient, camera-rig reflection, sheen."""
   yy, xx = np.mgrid[0:h8, 0:w8].astype(np.float32)
   xx /= w8
   yy /= h8
   a = rng.uniform(0, 2 * np.pi)
   grad = np.cos(a) * xx + np.sin(a) * yy
-  f = rng.uniform(2, 7) + rng.uniform(0, 6) * (grad - grad.min())
+  f = rng.uniform(1, 5) + rng.uniform(0, 5) * (grad - grad.min())
   # Reflection of the camera rig above the phone: a soft rectangle and a bar.
   cx, cy = rng.uniform(0.44, 0.56), rng.uniform(0.33, 0.5)
   rw, rh = rng.uniform(0.08, 0.12), rng.uniform(0.18, 0.26)
-  lift = rng.uniform(2, 7)
+  lift = rng.uniform(2, 5)
   box = (np.abs(xx - cx) < rw / 2) & (np.abs(yy - cy) < rh / 2)
   bar = (np.abs(xx - cx) < rw / 8) & (yy < cy) & (yy > cy - rh * 1.2)
   f += lift * (box | bar)
@@ -371,7 +376,7 @@ def _draw_scratch(img, rng, ph: _Phone, k: float):
 def _draw_spot(img, rng, ph: _Phone, k: float):
   n = rng.choice([1, 1, 2, 3])
   for _ in range(n):
-    r = rng.uniform(0.8, 1.6) * k
+    r = rng.uniform(1.0, 1.7) * k
     cx, cy = _defect_anchor(rng, ph, 2 * r)
     c = _map(ph.hom, [[cx, cy]])[0]
     cfix = tuple(_fixed(c))
@@ -382,7 +387,7 @@ def _draw_spot(img, rng, ph: _Phone, k: float):
       cv2.circle(img, cfix, rr, _color((v, v, v * 0.97)), -1, cv2.LINE_AA, _SHIFT)
     else:  # Dark particle: grey-brown crud with a lighter rim.
       v = rng.uniform(55, 90)
-      cv2.circle(img, cfix, int(rr * 1.25), _color(v * 1.8), -1, cv2.LINE_AA, _SHIFT)
+      cv2.circle(img, cfix, int(rr * 1.3), _color(v * 2.2), -1, cv2.LINE_AA, _SHIFT)
       cv2.circle(img, cfix, rr, _color((v * 0.8, v * 0.9, v)), -1, cv2.LINE_AA, _SHIFT)
 
 
@@ -424,7 +429,7 @@ def _draw_stain(img, rng, ph: _Phone, k: float):
 
 
 def _draw_oil(img, rng, ph: _Phone, k: float):
-  r = rng.uniform(3.5, 9.0) * k
+  r = rng.uniform(4.0, 9.0) * k
   cx, cy = _defect_anchor(rng, ph, 1.6 * r)
   local = _blob(rng, cx, cy, r, wobble=rng.uniform(0.3, 1.0), aspect=rng.uniform(1.0, 1.7))
   pts = _map(ph.hom, local)
@@ -472,7 +477,7 @@ def render_frame(index: int, *, seed: int = 0, frame_size: Sequence[int] = (1080
   height, width = (int(v) for v in frame_size)
   if height < 64 or width < 64:
     raise ValueError(f'frame_size too small: {frame_size}')
-  scene, drng = _rngs(seed, index)
+  scene, drng, texture = _rngs(seed, index)
   if defective:
     if defect_type is None:
       defect_type = DEFECT_KINDS[int(drng.integers(len(DEFECT_KINDS)))]
@@ -489,7 +494,7 @@ def render_frame(index: int, *, seed: int = 0, frame_size: Sequence[int] = (1080
   yy, xx = np.mgrid[0:h8, 0:w8].astype(np.float32)
   level = scene.uniform(56, 80)
   grad = (scene.uniform(-6, 6) * (xx / w8 - 0.5) + scene.uniform(-6, 6) * (yy / h8 - 0.5))
-  mott = 1.6 * _lowres_field(scene, h8, w8, sigma=scene.uniform(2, 5))
+  mott = 1.1 * _lowres_field(texture, h8, w8, sigma=scene.uniform(2, 5))
   base = level + grad + mott
   tint = (scene.uniform(-1.5, 1.0), scene.uniform(0.5, 2.0), scene.uniform(-3.5, -0.5))
   mat = cv2.merge([base + t for t in tint]).clip(0, 255).astype(np.uint8)
@@ -500,7 +505,7 @@ def render_frame(index: int, *, seed: int = 0, frame_size: Sequence[int] = (1080
   # Phone, glass shading.
   phone = _place_phone(scene, height, width)
   glass = _draw_phone(img, scene, phone, scale)
-  shade = _upscale(_glass_shading(scene, phone, height, width, h8, w8), width, height)
+  shade = _upscale(_glass_shading(scene, h8, w8), width, height)
   cv2.add(img, shade, dst=img, mask=glass)
 
   # Lighting gain for the whole scene (gradient and vignette), drawn now so
@@ -609,10 +614,12 @@ def write_sample_frames(out_dir: str, n: int, *, seed: int = 0,
                         defective_fraction: float = 0.5) -> list[str]:
   """Writes n raw frames as JPEG files into out_dir/good/ and out_dir/defective/.
 
-  Frames i = 0 .. n-1 of set `seed`; the first round(n * defective_fraction)
-  by frame_plan order are not chosen by position but by frame_plan(n, ...), so
-  the defect types rotate over the four kinds. Files are named
-  `good_0003.jpg` / `<defect>_0007.jpg`. Returns the paths written.
+  The files are frames 0 .. n-1 of set `seed` (the same pixels as
+  render_frame gives, up to JPEG quality 92); which of them are defective, and
+  with which defect, follows frame_plan(n, round(n * defective_fraction), seed),
+  so the defect types rotate over the four kinds. Files are named
+  `good_0003.jpg` / `<defect_type>_0007.jpg`. Returns the paths written, in
+  frame order.
   """
   plan = frame_plan(n, int(round(n * defective_fraction)), seed)
   paths = []
@@ -627,3 +634,119 @@ def write_sample_frames(out_dir: str, n: int, *, seed: int = 0,
       raise OSError(f'could not write {path}')
     paths.append(path)
   return paths
+
+
+# --------------------------------------------------------------------------
+# TFDS builder.
+
+DESCRIPTION = """\
+Synthetic raw camera frames of mobile-phone screens, in the spirit of the
+SMSDD paper's data (a phone lying landscape on a dark-grey mat, black or white
+phones, faint reflections on the glass; defects: scratches, spots, stains, oil
+drops). Every frame is rendered deterministically from (seed, frame index) at
+build time and put through the paper's preprocessing: `smsdd_jax.roi.
+find_screen` locates the screen's four corners (Hough lines) and
+`smsdd_jax.roi.rectify` warps it to a 110 x 230 ROI, stored as RGB.
+
+Features: `image` the ROI; `label` good/defective; `defect_type`;
+`corners_true` the true outline of the phone's front face in the frame (x, y;
+tl, tr, br, bl); `corners_found` what find_screen returned; `roi_iou` the IoU of
+the two quadrilaterals; `phone` 'black' or 'white'; `frame_id` the frame index.
+Splits train/validation/test are 80/10/10, stratified by label. Frames where
+find_screen fails are skipped and counted in the metadata (`skipped`).
+Nothing is downloaded.
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticScreensConfig(tfds.core.BuilderConfig):
+  """What to render: how many frames, how many defective, their size, the seed."""
+  num_frames: int = 1200
+  num_defective: int = 168
+  frame_size: tuple[int, int] = (1080, 1920)  # (height, width)
+  seed: int = 0
+
+
+class SyntheticScreens(tfds.core.GeneratorBasedBuilder):
+  """Synthetic phone-screen frames, screen-found and rectified to 110 x 230."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      SyntheticScreensConfig(
+          name='default',
+          description='1200 frames of 1920x1080, 168 defective (the paper\'s '
+                      'balance), seed 0.',
+          num_frames=1200, num_defective=168, frame_size=(1080, 1920), seed=0),
+      SyntheticScreensConfig(
+          name='small',
+          description='160 frames of 960x540, 40 defective, seed 0: for quick '
+                      'runs and tests.',
+          num_frames=160, num_defective=40, frame_size=(540, 960), seed=0),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = 'default'
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    # Frames find_screen failed on, per split: [frame index, reason]. Filled
+    # while generating; also saved as info.metadata['skipped'].
+    self.skipped: dict[str, list] = {}
+
+  @property
+  def num_skipped(self) -> int:
+    return sum(len(v) for v in self.skipped.values())
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=DESCRIPTION,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(*ROI_SIZE, 3)),
+            'label': tfds.features.ClassLabel(names=list(LABEL_NAMES)),
+            'defect_type': tfds.features.ClassLabel(names=list(DEFECT_TYPES)),
+            'corners_true': tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
+            'corners_found': tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
+            'roi_iou': tfds.features.Scalar(dtype=np.float32),
+            'phone': tfds.features.Text(),
+            'frame_id': tfds.features.Scalar(dtype=np.int32),
+        }),
+        supervised_keys=None,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing is downloaded.
+    cfg = self.builder_config
+    plan = frame_plan(cfg.num_frames, cfg.num_defective, cfg.seed)
+    splits = stratified_split([int(d) for _, d, _ in plan], seed=cfg.seed)
+    self.skipped = {}
+    self.info.metadata['skipped'] = {}
+    return {name: self._generate_examples(
+        [p for p, s in zip(plan, splits) if s == name], name) for name in SPLIT_NAMES}
+
+  def _generate_examples(self, items, split):
+    from smsdd_jax import roi  # pylint: disable=import-outside-toplevel
+    cfg = self.builder_config
+    skipped = self.skipped.setdefault(split, [])
+    self.info.metadata['skipped'][split] = skipped
+    for index, defective, dtype in items:
+      frame = render_frame(index, seed=cfg.seed, frame_size=cfg.frame_size,
+                           defective=defective, defect_type=dtype if defective else None)
+      try:
+        found = np.asarray(roi.find_screen(frame.image), np.float32).reshape(4, 2)
+      except roi.ScreenNotFoundError as e:
+        log.warning('synthetic_screens/%s: frame %d skipped (%s split): %s',
+                    cfg.name, index, split, e)
+        skipped.append([int(index), str(e)])
+        continue
+      roi_bgr = roi.rectify(frame.image, found, size=ROI_SIZE)
+      yield int(index), {
+          'image': cv2.cvtColor(roi_bgr, cv2.COLOR_BGR2RGB),
+          'label': frame.label,
+          'defect_type': frame.defect_type,
+          'corners_true': frame.corners.astype(np.float32),
+          'corners_found': found,
+          'roi_iou': np.float32(quad_iou(found, frame.corners)),
+          'phone': frame.phone,
+          'frame_id': np.int32(index),
+      }

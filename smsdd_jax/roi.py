@@ -1,0 +1,931 @@
+"""Find the phone's front face in a camera frame and rectify it (paper, sec. 3.1).
+
+The paper finds the screen with the Hough transform and warps it to 110 x 230.
+This module keeps that core and makes it robust on the real frames (black
+phones on a dark grey textured mat, white phones with a white bezel,
+reflections, oil drops):
+
+  1. Downscale to a working width (`WORK_WIDTH`), grayscale, Gaussian blur.
+  2. Canny with thresholds adaptive to the image: the mat texture's gradient
+     level, read on the frame's border ring, sets them.
+  3. `cv2.HoughLinesP`; segments split into near-horizontal and near-vertical
+     families (the phone lies landscape, rotated by a few degrees at most).
+  4. Each family is clustered by offset. A cluster is a candidate side when
+     the band just outside it looks like the mat (the border ring's gray
+     level) and the band just inside does not; that band test also tells a
+     top side from a bottom one. Each side is the OUTERMOST candidate with
+     enough length, so a white bezel stays inside the outline and the
+     screen's inner edge is never taken for a side.
+  5. Each side line is refit to the Canny pixels along its straight part, the
+     four lines are intersected (rounded phone corners: the corner of the
+     fitted lines, not the rounding), scaled back to full resolution and
+     sanity-checked (convex, near-right angles, aspect, area, inside frame).
+
+Only where that fails, a fallback ('contour') segments "not mat" pixels,
+takes the largest region and fits its four sides the same way. `info.method`
+says which served a frame.
+
+Corners are float32 (x, y) in full-resolution pixel coordinates (pixel
+centres at integers), ordered tl, tr, br, bl.
+
+CLI (contact sheet for eyeballing):
+  python -m smsdd_jax.roi --input=DIR --sheet=out.png
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import pathlib
+import sys
+import time
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+ROI_SIZE = (110, 230)          # (height, width), the paper's input size.
+MIN_SIZE = (160, 90)           # (width, height) below which we refuse.
+WORK_WIDTH = 960               # working width for detection (px).
+MIN_AREA_FRACTION = 0.05       # the phone covers at least this much frame.
+MAX_AREA_FRACTION = 0.995
+ASPECT_RANGE = (1.25, 3.2)     # long / short side of the outline.
+MAX_CORNER_DEVIATION = 20.0    # degrees from 90 at each corner.
+BORDER_TOLERANCE = 0.01        # corners may lie this far (x dim) outside.
+
+
+class ScreenNotFoundError(ValueError):
+  """No phone outline in the frame; the message says why, in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScreenInfo:
+  """How a frame was served, with simple diagnostics.
+
+  method: 'hough' (the paper's Hough core) or 'contour' (the fallback).
+  hough_failure: why Hough was not used ('' when it was).
+  scale: working resolution / full resolution.
+  area_fraction: outline area / frame area.
+  aspect: mean long side / mean short side of the outline.
+  max_corner_deviation: worst |corner angle - 90| of the outline, degrees.
+  segments: Hough segments found (near-horizontal + near-vertical).
+  canny_thresholds: (low, high) used.
+  frame_edge_sides: sides placed on the frame's edge because the phone ends
+    right there (its rounded corners in view), e.g. ('right',).
+  """
+  method: str
+  hough_failure: str
+  scale: float
+  area_fraction: float
+  aspect: float
+  max_corner_deviation: float
+  segments: int
+  canny_thresholds: tuple[float, float]
+  frame_edge_sides: tuple[str, ...]
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------
+# Small geometry helpers.
+
+
+def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
+  """Intersection over union of two convex polygons given as (N, 2) points."""
+  a = cv2.convexHull(np.asarray(a, np.float32).reshape(-1, 1, 2))
+  b = cv2.convexHull(np.asarray(b, np.float32).reshape(-1, 1, 2))
+  area_a = float(cv2.contourArea(a))
+  area_b = float(cv2.contourArea(b))
+  inter, _ = cv2.intersectConvexConvex(a, b)
+  union = area_a + area_b - float(inter)
+  return float(inter) / union if union > 0 else 0.0
+
+
+def order_corners(points: np.ndarray) -> np.ndarray:
+  """Orders 4 (x, y) points tl, tr, br, bl (clockwise on screen from tl)."""
+  pts = np.asarray(points, np.float32).reshape(4, 2)
+  c = pts.mean(axis=0)
+  ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])  # y down: clockwise.
+  pts = pts[np.argsort(ang)]
+  # Start at the point nearest the top-left direction.
+  start = int(np.argmin(pts[:, 0] + pts[:, 1] - (c[0] + c[1])))
+  return np.roll(pts, -start, axis=0)
+
+
+def _intersect(l1: np.ndarray, l2: np.ndarray) -> np.ndarray:
+  """Intersection of two lines given as (nx, ny, c) with nx x + ny y = c."""
+  a = np.array([[l1[0], l1[1]], [l2[0], l2[1]]], np.float64)
+  det = np.linalg.det(a)
+  if abs(det) < 1e-9:
+    raise ScreenNotFoundError('two opposite-family sides are parallel')
+  return np.linalg.solve(a, np.array([l1[2], l2[2]], np.float64))
+
+
+def _line_from_points(pts: np.ndarray) -> np.ndarray:
+  """Robust line fit (Huber) to (N, 2) points -> (nx, ny, c)."""
+  vx, vy, x0, y0 = cv2.fitLine(pts.astype(np.float32).reshape(-1, 1, 2),
+                               cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+  n = np.array([-vy, vx], np.float64)
+  return np.array([n[0], n[1], n[0] * x0 + n[1] * y0], np.float64)
+
+
+def _quad_stats(q: np.ndarray) -> tuple[float, float]:
+  """(aspect, worst corner deviation from 90 degrees) of an ordered quad."""
+  sides = np.linalg.norm(q - np.roll(q, -1, axis=0), axis=1)  # t, r, b, l
+  horiz = 0.5 * (sides[0] + sides[2])
+  vert = 0.5 * (sides[1] + sides[3])
+  aspect = max(horiz, vert) / max(min(horiz, vert), 1e-6)
+  dev = 0.0
+  for i in range(4):
+    u = q[i - 1] - q[i]
+    v = q[(i + 1) % 4] - q[i]
+    cosang = np.dot(u, v) / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-9)
+    dev = max(dev, abs(np.degrees(np.arccos(np.clip(cosang, -1, 1))) - 90.0))
+  return float(aspect), float(dev)
+
+
+def _check_quad(q: np.ndarray, w: int, h: int) -> tuple[float, float, float]:
+  """Raises ScreenNotFoundError unless q (full-res, ordered) is phone-like."""
+  if not np.all(np.isfinite(q)):
+    raise ScreenNotFoundError('side lines do not intersect inside the frame')
+  if not cv2.isContourConvex(q.reshape(-1, 1, 2).astype(np.float32)):
+    raise ScreenNotFoundError('outline is not convex')
+  tol = BORDER_TOLERANCE * max(w, h)
+  if (q[:, 0].min() < -tol or q[:, 1].min() < -tol or
+      q[:, 0].max() > w - 1 + tol or q[:, 1].max() > h - 1 + tol):
+    raise ScreenNotFoundError(
+        'outline touches the image border: phone is cut off')
+  area = float(cv2.contourArea(q.reshape(-1, 1, 2).astype(np.float32)))
+  frac = area / float(w * h)
+  if frac < MIN_AREA_FRACTION:
+    raise ScreenNotFoundError(
+        f'outline too small: {frac:.1%} of the frame < '
+        f'{MIN_AREA_FRACTION:.0%}')
+  if frac > MAX_AREA_FRACTION:
+    raise ScreenNotFoundError('outline fills the whole frame')
+  aspect, dev = _quad_stats(q)
+  if not ASPECT_RANGE[0] <= aspect <= ASPECT_RANGE[1]:
+    raise ScreenNotFoundError(
+        f'outline aspect {aspect:.2f} outside {ASPECT_RANGE[0]}-'
+        f'{ASPECT_RANGE[1]}')
+  if dev > MAX_CORNER_DEVIATION:
+    raise ScreenNotFoundError(
+        f'outline corner angle off by {dev:.0f} deg from 90')
+  return frac, aspect, dev
+
+
+# --------------------------------------------------------------------------
+# Input checks and the working image.
+
+
+def _validate(image: np.ndarray) -> np.ndarray:
+  if not isinstance(image, np.ndarray):
+    raise ScreenNotFoundError(
+        f'expected a numpy BGR image, got {type(image).__name__}')
+  if image.ndim != 3 or image.shape[2] != 3:
+    raise ScreenNotFoundError(
+        f'expected a 3-channel BGR image, got shape {tuple(image.shape)}')
+  h, w = image.shape[:2]
+  if w < MIN_SIZE[0] or h < MIN_SIZE[1]:
+    raise ScreenNotFoundError(
+        f'image too small: {w}x{h} < {MIN_SIZE[0]}x{MIN_SIZE[1]} minimum')
+  if image.dtype != np.uint8:
+    raise ScreenNotFoundError(f'expected a uint8 image, got {image.dtype}')
+  return image
+
+
+@dataclasses.dataclass
+class _Work:
+  """The downscaled frame and what both detectors share.
+
+  The mat is read on the frame's border ring, where (almost) only mat is
+  seen. Its lighting is uneven (on the real frames it reads ~100 at the top
+  and ~45 in a dark corner), so the mat level is kept per position along each
+  border: `profiles['top'][x]`, `['bottom'][x]`, `['left'][y]`,
+  `['right'][y]`; a side is compared with the border beyond it.
+  """
+  gray: np.ndarray        # gray, uint8, working size.
+  blur: np.ndarray        # blurred gray, uint8, working size.
+  scale: float            # working / full.
+  profiles: dict          # border name -> float32 mat level along it.
+
+  def mat_image(self) -> np.ndarray:
+    """Mat level everywhere: Coons-patch blend of the four border profiles."""
+    h, w = self.blur.shape
+    t, b = self.profiles['top'][None, :], self.profiles['bottom'][None, :]
+    l, r = self.profiles['left'][:, None], self.profiles['right'][:, None]
+    u = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
+    v = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
+    corners = ((1 - u) * (1 - v) * t[0, 0] + u * (1 - v) * t[0, -1] +
+               (1 - u) * v * b[0, 0] + u * v * b[0, -1])
+    return (1 - v) * t + v * b + (1 - u) * l + u * r - corners
+
+
+MAT_TOL = 20.0          # |gray - mat| within this: looks like mat.
+
+
+def _profile(strip: np.ndarray, n: int) -> np.ndarray:
+  """Mat level along a border strip (rows = across, cols = along)."""
+  prof = np.median(strip, axis=0).astype(np.uint8).reshape(1, -1)
+  k = min(255, max(3, (n // 24) | 1))  # robust to a short phone intrusion.
+  return cv2.medianBlur(np.ascontiguousarray(prof), k).ravel().astype(
+      np.float32)
+
+
+def _working_image(image: np.ndarray) -> _Work:
+  h, w = image.shape[:2]
+  scale = min(1.0, WORK_WIDTH / float(w))
+  if scale < 1.0:
+    small = cv2.resize(image, (round(w * scale), round(h * scale)),
+                       interpolation=cv2.INTER_AREA)
+  else:
+    small = image
+  gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+  blur = cv2.GaussianBlur(gray, (5, 5), 0)
+  hh, ww = blur.shape
+  r = 4  # the outermost pixels: phones come within ~5 px of the border.
+  profiles = {
+      'top': _profile(blur[:r], ww),
+      'bottom': _profile(blur[-r:], ww),
+      'left': _profile(blur[:, :r].T, hh),
+      'right': _profile(blur[:, -r:].T, hh),
+  }
+  return _Work(gray=gray, blur=blur, scale=scale, profiles=profiles)
+
+
+def _to_full(pts_work: np.ndarray, scale: float) -> np.ndarray:
+  """Working-resolution (x, y) -> full-resolution, pixel centres at integers."""
+  return ((np.asarray(pts_work, np.float64) + 0.5) / scale - 0.5).astype(
+      np.float32)
+
+
+# --------------------------------------------------------------------------
+# The Hough detector.
+
+
+def _canny_thresholds(blur: np.ndarray) -> tuple[float, float]:
+  """Canny thresholds from the mat texture's gradient level (border ring).
+
+  Canny's default gradient is the L1 Sobel magnitude; the high threshold is
+  a multiple of the texture's 90th percentile on the border ring, where
+  (almost) only mat is seen, so texture stays below it and the phone's
+  outline (contrast >= ~50 gray levels) above it.
+  """
+  r = max(4, blur.shape[0] // 40)
+  strips = [blur[:r + 2], blur[-r - 2:], blur[:, :r + 2], blur[:, -r - 2:]]
+  mags = []
+  for s in strips:
+    gx = cv2.Sobel(s, cv2.CV_16S, 1, 0, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.Sobel(s, cv2.CV_16S, 0, 1, borderType=cv2.BORDER_REPLICATE)
+    mags.append((np.abs(gx[1:-1, 1:-1].astype(np.int32)) +
+                 np.abs(gy[1:-1, 1:-1])).ravel())
+  texture = float(np.percentile(np.concatenate(mags), 90))
+  high = float(np.clip(2.5 * texture, 40.0, 200.0))
+  return 0.5 * high, high
+
+
+@dataclasses.dataclass
+class _Cluster:
+  family: str             # 'h' or 'v'
+  polarity: int           # +1: brighter below (h) / right (v) of the line.
+  offset: float           # distance along the family's dominant normal
+  segs: np.ndarray        # (k, 4) x1 y1 x2 y2
+  line: np.ndarray        # (nx, ny, c) fitted to the segments' points
+  lo: float               # the segments' extent along the axis (x for h,
+  hi: float               # y for v)
+  coverage: float = 0.0   # edge support along the line (px), see _support.
+
+
+def _segments(edges: np.ndarray, work_w: int) -> np.ndarray:
+  lines = cv2.HoughLinesP(edges, rho=1, theta=np.pi / 180, threshold=30,
+                          minLineLength=max(20, int(0.05 * work_w)),
+                          maxLineGap=max(4, int(0.01 * work_w)))
+  if lines is None:
+    return np.zeros((0, 4), np.float64)
+  return lines.reshape(-1, 4).astype(np.float64)  # OpenCV 4: (N,1,4); 5: (N,4)
+
+
+def _polarity(blur: np.ndarray, segs: np.ndarray, family: str) -> np.ndarray:
+  """+1 where the image is brighter below (h) / right of (v) a segment."""
+  h, w = blur.shape
+  x1, y1, x2, y2 = segs.T
+  length = np.maximum(np.hypot(x2 - x1, y2 - y1), 1e-9)
+  nx, ny = -(y2 - y1) / length, (x2 - x1) / length
+  flip = (ny < 0) if family == 'h' else (nx < 0)
+  nx, ny = np.where(flip, -nx, nx), np.where(flip, -ny, ny)
+  diff = np.zeros(len(segs))
+  for f in (0.25, 0.5, 0.75):
+    px, py = x1 + f * (x2 - x1), y1 + f * (y2 - y1)
+    a = blur[np.clip(np.round(py + 3 * ny).astype(int), 0, h - 1),
+             np.clip(np.round(px + 3 * nx).astype(int), 0, w - 1)]
+    b = blur[np.clip(np.round(py - 3 * ny).astype(int), 0, h - 1),
+             np.clip(np.round(px - 3 * nx).astype(int), 0, w - 1)]
+    diff += a.astype(np.float64) - b
+  return np.where(diff >= 0, 1, -1)
+
+
+def _support(cl: _Cluster, edges: np.ndarray, grad: tuple) -> float:
+  """Edge support of a cluster's line: positions along it (within the
+  segments' extent widened by 15% of the frame) with a Canny pixel within
+  1 px whose gradient runs across the line with the cluster's polarity.
+
+  HoughLinesP cuts a slightly jagged edge into pieces and may not report
+  them all; counting the edge pixels measures a side's length reliably.
+  """
+  h, w = edges.shape
+  gx, gy = grad
+  nx, ny, c = cl.line
+  dim, across_dim = (w, h) if cl.family == 'h' else (h, w)
+  lo = int(max(0, cl.lo - 0.15 * dim))
+  hi = int(min(dim - 1, cl.hi + 0.15 * dim))
+  t = np.arange(lo, hi + 1)
+  across = (c - nx * t) / ny if cl.family == 'h' else (c - ny * t) / nx
+  base = np.round(across).astype(int)
+  hit = np.zeros(len(t), bool)
+  for d in (-1, 0, 1):
+    a = base + d
+    ok = (a >= 0) & (a < across_dim)
+    a = np.clip(a, 0, across_dim - 1)
+    if cl.family == 'h':
+      e, g_across, g_along = edges[a, t], gy[a, t], gx[a, t]
+    else:
+      e, g_across, g_along = edges[t, a], gx[t, a], gy[t, a]
+    hit |= ok & (e > 0) & (np.abs(g_across) > np.abs(g_along)) & (
+        np.sign(g_across) == cl.polarity)
+  return float(hit.sum())
+
+
+def _cluster_family(segs: np.ndarray, family: str, tol: float,
+                    blur: np.ndarray) -> list[_Cluster]:
+  """Groups one family's segments into lines by polarity and offset.
+
+  Offsets are the segments' midpoints projected on the normal of the
+  family's dominant direction (length-weighted median angle): midpoints are
+  accurate even where a short segment's own angle is not. Edges of opposite
+  polarity (the two edges of a thin white bezel) never merge.
+  """
+  if len(segs) == 0:
+    return []
+  pol = _polarity(blur, segs, family)
+  x1, y1, x2, y2 = segs.T
+  if family == 'v':  # work in (along, across) = (y, x) for verticals.
+    x1, y1, x2, y2 = y1, x1, y2, x2
+  flip = x2 < x1
+  x1, x2 = np.where(flip, x2, x1), np.where(flip, x1, x2)
+  y1, y2 = np.where(flip, y2, y1), np.where(flip, y1, y2)
+  length = np.hypot(x2 - x1, y2 - y1)
+  ang = np.arctan2(y2 - y1, x2 - x1)
+  order = np.argsort(ang)
+  cum = np.cumsum(length[order])
+  theta = ang[order][np.searchsorted(cum, 0.5 * cum[-1])]
+  normal = np.array([-np.sin(theta), np.cos(theta)])
+  offset = normal[0] * 0.5 * (x1 + x2) + normal[1] * 0.5 * (y1 + y2)
+  out = []
+  for p in (-1, 1):
+    order = [i for i in np.argsort(offset) if pol[i] == p]
+    if not order:
+      continue
+    groups, cur = [], [order[0]]
+    for i in order[1:]:
+      if offset[i] - offset[cur[-1]] <= tol:
+        cur.append(i)
+      else:
+        groups.append(cur)
+        cur = [i]
+    groups.append(cur)
+    for g in groups:
+      pts = []
+      for i in g:
+        n = max(2, int(length[i] / 8))
+        t = np.linspace(0.0, 1.0, n)
+        pts.append(np.stack([x1[i] + t * (x2[i] - x1[i]),
+                             y1[i] + t * (y2[i] - y1[i])], 1))
+      pts = np.concatenate(pts)
+      if family == 'v':
+        pts = pts[:, ::-1]
+      out.append(_Cluster(
+          family, int(p), float(np.average(offset[g], weights=length[g])),
+          segs[g], _line_from_points(pts), float(x1[g].min()),
+          float(x2[g].max())))
+  return out
+
+
+BAND_DISTANCES = (3.0, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0)  # px, working res.
+PHONE_MIN_DEV = 20.0     # the phone differs from the mat by this much.
+
+
+def _band_devs(work: _Work, cl: _Cluster) -> dict:
+  """Per-distance median (gray - mat) on both sides of a cluster's line.
+
+  Returns {border: (low, high)} for the two borders of the family ('top',
+  'bottom' for 'h'; 'left', 'right' for 'v'): the mat level is read from that
+  border's profile at the samples' positions. For an 'h' line the low side
+  is above (smaller y); for 'v', left. Each entry is one distance of
+  BAND_DISTANCES, NaN where the band is mostly off-frame.
+  """
+  h, w = work.blur.shape
+  nx, ny, c = cl.line
+  span = cl.hi - cl.lo
+  t = np.linspace(cl.lo + 0.1 * span, cl.hi - 0.1 * span, 32)
+  if cl.family == 'h':
+    base = np.stack([t, (c - nx * t) / ny], 1)
+  else:
+    base = np.stack([(c - ny * t) / nx, t], 1)
+  normal = np.array([nx, ny]) / np.hypot(nx, ny)
+  if (cl.family == 'h' and normal[1] < 0) or (cl.family == 'v' and
+                                               normal[0] < 0):
+    normal = -normal  # point to the high side.
+  d = np.concatenate([-np.asarray(BAND_DISTANCES), BAND_DISTANCES])
+  pts = base[None, :, :] + d[:, None, None] * normal  # (2D, T, 2)
+  xi = np.round(pts[..., 0]).astype(int)
+  yi = np.round(pts[..., 1]).astype(int)
+  ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+  xc, yc = np.clip(xi, 0, w - 1), np.clip(yi, 0, h - 1)
+  gray = work.blur[yc, xc].astype(np.float32)
+  rows_ok = ok.mean(axis=1) >= 0.5
+  n = len(BAND_DISTANCES)
+  out = {}
+  for border in (('top', 'bottom') if cl.family == 'h' else ('left', 'right')):
+    prof = work.profiles[border]
+    dev = gray - (prof[xc] if cl.family == 'h' else prof[yc])
+    dev = np.where(ok | ~rows_ok[:, None], dev, np.nan)
+    med = np.where(rows_ok, np.nanmedian(dev, axis=1), np.nan)
+    out[border] = (med[:n], med[n:])
+  return out
+
+
+def _side_strength(outside: np.ndarray, inside: np.ndarray) -> float:
+  """How phone-side-like a line is: > 0 if the inside (at some distance)
+  differs from the mat and the outside (at its most mat-like distance) is
+  clearly closer to the mat; 0 otherwise.
+
+  A shadow just outside a side keeps the outside's far distances mat-like; a
+  white bezel outside a screen's edge does not, so that edge is refused.
+  """
+  if np.all(np.isnan(inside)):
+    return 0.0
+  dev_in = float(np.nanmax(np.abs(inside)))
+  if dev_in < PHONE_MIN_DEV:
+    return 0.0
+  if np.all(np.isnan(outside)):
+    return dev_in  # the side runs along the frame's edge.
+  dev_out = float(np.nanmin(np.abs(outside)))
+  if dev_out > 0.6 * dev_in or dev_out > 35.0:
+    return 0.0
+  return dev_in - dev_out
+
+
+def _side_role(cl: _Cluster, work: _Work) -> tuple[str | None, np.ndarray]:
+  """('low', inside) if the phone lies on the high side (a top / left side),
+  ('high', inside) if on the low side (bottom / right), (None, ...) if this
+  is not a phone side. `inside` is the per-distance deviation inside."""
+  borders = ('top', 'bottom') if cl.family == 'h' else ('left', 'right')
+  devs = _band_devs(work, cl)
+  low1, high1 = devs[borders[0]]
+  low2, high2 = devs[borders[1]]
+  s_low = _side_strength(low1, high1)
+  s_high = _side_strength(high2, low2)
+  if s_low > 0 and s_low >= s_high:
+    return 'low', high1
+  if s_high > 0:
+    return 'high', low2
+  return None, high1
+
+
+def _refine(cl: _Cluster, edges: np.ndarray, grad: tuple, lo: float,
+            hi: float, band: int = 3) -> np.ndarray:
+  """Refits a side to its Canny pixels on [lo, hi] along the axis: those
+  within `band` px of the line whose gradient runs across it with the
+  cluster's polarity (so a bright rim's other edge is not mixed in)."""
+  h, w = edges.shape
+  gx, gy = grad
+  nx, ny, c = cl.line
+  along_dim, across_dim = (w, h) if cl.family == 'h' else (h, w)
+  t = np.arange(int(max(0, np.ceil(lo))), int(min(along_dim - 1, hi)) + 1)
+  if len(t) < 10:
+    return cl.line
+  across = (c - nx * t) / ny if cl.family == 'h' else (c - ny * t) / nx
+  d = np.arange(-band, band + 1)
+  a = np.round(across)[None, :].astype(int) + d[:, None]     # (D, T)
+  tt = np.broadcast_to(t[None, :], a.shape)
+  ok = (a >= 0) & (a < across_dim)
+  a = np.clip(a, 0, across_dim - 1)
+  if cl.family == 'h':
+    e, g_across, g_along = edges[a, tt], gy[a, tt], gx[a, tt]
+    xs, ys = tt, a
+  else:
+    e, g_across, g_along = edges[tt, a], gx[tt, a], gy[tt, a]
+    xs, ys = a, tt
+  sel = ok & (e > 0) & (np.abs(g_across) > np.abs(g_along)) & (
+      np.sign(g_across) == cl.polarity)
+  if sel.sum() < 20:
+    return cl.line
+  pts = np.stack([xs[sel], ys[sel]], 1).astype(np.float64)
+  return _line_from_points(pts)
+
+
+_SIDE_NAMES = {('h', 'low'): 'top', ('h', 'high'): 'bottom',
+               ('v', 'low'): 'left', ('v', 'high'): 'right'}
+
+
+def _inside_darker(cl: _Cluster, name: str) -> bool:
+  """Whether the image gets darker across this edge going into the phone."""
+  return cl.polarity == (-1 if name in ('top', 'left') else 1)
+
+
+_SIDES = ('top', 'right', 'bottom', 'left')
+
+
+def _frame_edge_line(name: str, work: _Work) -> np.ndarray | None:
+  """The frame's edge as a candidate side, where the frame's edge strip is
+  phone (not mat) along its middle; None otherwise."""
+  hh, ww = work.blur.shape
+  if name in ('left', 'right'):
+    x = 0 if name == 'left' else ww - 1
+    strip = work.blur[int(0.3 * hh):int(0.7 * hh), x].astype(np.float32)
+    mat = 0.5 * (work.profiles['top'][x] + work.profiles['bottom'][x])
+    line = np.array([1.0, 0.0, -0.5 if name == 'left' else ww - 0.5])
+  else:
+    y = 0 if name == 'top' else hh - 1
+    strip = work.blur[y, int(0.3 * ww):int(0.7 * ww)].astype(np.float32)
+    mat = 0.5 * (work.profiles['left'][y] + work.profiles['right'][y])
+    line = np.array([0.0, 1.0, -0.5 if name == 'top' else hh - 0.5])
+  if abs(float(np.median(strip)) - mat) < PHONE_MIN_DEV:
+    return None
+  return line
+
+
+def _phone_ends_at_frame_edge(name: str, sides: dict, shape) -> bool:
+  """A side placed on the frame's edge is accepted only where both adjacent
+  sides' straight parts stop short of that edge: the phone's rounded corners
+  are in view, so at most a sliver of the phone is cut."""
+  hh, ww = shape
+  margin = max(6.0, 0.012 * ww)
+  adj = (('top', 'bottom') if name in ('left', 'right') else ('left', 'right'))
+  dim = ww if name in ('left', 'right') else hh
+  for a in adj:
+    cl = sides[a]
+    if cl is None:  # itself on a frame edge.
+      return False
+    if name in ('left', 'top') and cl.lo < margin:
+      return False
+    if name in ('right', 'bottom') and cl.hi > dim - 1 - margin:
+      return False
+  return True
+
+
+def _corners(lines: Sequence[np.ndarray]) -> np.ndarray:
+  t, r, b, l = lines
+  return np.array([_intersect(t, l), _intersect(t, r), _intersect(b, r),
+                   _intersect(b, l)])
+
+
+def _feasible(q: np.ndarray, shape) -> bool:
+  """Cheap geometric plausibility of a working-resolution quad."""
+  hh, ww = shape
+  if not np.all(np.isfinite(q)):
+    return False
+  tol = 0.02 * ww
+  if (q[:, 0].min() < -tol or q[:, 1].min() < -tol or
+      q[:, 0].max() > ww - 1 + tol or q[:, 1].max() > hh - 1 + tol):
+    return False
+  if not cv2.isContourConvex(q.reshape(-1, 1, 2).astype(np.float32)):
+    return False
+  area = cv2.contourArea(q.reshape(-1, 1, 2).astype(np.float32))
+  if area < MIN_AREA_FRACTION * hh * ww:
+    return False
+  # Clockwise on screen from the top-left: positive signed area (y down).
+  x, y = q[:, 0], q[:, 1]
+  if 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) <= 0:
+    return False
+  aspect, dev = _quad_stats(q)
+  return (ASPECT_RANGE[0] <= aspect <= ASPECT_RANGE[1] and
+          dev <= MAX_CORNER_DEVIATION)
+
+
+def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
+  """Ordered corners at working resolution (and diagnostics), or raises."""
+  blur = work.blur
+  hh, ww = blur.shape
+  low, high = _canny_thresholds(blur)
+  edges = cv2.Canny(blur, low, high, L2gradient=False)
+  segs = _segments(edges, ww)
+  ang = np.mod(np.degrees(np.arctan2(segs[:, 3] - segs[:, 1],
+                                     segs[:, 2] - segs[:, 0])), 180.0)
+  is_h = (ang < 20.0) | (ang > 160.0)
+  is_v = np.abs(ang - 90.0) < 20.0
+  diag = {'segments': int(is_h.sum() + is_v.sum()),
+          'canny_thresholds': (low, high), 'frame_edge_sides': ()}
+  if diag['segments'] == 0:
+    raise ScreenNotFoundError('no long straight edges found')
+  tol = max(2.0, 0.004 * ww)
+  grad = (cv2.Sobel(blur, cv2.CV_16S, 1, 0), cv2.Sobel(blur, cv2.CV_16S, 0, 1))
+  cands = {k: [] for k in _SIDES}
+  for fam, sel, dim in (('h', is_h, ww), ('v', is_v, hh)):
+    for cl in _cluster_family(segs[sel], fam, tol, blur):
+      cl.coverage = _support(cl, edges, grad)
+      if cl.coverage < 0.08 * dim:
+        continue
+      role, inside = _side_role(cl, work)
+      if role is not None:
+        cands[_SIDE_NAMES[(fam, role)]].append((cl, inside))
+  if not any(cands.values()):
+    raise ScreenNotFoundError(
+        f'no phone-outline edges found ({diag["segments"]} straight '
+        'segments, none between mat and phone)')
+  # Rank each side's candidates: the long ones (>= 40% of the best support)
+  # outermost first (a white bezel's outer edge before the screen's edge,
+  # the glass edge before a soft shadow's rim), then the short ones; a
+  # shadow line hugging a white bezel yields to the bezel's edge just inside.
+  ranked = {}
+  for name in _SIDES:
+    outer_first = (lambda k: k[0].offset) if name in ('top', 'left') else (
+        lambda k: -k[0].offset)
+    lst = sorted(cands[name], key=outer_first)
+    keep = []
+    for i, (cl, inside) in enumerate(lst):
+      # A dark fringe (shadow, the phone's side) hugging a white bezel: the
+      # edge into the fringe is dropped when the bezel's own edge (getting
+      # brighter into a white body) follows within a few px.
+      if _inside_darker(cl, name) and any(
+          0 < abs(o.offset - cl.offset) <= 10.0 and
+          not _inside_darker(o, name) and np.nanmax(o_in) >= 60.0
+          for o, o_in in lst[i + 1:]):
+        continue
+      keep.append(cl)
+    best = max((k.coverage for k in keep), default=0.0)
+    long_ones = [k for k in keep if k.coverage >= 0.4 * best]
+    ranked[name] = long_ones + [k for k in keep if k.coverage < 0.4 * best]
+    edge_line = _frame_edge_line(name, work)
+    if edge_line is not None:
+      ranked[name].append(None)  # the frame's edge, as the last resort.
+  edge_lines = {k: _frame_edge_line(k, work) for k in _SIDES}
+  missing = [k for k in _SIDES if not ranked[k]]
+  if missing:
+    raise ScreenNotFoundError(
+        f'only {4 - len(missing)} of the 4 sides found (missing: '
+        f'{", ".join(missing)})')
+  # The first feasible combination by rank sum (then by larger area).
+  combos = []
+  for it in itertools.product(*(range(len(ranked[k])) for k in _SIDES)):
+    combos.append((sum(it), it))
+  combos.sort()
+  chosen, why = None, 'the sides found form no phone-shaped outline'
+  for _, it in combos:
+    sides = {k: ranked[k][i] for k, i in zip(_SIDES, it)}
+    lines = [sides[k].line if sides[k] is not None else edge_lines[k]
+             for k in _SIDES]
+    try:
+      q = _corners(lines)
+    except ScreenNotFoundError:
+      continue
+    if not _feasible(q, (hh, ww)):
+      continue
+    at_edge = [k for k in _SIDES if sides[k] is None]
+    if not all(_phone_ends_at_frame_edge(k, sides, (hh, ww)) for k in at_edge):
+      why = 'outline touches the image border: phone is cut off'
+      continue
+    chosen = (sides, lines, at_edge)
+    break
+  if chosen is None:
+    raise ScreenNotFoundError(why)
+  sides, lines, at_edge = chosen
+  diag['frame_edge_sides'] = tuple(at_edge)
+  lines = dict(zip(_SIDES, lines))
+  q = _corners([lines[k] for k in _SIDES])
+  # Refit each Hough side to the Canny pixels along its straight middle part.
+
+  def inner(a, b):
+    a, b = min(a, b), max(a, b)
+    return a + 0.12 * (b - a), b - 0.12 * (b - a)
+
+  spans = {'top': inner(q[0, 0], q[1, 0]), 'right': inner(q[1, 1], q[2, 1]),
+           'bottom': inner(q[3, 0], q[2, 0]), 'left': inner(q[0, 1], q[3, 1])}
+  for name in _SIDES:
+    if sides[name] is not None:
+      lines[name] = _refine(sides[name], edges, grad, *spans[name])
+  q = _corners([lines[k] for k in _SIDES])
+  return q, diag
+
+
+# --------------------------------------------------------------------------
+# The fallback: largest "not mat" region, four sides fitted to its contour.
+
+
+def _contour_quad(work: _Work) -> np.ndarray:
+  blur = work.blur
+  hh, ww = blur.shape
+  mask = (np.abs(blur.astype(np.float32) - work.mat_image())
+          > MAT_TOL).astype(np.uint8)
+  k = max(3, (ww // 160) | 1)
+  kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+  mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+  mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=2)
+  contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL,
+                                 cv2.CHAIN_APPROX_NONE)
+  if not contours:
+    raise ScreenNotFoundError('no region differs from the background')
+  cnt = max(contours, key=cv2.contourArea)
+  area = cv2.contourArea(cnt)
+  if area < MIN_AREA_FRACTION * hh * ww:
+    raise ScreenNotFoundError(
+        f'largest non-background region is {area / (hh * ww):.1%} of the '
+        'frame: no phone')
+  pts = cnt.reshape(-1, 2).astype(np.float64)
+  on_border = ((pts[:, 0] <= 1) | (pts[:, 0] >= ww - 2) | (pts[:, 1] <= 1) |
+               (pts[:, 1] >= hh - 2))
+  if on_border.sum() > 0.04 * len(pts):
+    raise ScreenNotFoundError(
+        'outline touches the image border: phone is cut off')
+  box = order_corners(cv2.boxPoints(cv2.minAreaRect(cnt)))
+  lines = []
+  for i in range(4):
+    a, b = box[i].astype(np.float64), box[(i + 1) % 4].astype(np.float64)
+    d = b - a
+    length = np.hypot(*d)
+    u = d / length
+    n = np.array([-u[1], u[0]])
+    rel = pts - a
+    t = rel @ u
+    dist = np.abs(rel @ n)
+    sel = (dist < max(3.0, 0.02 * length)) & (t > 0.12 * length) & (
+        t < 0.88 * length)
+    if sel.sum() < 10:
+      lines.append(np.array([n[0], n[1], n @ a]))
+    else:
+      lines.append(_line_from_points(pts[sel]))
+  t, r, b, l = lines
+  return np.array([_intersect(t, l), _intersect(t, r), _intersect(b, r),
+                   _intersect(b, l)])
+
+
+# --------------------------------------------------------------------------
+# Public API.
+
+
+def find_screen_with_info(
+    image_bgr: np.ndarray) -> tuple[np.ndarray, ScreenInfo]:
+  """(4, 2) float32 corners tl, tr, br, bl and how they were found."""
+  image = _validate(image_bgr)
+  h, w = image.shape[:2]
+  work = _working_image(image)
+  diag = {'segments': 0, 'canny_thresholds': (0.0, 0.0),
+          'frame_edge_sides': ()}
+  try:
+    q_work, diag = _hough_quad(work)
+    q = _to_full(q_work, work.scale)
+    frac, aspect, dev = _check_quad(q, w, h)
+    return q, ScreenInfo('hough', '', work.scale, frac, aspect, dev, **diag)
+  except ScreenNotFoundError as e:
+    hough_error = e
+  try:
+    q = _to_full(_contour_quad(work), work.scale)
+    frac, aspect, dev = _check_quad(q, w, h)
+  except ScreenNotFoundError as e:
+    if 'cut off' in str(e) and 'cut off' not in str(hough_error):
+      raise ScreenNotFoundError(f'{e} (hough: {hough_error})') from None
+    raise ScreenNotFoundError(
+        f'{hough_error} (contour fallback: {e})') from None
+  diag['frame_edge_sides'] = ()
+  return q, ScreenInfo('contour', str(hough_error), work.scale, frac, aspect,
+                       dev, **diag)
+
+
+def find_screen(image_bgr: np.ndarray) -> np.ndarray:
+  """(4, 2) float32 (x, y) corners tl, tr, br, bl of the phone's front face.
+
+  Raises ScreenNotFoundError (a ValueError) with a one-line reason.
+  """
+  return find_screen_with_info(image_bgr)[0]
+
+
+def rectify(image_bgr: np.ndarray, corners: np.ndarray,
+            size: tuple[int, int] = ROI_SIZE) -> np.ndarray:
+  """Perspective-warps the quad `corners` (tl, tr, br, bl) to size (h, w).
+
+  The quad's outline maps onto the output's outer pixel edges. Large
+  reductions are warped to an intermediate up to 4x the output size and then
+  area-averaged, so thin defects (scratches) are not aliased away.
+  """
+  out_h, out_w = int(size[0]), int(size[1])
+  q = np.asarray(corners, np.float32).reshape(4, 2)
+  src_w = max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3]))
+  src_h = max(np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1]))
+  f = int(np.clip(np.floor(min(src_w / out_w, src_h / out_h)), 1, 4))
+  mid_w, mid_h = out_w * f, out_h * f
+  dst = np.array([[-0.5, -0.5], [mid_w - 0.5, -0.5], [mid_w - 0.5, mid_h - 0.5],
+                  [-0.5, mid_h - 0.5]], np.float32)
+  m = cv2.getPerspectiveTransform(q, dst)
+  warped = cv2.warpPerspective(image_bgr, m, (mid_w, mid_h),
+                               flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+  if f > 1:
+    warped = cv2.resize(warped, (out_w, out_h), interpolation=cv2.INTER_AREA)
+  return warped
+
+
+# --------------------------------------------------------------------------
+# CLI: a contact sheet for eyeballing.
+
+
+def _list_images(root: pathlib.Path) -> list[pathlib.Path]:
+  exts = {'.jpg', '.jpeg', '.png'}
+  return sorted(p for p in root.rglob('*')
+                if p.is_file() and p.suffix.lower() in exts)
+
+
+def _tile(image, corners, label, ok, thumb_w=480):
+  h, w = image.shape[:2]
+  s = thumb_w / float(w)
+  thumb = cv2.resize(image, (thumb_w, max(1, round(h * s))),
+                     interpolation=cv2.INTER_AREA)
+  roi = np.zeros((ROI_SIZE[0], ROI_SIZE[1], 3), np.uint8)
+  if corners is not None:
+    p = np.round(((corners + 0.5) * s - 0.5) * 4).astype(np.int32)
+    cv2.polylines(thumb, [p.reshape(-1, 1, 2)], True, (0, 255, 0), 1,
+                  cv2.LINE_AA, shift=2)
+    for (x, y), col in zip(p, [(0, 0, 255), (0, 255, 255), (255, 0, 255),
+                                (255, 128, 0)]):
+      cv2.circle(thumb, (int(x), int(y)), 3 * 4, col, 1, cv2.LINE_AA, shift=2)
+    roi = rectify(image, corners)
+  th = max(thumb.shape[0], roi.shape[0])
+  tile = np.full((th + 18, thumb.shape[1] + roi.shape[1] + 6, 3), 32, np.uint8)
+  tile[18:18 + thumb.shape[0], :thumb.shape[1]] = thumb
+  tile[18:18 + roi.shape[0], thumb.shape[1] + 6:] = roi
+  cv2.putText(tile, label[:80], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
+              (255, 255, 255) if ok else (0, 0, 255), 1, cv2.LINE_AA)
+  return tile
+
+
+def _contact_sheet(tiles, columns):
+  if not tiles:
+    return np.zeros((32, 32, 3), np.uint8)
+  th = max(t.shape[0] for t in tiles)
+  tw = max(t.shape[1] for t in tiles)
+  rows = (len(tiles) + columns - 1) // columns
+  sheet = np.zeros((rows * (th + 4), columns * (tw + 4), 3), np.uint8)
+  for i, t in enumerate(tiles):
+    r, c = divmod(i, columns)
+    sheet[r * (th + 4):r * (th + 4) + t.shape[0],
+          c * (tw + 4):c * (tw + 4) + t.shape[1]] = t
+  return sheet
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m smsdd_jax.roi',
+      description='Find the phone screen in every jpg/png under --input and '
+      'write a contact sheet of outlines and rectified ROIs.')
+  parser.add_argument('--input', required=True, help='folder, read recursively')
+  parser.add_argument('--sheet', required=True, help='output PNG path')
+  parser.add_argument('--columns', type=int, default=3)
+  parser.add_argument('--thumb_width', type=int, default=480)
+  args = parser.parse_args(argv)
+
+  root = pathlib.Path(args.input)
+  paths = _list_images(root)
+  if not paths:
+    print(f'no jpg/png files under {root}', file=sys.stderr)
+  tiles, counts, failures, times = [], {}, [], []
+  for p in paths:
+    rel = p.relative_to(root) if root in p.parents else p
+    image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if image is None:
+      failures.append((str(rel), 'unreadable image file'))
+      print(f'{rel}: FAILED unreadable image file')
+      continue
+    t0 = time.perf_counter()
+    try:
+      corners, info = find_screen_with_info(image)
+    except ScreenNotFoundError as e:
+      failures.append((str(rel), str(e)))
+      print(f'{rel}: FAILED {e}')
+      tiles.append(_tile(image, None, f'{rel}: {e}', False, args.thumb_width))
+      continue
+    times.append(time.perf_counter() - t0)
+    counts[info.method] = counts.get(info.method, 0) + 1
+    print(f'{rel}: {info.method} area={info.area_fraction:.3f} '
+          f'aspect={info.aspect:.2f} corner_dev={info.max_corner_deviation:.1f}'
+          f' {1e3 * times[-1]:.1f} ms'
+          + (f' (hough: {info.hough_failure})' if info.hough_failure else ''))
+    tiles.append(_tile(image, corners, f'{rel} [{info.method}]', True,
+                       args.thumb_width))
+  sheet = _contact_sheet(tiles, max(1, args.columns))
+  pathlib.Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
+  if not cv2.imwrite(args.sheet, sheet):
+    print(f'could not write {args.sheet}', file=sys.stderr)
+    return 1
+  found = sum(counts.values())
+  summary = ', '.join(f'{k} {v}' for k, v in sorted(counts.items()))
+  print(f'summary: {found}/{len(paths)} found ({summary or "none"}), '
+        f'{len(failures)} failed; median find_screen '
+        f'{1e3 * np.median(times) if times else float("nan"):.1f} ms; '
+        f'sheet {args.sheet}')
+  for name, why in failures:
+    print(f'  failed: {name}: {why}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
