@@ -26,6 +26,7 @@ def get_config(arg=None):
   config.data.val_split = 'validation'
   config.data.test_split = 'test'
   config.data.defective_fraction = 0.5  # Share of defective images among sampled images.
+  config.data.normalize = 'fixed'  # 'fixed' ([0,255] -> [-1,1]) | 'train_stats'.
   config.data.cache = True  # Keep decoded examples in memory (the sets are small).
 
   config.model = ml_collections.ConfigDict()
@@ -64,7 +65,11 @@ def get_config(arg=None):
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 0  # 0 = at the end of every epoch.
-  config.checkpoint.max_to_keep = 3
+  config.checkpoint.max_to_keep = 3  # Periodic checkpoints kept (oldest pruned).
+  # The best checkpoint by this val metric lives apart (checkpoints_best/) and
+  # is never pruned; predict.py uses it by default.
+  config.checkpoint.best_metric = 'val/balanced_accuracy'
+  config.checkpoint.best_mode = 'max'  # 'max' or 'min' (e.g. for val/cross_entropy).
 
   if arg == QUICK:
     apply_quick(config)

@@ -34,12 +34,45 @@ tf.config.set_visible_devices([], 'GPU')
 GOOD, DEFECTIVE = 0, 1
 
 
-def preprocess(image: tf.Tensor, image_size) -> tf.Tensor:
-  """uint8 RGB -> float32 in [-1, 1], resized to `image_size` if needed."""
+# Normalisation: (pixel - mean) / std per RGB channel, pixels in [0, 255].
+# 'fixed' maps [0, 255] to [-1, 1]; 'train_stats' measures the training split.
+FIXED_STATS = {'mean': [127.5, 127.5, 127.5], 'std': [127.5, 127.5, 127.5]}
+
+
+def preprocess(image: tf.Tensor, image_size, stats: dict) -> tf.Tensor:
+  """uint8 RGB -> normalised float32, resized to `image_size` if needed."""
   image = tf.cast(image, tf.float32)
   if tuple(image.shape[-3:-1]) != tuple(image_size):
     image = tf.image.resize(image, image_size, antialias=True)
-  return image / 127.5 - 1.0
+  return (image - tf.constant(stats['mean'], tf.float32)) / tf.constant(
+      stats['std'], tf.float32)
+
+
+def normalize_np(images_uint8: np.ndarray, stats: dict) -> np.ndarray:
+  """The numpy twin of `preprocess` for already-sized RGB images (inference)."""
+  mean = np.asarray(stats['mean'], np.float32)
+  std = np.asarray(stats['std'], np.float32)
+  return (images_uint8.astype(np.float32) - mean) / std
+
+
+def compute_stats(builder, data_config) -> dict:
+  """Per-channel mean/std: fixed, or measured on the training split only
+  (never validation or test, which would leak them into training)."""
+  if data_config.normalize == 'fixed':
+    return FIXED_STATS
+  if data_config.normalize != 'train_stats':
+    raise ValueError(f'config.data.normalize={data_config.normalize!r}: expected '
+                     "'fixed' or 'train_stats'")
+  total, total_sq, count = np.zeros(3), np.zeros(3), 0
+  ds = builder.as_dataset(split=data_config.train_split).map(lambda ex: ex['image'])
+  for image in tfds.as_numpy(ds.batch(256)):
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    total += pixels.sum(0)
+    total_sq += (pixels ** 2).sum(0)
+    count += len(pixels)
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-6))
+  return {'mean': mean.tolist(), 'std': std.tolist()}
 
 
 def prepare(data_config) -> tfds.core.DatasetBuilder:
@@ -80,9 +113,9 @@ def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
   return max(1, num_train_examples // (2 * batch_size))
 
 
-def _images(builder, split, data_config, cache: bool) -> tf.data.Dataset:
+def _images(builder, split, data_config, stats, cache: bool) -> tf.data.Dataset:
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(lambda ex: {'image': preprocess(ex['image'], data_config.image_size),
+  ds = ds.map(lambda ex: {'image': preprocess(ex['image'], data_config.image_size, stats),
                           'label': tf.cast(ex['label'], tf.int32)},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.cache() if cache else ds
@@ -100,7 +133,8 @@ def _class_stream(images: tf.data.Dataset, data_config, seed: int) -> tf.data.Da
                                               seed=seed + 2)
 
 
-def train_pairs(builder, config, *, start_step: int = 0) -> Iterator[dict]:
+def train_pairs(builder, config, *, stats: dict = FIXED_STATS,
+                start_step: int = 0) -> Iterator[dict]:
   """Endless numpy batches of pairs: image_a, image_b, label_a, label_b, same.
 
   Deterministic for a given config.seed; starts at batch `start_step`.
@@ -109,7 +143,8 @@ def train_pairs(builder, config, *, start_step: int = 0) -> Iterator[dict]:
   if not 0.0 < data_config.defective_fraction < 1.0:
     raise ValueError(f'config.data.defective_fraction={data_config.defective_fraction}:'
                      ' must be in (0, 1)')
-  images = _images(builder, data_config.train_split, data_config, data_config.cache)
+  images = _images(builder, data_config.train_split, data_config, stats,
+                   data_config.cache)
   seed = int(config.seed) * 1000
   a = _class_stream(images, data_config, seed)
   b = _class_stream(images, data_config, seed + 10)
@@ -125,14 +160,15 @@ def train_pairs(builder, config, *, start_step: int = 0) -> Iterator[dict]:
   return iter(tfds.as_numpy(pairs.with_options(options)))
 
 
-def eval_batches(builder, split: str, config) -> Iterator[dict]:
+def eval_batches(builder, split: str, config, *,
+                 stats: dict = FIXED_STATS) -> Iterator[dict]:
   """Every example of `split` exactly once, in fixed order.
 
   The last batch is padded to `config.eval_batch_size` (so the jitted eval
   step sees one shape) and `mask` is 1.0 for real examples, 0.0 for padding.
   """
   size = config.eval_batch_size
-  ds = _images(builder, split, config.data, cache=False).batch(size)
+  ds = _images(builder, split, config.data, stats, cache=False).batch(size)
   for batch in tfds.as_numpy(ds.prefetch(2)):
     n = len(batch['label'])
     mask = np.zeros(size, np.float32)

@@ -42,6 +42,9 @@ def main(argv):
   log.info('workdir: %s', os.path.abspath(workdir))
   try:
     train.train_and_evaluate(FLAGS.config, workdir)
+  except KeyboardInterrupt:
+    print('interrupted: rerun the same command to resume', file=sys.stderr)
+    sys.exit(130)
   except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
     # Bad input is a one-line message, not a traceback.
     print(f'error: {e}', file=sys.stderr)

@@ -1,34 +1,46 @@
-"""Find the phone's front face in a camera frame and rectify it (paper, sec. 3.1).
+"""Find the phone's front face in a camera frame and rectify it (paper, 3.1).
 
-The paper finds the screen with the Hough transform and warps it to 110 x 230.
-This module keeps that core and makes it robust on the real frames (black
-phones on a dark grey textured mat, white phones with a white bezel,
-reflections, oil drops):
+The paper finds the phone screen in the raw camera frame with the Hough
+transform and warps it to 110 x 230. This module keeps that Hough core and
+makes it robust on the real frames: black phones (dark glass) on a dark grey
+textured mat with uneven light, white phones (white bezel, sometimes a chrome
+rim), shadows and colour fringes along the outline, reflections, oil drops.
 
-  1. Downscale to a working width (`WORK_WIDTH`), grayscale, Gaussian blur.
-  2. Canny with thresholds adaptive to the image: the mat texture's gradient
-     level, read on the frame's border ring, sets them.
-  3. `cv2.HoughLinesP`; segments split into near-horizontal and near-vertical
-     families (the phone lies landscape, rotated by a few degrees at most).
-  4. Each family is clustered by offset. A cluster is a candidate side when
-     the band just outside it looks like the mat (the border ring's gray
-     level) and the band just inside does not; that band test also tells a
-     top side from a bottom one. Each side is the OUTERMOST candidate with
-     enough length, so a white bezel stays inside the outline and the
-     screen's inner edge is never taken for a side.
-  5. Each side line is refit to the Canny pixels along its straight part, the
-     four lines are intersected (rounded phone corners: the corner of the
-     fitted lines, not the rounding), scaled back to full resolution and
-     sanity-checked (convex, near-right angles, aspect, area, inside frame).
+  1. Downscale to `WORK_WIDTH` (960 px), grayscale, 5x5 Gaussian blur.
+  2. The mat: its gray level is read along the frame's outermost pixels, per
+     border (the light is uneven), where a phone touching a border is
+     patched over by interpolation. Canny thresholds come from the mat
+     texture's gradient level on the border ring.
+  3. Canny, `cv2.HoughLinesP`; segments split into near-horizontal and
+     near-vertical families (the phone lies landscape, rotated a few degrees)
+     and clustered by polarity and offset into candidate lines. A line's
+     length is its edge support (Canny pixels on it with the right gradient
+     direction), not the Hough segments', which come fragmented.
+  4. A line is a candidate side when, sampled in bands along it, the inside
+     differs from the mat (dark glass or white bezel) and the outside is
+     mat-like (at some distance: a shadow may hug the outline) and not white
+     (so a screen's edge inside a white bezel, or a slot's edge, never
+     qualifies). The band test also tells a top side from a bottom one.
+  5. Per side the long candidates are ranked outermost first (the outline is
+     the outer boundary: the white bezel is included); a dark fringe hugging
+     a white bezel yields to the bezel's own edge. The first combination of
+     four (by rank) that makes a phone-shaped quad (convex, near-right
+     angles, aspect, area) wins. Where a phone ends right at the frame's
+     edge (rounded corners in view), that edge can serve as a side; a phone
+     whose straight sides run off the frame is refused as cut off.
+  6. Each side is refit to its edge pixels along its straight middle part
+     (rounded corners: the outline's corner is where the fitted straight
+     sides meet, not on the rounding), the lines are intersected and scaled
+     back to full resolution.
 
-Only where that fails, a fallback ('contour') segments "not mat" pixels,
-takes the largest region and fits its four sides the same way. `info.method`
-says which served a frame.
+Only where Hough fails, a fallback ('contour') takes the largest "not mat"
+region, fits its four sides and checks they follow image edges.
+`find_screen_with_info` says which method served a frame.
 
 Corners are float32 (x, y) in full-resolution pixel coordinates (pixel
 centres at integers), ordered tl, tr, br, bl.
 
-CLI (contact sheet for eyeballing):
+CLI (a contact sheet for eyeballing, per-frame method and timing):
   python -m smsdd_jax.roi --input=DIR --sheet=out.png
 """
 from __future__ import annotations
@@ -52,6 +64,11 @@ MAX_AREA_FRACTION = 0.995
 ASPECT_RANGE = (1.25, 3.2)     # long / short side of the outline.
 MAX_CORNER_DEVIATION = 20.0    # degrees from 90 at each corner.
 BORDER_TOLERANCE = 0.01        # corners may lie this far (x dim) outside.
+MAT_TOL = 20.0                 # |gray - mat| within this: mat (fallback).
+PHONE_MIN_DEV = 20.0           # the phone differs from the mat by this much.
+BAND_DISTANCES = (3.0, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0)  # px, working res.
+MAX_BORDER_COVERAGE = 0.9      # more of a frame edge covered: cut off.
+MAX_CANDIDATES = 4             # per side, tried in combinations.
 
 
 class ScreenNotFoundError(ValueError):
@@ -72,6 +89,8 @@ class ScreenInfo:
   canny_thresholds: (low, high) used.
   frame_edge_sides: sides placed on the frame's edge because the phone ends
     right there (its rounded corners in view), e.g. ('right',).
+  side_support: per side (top, right, bottom, left), the length of its edge
+    support over the side's length (0 for a frame-edge side or 'contour').
   """
   method: str
   hough_failure: str
@@ -82,6 +101,7 @@ class ScreenInfo:
   segments: int
   canny_thresholds: tuple[float, float]
   frame_edge_sides: tuple[str, ...]
+  side_support: tuple[float, float, float, float]
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -91,15 +111,62 @@ class ScreenInfo:
 # Small geometry helpers.
 
 
+def _polygon_area(p: np.ndarray) -> float:
+  """Signed shoelace area of an (N, 2) polygon (> 0: clockwise on screen)."""
+  if len(p) < 3:
+    return 0.0
+  x, y = p[:, 0], p[:, 1]
+  return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def _clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
+  """Sutherland-Hodgman: the part of polygon `subject` inside convex `clip`
+  (both (N, 2), same orientation, positive area)."""
+  out = subject
+  for i in range(len(clip)):
+    if len(out) == 0:
+      break
+    a, b = clip[i], clip[(i + 1) % len(clip)]
+    edge = b - a
+    # Inside = left of the edge in a positive-area (screen-clockwise) order.
+    side = edge[0] * (out[:, 1] - a[1]) - edge[1] * (out[:, 0] - a[0])
+    inside = side >= -1e-9 * max(1.0, float(np.abs(edge).max()))
+    nxt = []
+    for j in range(len(out)):
+      p, q = out[j], out[(j + 1) % len(out)]
+      sp, sq = side[j], side[(j + 1) % len(out)]
+      ip, iq = inside[j], inside[(j + 1) % len(out)]
+      if ip:
+        nxt.append(p)
+      if ip != iq:
+        t = sp / (sp - sq)
+        nxt.append(p + t * (q - p))
+    out = np.array(nxt, np.float64).reshape(-1, 2)
+  return out
+
+
 def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
-  """Intersection over union of two convex polygons given as (N, 2) points."""
-  a = cv2.convexHull(np.asarray(a, np.float32).reshape(-1, 1, 2))
-  b = cv2.convexHull(np.asarray(b, np.float32).reshape(-1, 1, 2))
-  area_a = float(cv2.contourArea(a))
-  area_b = float(cv2.contourArea(b))
-  inter, _ = cv2.intersectConvexConvex(a, b)
-  union = area_a + area_b - float(inter)
-  return float(inter) / union if union > 0 else 0.0
+  """Intersection over union of two convex polygons given as (N, 2) points.
+
+  Exact (Sutherland-Hodgman clipping in float64). cv2.intersectConvexConvex
+  is not used: it returns wrong areas for nearly coincident polygons (two
+  outlines a pixel apart can score an IoU of 0.6 instead of 0.99).
+  """
+  polys = []
+  for p in (a, b):
+    p = np.asarray(p, np.float64).reshape(-1, 2)
+    if not np.all(np.isfinite(p)):
+      return 0.0
+    hull = cv2.convexHull(p.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    hull = np.asarray(p if len(hull) < 3 else hull)
+    if _polygon_area(hull) < 0:
+      hull = hull[::-1]
+    polys.append(hull)
+  pa, pb = polys
+  area_a, area_b = _polygon_area(pa), _polygon_area(pb)
+  inter = max(0.0, _polygon_area(_clip_convex(pa, pb)))
+  union = area_a + area_b - inter
+  return inter / union if union > 0 else 0.0
 
 
 def order_corners(points: np.ndarray) -> np.ndarray:
@@ -205,7 +272,6 @@ class _Work:
   border: `profiles['top'][x]`, `['bottom'][x]`, `['left'][y]`,
   `['right'][y]`; a side is compared with the border beyond it.
   """
-  gray: np.ndarray        # gray, uint8, working size.
   blur: np.ndarray        # blurred gray, uint8, working size.
   scale: float            # working / full.
   profiles: dict          # border name -> float32 mat level along it.
@@ -222,15 +288,44 @@ class _Work:
     return (1 - v) * t + v * b + (1 - u) * l + u * r - corners
 
 
-MAT_TOL = 20.0          # |gray - mat| within this: looks like mat.
-
-
-def _profile(strip: np.ndarray, n: int) -> np.ndarray:
-  """Mat level along a border strip (rows = across, cols = along)."""
+def _profile(strip: np.ndarray) -> np.ndarray:
+  """Gray level along a border strip (rows = across, cols = along)."""
   prof = np.median(strip, axis=0).astype(np.uint8).reshape(1, -1)
-  k = min(255, max(3, (n // 24) | 1))  # robust to a short phone intrusion.
+  k = min(255, max(3, (prof.shape[1] // 24) | 1))  # texture, small specks.
   return cv2.medianBlur(np.ascontiguousarray(prof), k).ravel().astype(
       np.float32)
+
+
+def _repair_profiles(profiles: dict) -> dict:
+  """Replaces where a phone reaches a border by the mat interpolated on
+  either side of it.
+
+  A border's profile is trusted near the frame's corners (rounded phones
+  leave them to the mat); in between, a stretch more than 25 gray levels
+  off the straight line between its two end levels, or white (> mode + 60)
+  or black-glass dark (< 0.45 * mode; the mat's darkest corners on the real
+  frames read ~0.5x its mode, black glass ~0.25x), is phone, not mat.
+  """
+  allv = np.concatenate(list(profiles.values()))
+  hist = np.convolve(np.bincount(allv.astype(np.int64), minlength=256),
+                     np.ones(9), mode='same')
+  mode = float(np.argmax(hist))
+  out = {}
+  for name, prof in profiles.items():
+    n = len(prof)
+    k = max(2, n // 30)
+    a, b = float(np.median(prof[:k])), float(np.median(prof[-k:]))
+    chord = np.linspace(a, b, n, dtype=np.float32)
+    bad = ((np.abs(prof - chord) > 25.0) | (prof > mode + 60.0) |
+           (prof < 0.45 * mode))
+    if bad.all():
+      out[name] = np.full_like(prof, mode)
+    elif bad.any():
+      idx = np.arange(n)
+      out[name] = np.interp(idx, idx[~bad], prof[~bad]).astype(np.float32)
+    else:
+      out[name] = prof
+  return out
 
 
 def _working_image(image: np.ndarray) -> _Work:
@@ -243,15 +338,14 @@ def _working_image(image: np.ndarray) -> _Work:
     small = image
   gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
   blur = cv2.GaussianBlur(gray, (5, 5), 0)
-  hh, ww = blur.shape
   r = 4  # the outermost pixels: phones come within ~5 px of the border.
-  profiles = {
-      'top': _profile(blur[:r], ww),
-      'bottom': _profile(blur[-r:], ww),
-      'left': _profile(blur[:, :r].T, hh),
-      'right': _profile(blur[:, -r:].T, hh),
-  }
-  return _Work(gray=gray, blur=blur, scale=scale, profiles=profiles)
+  profiles = _repair_profiles({
+      'top': _profile(blur[:r]),
+      'bottom': _profile(blur[-r:]),
+      'left': _profile(blur[:, :r].T),
+      'right': _profile(blur[:, -r:].T),
+  })
+  return _Work(blur=blur, scale=scale, profiles=profiles)
 
 
 def _to_full(pts_work: np.ndarray, scale: float) -> np.ndarray:
@@ -268,9 +362,10 @@ def _canny_thresholds(blur: np.ndarray) -> tuple[float, float]:
   """Canny thresholds from the mat texture's gradient level (border ring).
 
   Canny's default gradient is the L1 Sobel magnitude; the high threshold is
-  a multiple of the texture's 90th percentile on the border ring, where
-  (almost) only mat is seen, so texture stays below it and the phone's
-  outline (contrast >= ~50 gray levels) above it.
+  a multiple of its median on the border ring, where (almost) only mat is
+  seen (the median ignores a phone edge crossing the ring), so the texture
+  stays below it and the phone's outline (contrast >= ~40 gray levels, a
+  Sobel response of ~100 on the real frames) above it.
   """
   r = max(4, blur.shape[0] // 40)
   strips = [blur[:r + 2], blur[-r - 2:], blur[:, :r + 2], blur[:, -r - 2:]]
@@ -280,8 +375,8 @@ def _canny_thresholds(blur: np.ndarray) -> tuple[float, float]:
     gy = cv2.Sobel(s, cv2.CV_16S, 0, 1, borderType=cv2.BORDER_REPLICATE)
     mags.append((np.abs(gx[1:-1, 1:-1].astype(np.int32)) +
                  np.abs(gy[1:-1, 1:-1])).ravel())
-  texture = float(np.percentile(np.concatenate(mags), 90))
-  high = float(np.clip(2.5 * texture, 40.0, 200.0))
+  texture = float(np.median(np.concatenate(mags)))
+  high = float(np.clip(5.0 * texture, 40.0, 150.0))
   return 0.5 * high, high
 
 
@@ -295,10 +390,11 @@ class _Cluster:
   lo: float               # the segments' extent along the axis (x for h,
   hi: float               # y for v)
   coverage: float = 0.0   # edge support along the line (px), see _support.
+  hits: np.ndarray | None = None  # per position along the frame, ditto.
 
 
 def _segments(edges: np.ndarray, work_w: int) -> np.ndarray:
-  lines = cv2.HoughLinesP(edges, rho=1, theta=np.pi / 180, threshold=30,
+  lines = cv2.HoughLinesP(edges, rho=1, theta=np.pi / 180, threshold=40,
                           minLineLength=max(20, int(0.05 * work_w)),
                           maxLineGap=max(4, int(0.01 * work_w)))
   if lines is None:
@@ -329,6 +425,7 @@ def _support(cl: _Cluster, edges: np.ndarray, grad: tuple) -> float:
   """Edge support of a cluster's line: positions along it (within the
   segments' extent widened by 15% of the frame) with a Canny pixel within
   1 px whose gradient runs across the line with the cluster's polarity.
+  Also sets `cl.hits`, that test at every position along the frame.
 
   HoughLinesP cuts a slightly jagged edge into pieces and may not report
   them all; counting the edge pixels measures a side's length reliably.
@@ -337,9 +434,7 @@ def _support(cl: _Cluster, edges: np.ndarray, grad: tuple) -> float:
   gx, gy = grad
   nx, ny, c = cl.line
   dim, across_dim = (w, h) if cl.family == 'h' else (h, w)
-  lo = int(max(0, cl.lo - 0.15 * dim))
-  hi = int(min(dim - 1, cl.hi + 0.15 * dim))
-  t = np.arange(lo, hi + 1)
+  t = np.arange(dim)
   across = (c - nx * t) / ny if cl.family == 'h' else (c - ny * t) / nx
   base = np.round(across).astype(int)
   hit = np.zeros(len(t), bool)
@@ -353,7 +448,10 @@ def _support(cl: _Cluster, edges: np.ndarray, grad: tuple) -> float:
       e, g_across, g_along = edges[t, a], gx[t, a], gy[t, a]
     hit |= ok & (e > 0) & (np.abs(g_across) > np.abs(g_along)) & (
         np.sign(g_across) == cl.polarity)
-  return float(hit.sum())
+  cl.hits = hit
+  lo = int(max(0, cl.lo - 0.15 * dim))
+  hi = int(min(dim - 1, cl.hi + 0.15 * dim))
+  return float(hit[lo:hi + 1].sum())
 
 
 def _cluster_family(segs: np.ndarray, family: str, tol: float,
@@ -411,8 +509,15 @@ def _cluster_family(segs: np.ndarray, family: str, tol: float,
   return out
 
 
-BAND_DISTANCES = (3.0, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0)  # px, working res.
-PHONE_MIN_DEV = 20.0     # the phone differs from the mat by this much.
+def _row_nanmedian(a: np.ndarray) -> np.ndarray:
+  """Median of each row ignoring NaNs (NaN for an all-NaN row); much faster
+  than np.nanmedian(axis=1) on small arrays."""
+  srt = np.sort(a, axis=1)  # NaNs sort last.
+  k = np.sum(~np.isnan(a), axis=1)
+  lo = np.clip((k - 1) // 2, 0, a.shape[1] - 1)
+  hi = np.clip(k // 2, 0, a.shape[1] - 1)
+  rows = np.arange(a.shape[0])
+  return np.where(k > 0, 0.5 * (srt[rows, lo] + srt[rows, hi]), np.nan)
 
 
 def _band_devs(work: _Work, cl: _Cluster) -> dict:
@@ -449,8 +554,8 @@ def _band_devs(work: _Work, cl: _Cluster) -> dict:
   for border in (('top', 'bottom') if cl.family == 'h' else ('left', 'right')):
     prof = work.profiles[border]
     dev = gray - (prof[xc] if cl.family == 'h' else prof[yc])
-    dev = np.where(ok | ~rows_ok[:, None], dev, np.nan)
-    med = np.where(rows_ok, np.nanmedian(dev, axis=1), np.nan)
+    dev = np.where(ok, dev, np.nan)
+    med = np.where(rows_ok, _row_nanmedian(dev), np.nan)
     out[border] = (med[:n], med[n:])
   return out
 
@@ -461,7 +566,9 @@ def _side_strength(outside: np.ndarray, inside: np.ndarray) -> float:
   clearly closer to the mat; 0 otherwise.
 
   A shadow just outside a side keeps the outside's far distances mat-like; a
-  white bezel outside a screen's edge does not, so that edge is refused.
+  white bezel outside a screen's edge does not, so that edge is refused, as
+  is any edge with white (a bezel) anywhere in its outside band (the edge of
+  a dark slot or button within a white bezel).
   """
   if np.all(np.isnan(inside)):
     return 0.0
@@ -471,7 +578,9 @@ def _side_strength(outside: np.ndarray, inside: np.ndarray) -> float:
   if np.all(np.isnan(outside)):
     return dev_in  # the side runs along the frame's edge.
   dev_out = float(np.nanmin(np.abs(outside)))
-  if dev_out > 0.6 * dev_in or dev_out > 35.0:
+  white_out = outside[2:5]  # 6-9 px: past the edge's own blur.
+  if (dev_out > 0.6 * dev_in or dev_out > 35.0 or
+      (not np.all(np.isnan(white_out)) and np.nanmax(white_out) > 60.0)):
     return 0.0
   return dev_in - dev_out
 
@@ -556,23 +665,54 @@ def _frame_edge_line(name: str, work: _Work) -> np.ndarray | None:
   return line
 
 
-def _phone_ends_at_frame_edge(name: str, sides: dict, shape) -> bool:
-  """A side placed on the frame's edge is accepted only where both adjacent
-  sides' straight parts stop short of that edge: the phone's rounded corners
-  are in view, so at most a sliver of the phone is cut."""
-  hh, ww = shape
-  margin = max(6.0, 0.012 * ww)
+def _border_coverage(name: str, sides: dict, work: _Work) -> float:
+  """Fraction of the frame's edge `name`, between the two adjacent sides,
+  where the phone (not the mat) touches it."""
+  hh, ww = work.blur.shape
   adj = (('top', 'bottom') if name in ('left', 'right') else ('left', 'right'))
-  dim = ww if name in ('left', 'right') else hh
-  for a in adj:
-    cl = sides[a]
-    if cl is None:  # itself on a frame edge.
-      return False
-    if name in ('left', 'top') and cl.lo < margin:
-      return False
-    if name in ('right', 'bottom') and cl.hi > dim - 1 - margin:
-      return False
-  return True
+  if any(sides[a] is None for a in adj):
+    return 1.0
+  prof = work.profiles[name]
+  if name in ('left', 'right'):
+    x = 0 if name == 'left' else ww - 1
+    ends = [(l[2] - l[0] * x) / l[1] for l in (sides[a].line for a in adj)]
+    lo, hi = int(np.ceil(min(ends))), int(np.floor(max(ends)))
+    lo, hi = max(lo, 0), min(hi, hh - 1)
+    edge = work.blur[lo:hi + 1, x].astype(np.float32)
+  else:
+    y = 0 if name == 'top' else hh - 1
+    ends = [(l[2] - l[1] * y) / l[0] for l in (sides[a].line for a in adj)]
+    lo, hi = int(np.ceil(min(ends))), int(np.floor(max(ends)))
+    lo, hi = max(lo, 0), min(hi, ww - 1)
+    edge = work.blur[y, lo:hi + 1].astype(np.float32)
+  if hi - lo < 10:
+    return 1.0
+  return float(np.mean(np.abs(edge - prof[lo:hi + 1]) >= PHONE_MIN_DEV))
+
+
+def _runs_off(cl: _Cluster, toward: str) -> bool:
+  """Whether a side's straight edge runs on to the frame's edge `toward`
+  ('low' or 'high' end of its axis): edge support on most of the last 2%."""
+  n = len(cl.hits)
+  b = max(4, int(0.02 * n))
+  end = cl.hits[:b] if toward == 'low' else cl.hits[-b:]
+  return float(end.mean()) >= 0.5
+
+
+def _phone_ends_at_frame_edge(name: str, sides: dict, work: _Work) -> bool:
+  """A side placed on the frame's edge is accepted only where the phone's
+  rounded corners are in view there: neither adjacent side's straight edge
+  runs on to that frame edge, and the phone covers at most
+  MAX_BORDER_COVERAGE of the frame edge between them. So at most the
+  rounding is cut; a phone whose straight sides run off the frame is cut
+  off."""
+  adj = (('top', 'bottom') if name in ('left', 'right') else ('left', 'right'))
+  if any(sides[a] is None for a in adj):
+    return False
+  toward = 'low' if name in ('left', 'top') else 'high'
+  if any(_runs_off(sides[a], toward) for a in adj):
+    return False
+  return _border_coverage(name, sides, work) <= MAX_BORDER_COVERAGE
 
 
 def _corners(lines: Sequence[np.ndarray]) -> np.ndarray:
@@ -604,6 +744,32 @@ def _feasible(q: np.ndarray, shape) -> bool:
           dev <= MAX_CORNER_DEVIATION)
 
 
+def _rank_candidates(name: str, cands: list) -> list[_Cluster]:
+  """Orders one side's candidates (cluster, inside band) for trying.
+
+  The long ones (>= 40% of the best support) come first, outermost first
+  (a white bezel's outer edge before the screen's edge, the glass edge
+  before a soft shadow's rim), then the short ones; at most MAX_CANDIDATES.
+  A dark fringe (shadow, the phone's side) hugging a white bezel is dropped
+  when the bezel's own edge (brighter going in, into a white body) follows
+  within 10 px.
+  """
+  sign = 1.0 if name in ('top', 'left') else -1.0
+  lst = sorted(cands, key=lambda k: sign * k[0].offset)
+  keep = []
+  for i, (cl, _) in enumerate(lst):
+    if _inside_darker(cl, name) and any(
+        0 < abs(o.offset - cl.offset) <= 10.0 and
+        not _inside_darker(o, name) and np.nanmax(o_in) >= 60.0
+        for o, o_in in lst[i + 1:]):
+      continue
+    keep.append(cl)
+  best = max((k.coverage for k in keep), default=0.0)
+  long_ones = [k for k in keep if k.coverage >= 0.4 * best]
+  short_ones = [k for k in keep if k.coverage < 0.4 * best]
+  return (long_ones + short_ones)[:MAX_CANDIDATES]
+
+
 def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
   """Ordered corners at working resolution (and diagnostics), or raises."""
   blur = work.blur
@@ -616,7 +782,8 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
   is_h = (ang < 20.0) | (ang > 160.0)
   is_v = np.abs(ang - 90.0) < 20.0
   diag = {'segments': int(is_h.sum() + is_v.sum()),
-          'canny_thresholds': (low, high), 'frame_edge_sides': ()}
+          'canny_thresholds': (low, high), 'frame_edge_sides': (),
+          'side_support': (0.0, 0.0, 0.0, 0.0)}
   if diag['segments'] == 0:
     raise ScreenNotFoundError('no long straight edges found')
   tol = max(2.0, 0.004 * ww)
@@ -634,45 +801,19 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
     raise ScreenNotFoundError(
         f'no phone-outline edges found ({diag["segments"]} straight '
         'segments, none between mat and phone)')
-  # Rank each side's candidates: the long ones (>= 40% of the best support)
-  # outermost first (a white bezel's outer edge before the screen's edge,
-  # the glass edge before a soft shadow's rim), then the short ones; a
-  # shadow line hugging a white bezel yields to the bezel's edge just inside.
-  ranked = {}
-  for name in _SIDES:
-    outer_first = (lambda k: k[0].offset) if name in ('top', 'left') else (
-        lambda k: -k[0].offset)
-    lst = sorted(cands[name], key=outer_first)
-    keep = []
-    for i, (cl, inside) in enumerate(lst):
-      # A dark fringe (shadow, the phone's side) hugging a white bezel: the
-      # edge into the fringe is dropped when the bezel's own edge (getting
-      # brighter into a white body) follows within a few px.
-      if _inside_darker(cl, name) and any(
-          0 < abs(o.offset - cl.offset) <= 10.0 and
-          not _inside_darker(o, name) and np.nanmax(o_in) >= 60.0
-          for o, o_in in lst[i + 1:]):
-        continue
-      keep.append(cl)
-    best = max((k.coverage for k in keep), default=0.0)
-    long_ones = [k for k in keep if k.coverage >= 0.4 * best]
-    ranked[name] = long_ones + [k for k in keep if k.coverage < 0.4 * best]
-    edge_line = _frame_edge_line(name, work)
-    if edge_line is not None:
-      ranked[name].append(None)  # the frame's edge, as the last resort.
   edge_lines = {k: _frame_edge_line(k, work) for k in _SIDES}
+  ranked = {k: _rank_candidates(k, cands[k]) + (
+      [None] if edge_lines[k] is not None else []) for k in _SIDES}
   missing = [k for k in _SIDES if not ranked[k]]
   if missing:
     raise ScreenNotFoundError(
         f'only {4 - len(missing)} of the 4 sides found (missing: '
         f'{", ".join(missing)})')
-  # The first feasible combination by rank sum (then by larger area).
-  combos = []
-  for it in itertools.product(*(range(len(ranked[k])) for k in _SIDES)):
-    combos.append((sum(it), it))
-  combos.sort()
+  # The first phone-shaped combination by rank sum.
+  combos = sorted(itertools.product(*(range(len(ranked[k])) for k in _SIDES)),
+                  key=sum)
   chosen, why = None, 'the sides found form no phone-shaped outline'
-  for _, it in combos:
+  for it in combos:
     sides = {k: ranked[k][i] for k, i in zip(_SIDES, it)}
     lines = [sides[k].line if sides[k] is not None else edge_lines[k]
              for k in _SIDES]
@@ -683,7 +824,19 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
     if not _feasible(q, (hh, ww)):
       continue
     at_edge = [k for k in _SIDES if sides[k] is None]
-    if not all(_phone_ends_at_frame_edge(k, sides, (hh, ww)) for k in at_edge):
+    if not all(_phone_ends_at_frame_edge(k, sides, work) for k in at_edge):
+      why = 'outline touches the image border: phone is cut off'
+      continue
+    # A side found right at the frame's edge may be an inner edge of a phone
+    # running off the frame (a white bezel's cut remains outside it).
+    near = max(3.0, 0.01 * ww)
+    hugging = [k for k, hug in (
+        ('top', max(q[0, 1], q[1, 1]) <= near),
+        ('right', min(q[1, 0], q[2, 0]) >= ww - 1 - near),
+        ('bottom', min(q[2, 1], q[3, 1]) >= hh - 1 - near),
+        ('left', max(q[0, 0], q[3, 0]) <= near)) if hug and k not in at_edge]
+    if any(_border_coverage(k, sides, work) > MAX_BORDER_COVERAGE
+           for k in hugging):
       why = 'outline touches the image border: phone is cut off'
       continue
     chosen = (sides, lines, at_edge)
@@ -692,6 +845,11 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
     raise ScreenNotFoundError(why)
   sides, lines, at_edge = chosen
   diag['frame_edge_sides'] = tuple(at_edge)
+  q = _corners(lines)
+  side_len = np.linalg.norm(q - np.roll(q, -1, axis=0), axis=1)
+  diag['side_support'] = tuple(
+      round(float(sides[k].coverage / side_len[i]), 3)
+      if sides[k] is not None else 0.0 for i, k in enumerate(_SIDES))
   lines = dict(zip(_SIDES, lines))
   q = _corners([lines[k] for k in _SIDES])
   # Refit each Hough side to the Canny pixels along its straight middle part.
@@ -755,9 +913,21 @@ def _contour_quad(work: _Work) -> np.ndarray:
       lines.append(np.array([n[0], n[1], n @ a]))
     else:
       lines.append(_line_from_points(pts[sel]))
-  t, r, b, l = lines
-  return np.array([_intersect(t, l), _intersect(t, r), _intersect(b, r),
-                   _intersect(b, l)])
+  q = _corners(lines)
+  # Each side must follow an image edge: a region boundary drawn by a wrong
+  # mat level (a phone at the border fooling the border profile) does not.
+  edges = cv2.Canny(blur, *_canny_thresholds(blur))
+  edges = cv2.dilate(edges, np.ones((5, 5), np.uint8))
+  for i in range(4):
+    a, b = q[i], q[(i + 1) % 4]
+    f = np.linspace(0.12, 0.88, 64)[:, None]
+    p = np.round(a + f * (b - a)).astype(int)
+    ok = (p[:, 0] >= 0) & (p[:, 0] < ww) & (p[:, 1] >= 0) & (p[:, 1] < hh)
+    p = p[ok]
+    if len(p) < 16 or edges[p[:, 1], p[:, 0]].mean() < 0.5 * 255:
+      raise ScreenNotFoundError(
+          f'the region\'s {_SIDES[i]} side follows no image edge')
+  return q
 
 
 # --------------------------------------------------------------------------
@@ -771,7 +941,7 @@ def find_screen_with_info(
   h, w = image.shape[:2]
   work = _working_image(image)
   diag = {'segments': 0, 'canny_thresholds': (0.0, 0.0),
-          'frame_edge_sides': ()}
+          'frame_edge_sides': (), 'side_support': (0.0, 0.0, 0.0, 0.0)}
   try:
     q_work, diag = _hough_quad(work)
     q = _to_full(q_work, work.scale)
@@ -788,6 +958,7 @@ def find_screen_with_info(
     raise ScreenNotFoundError(
         f'{hough_error} (contour fallback: {e})') from None
   diag['frame_edge_sides'] = ()
+  diag['side_support'] = (0.0, 0.0, 0.0, 0.0)
   return q, ScreenInfo('contour', str(hough_error), work.scale, frac, aspect,
                        dev, **diag)
 
@@ -809,7 +980,9 @@ def rectify(image_bgr: np.ndarray, corners: np.ndarray,
   area-averaged, so thin defects (scratches) are not aliased away.
   """
   out_h, out_w = int(size[0]), int(size[1])
-  q = np.asarray(corners, np.float32).reshape(4, 2)
+  q = np.asarray(corners, np.float32)
+  if q.shape != (4, 2) or not np.all(np.isfinite(q)):
+    raise ValueError(f'corners must be a finite (4, 2) array, got {q.shape}')
   src_w = max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3]))
   src_h = max(np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1]))
   f = int(np.clip(np.floor(min(src_w / out_w, src_h / out_h)), 1, 4))
@@ -835,30 +1008,39 @@ def _list_images(root: pathlib.Path) -> list[pathlib.Path]:
                 if p.is_file() and p.suffix.lower() in exts)
 
 
-def _tile(image, corners, label, ok, thumb_w=480):
-  h, w = image.shape[:2]
-  s = thumb_w / float(w)
-  thumb = cv2.resize(image, (thumb_w, max(1, round(h * s))),
-                     interpolation=cv2.INTER_AREA)
-  roi = np.zeros((ROI_SIZE[0], ROI_SIZE[1], 3), np.uint8)
-  if corners is not None:
-    p = np.round(((corners + 0.5) * s - 0.5) * 4).astype(np.int32)
-    cv2.polylines(thumb, [p.reshape(-1, 1, 2)], True, (0, 255, 0), 1,
-                  cv2.LINE_AA, shift=2)
-    for (x, y), col in zip(p, [(0, 0, 255), (0, 255, 255), (255, 0, 255),
-                                (255, 128, 0)]):
-      cv2.circle(thumb, (int(x), int(y)), 3 * 4, col, 1, cv2.LINE_AA, shift=2)
-    roi = rectify(image, corners)
+def _tile(image: np.ndarray | None, corners: np.ndarray | None,
+          roi: np.ndarray | None, label: str, ok: bool,
+          thumb_w: int) -> np.ndarray:
+  """A downscaled frame with the outline (corner marks: tl red, tr yellow,
+  br magenta, bl blue) and the rectified ROI beside it, under a label."""
+  if image is None:
+    thumb = np.zeros((round(thumb_w * 9 / 16), thumb_w, 3), np.uint8)
+  else:
+    h, w = image.shape[:2]
+    s = thumb_w / float(w)
+    thumb = cv2.resize(image, (thumb_w, max(1, round(h * s))),
+                       interpolation=cv2.INTER_AREA)
+    if corners is not None:
+      p = np.round(((corners + 0.5) * s - 0.5) * 4).astype(np.int32)
+      cv2.polylines(thumb, [p.reshape(-1, 1, 2)], True, (0, 255, 0), 1,
+                    cv2.LINE_AA, shift=2)
+      for (x, y), col in zip(p, [(0, 0, 255), (0, 255, 255), (255, 0, 255),
+                                  (255, 128, 0)]):
+        cv2.circle(thumb, (int(x), int(y)), 3 * 4, col, 1, cv2.LINE_AA,
+                   shift=2)
+  if roi is None:
+    roi = np.zeros((ROI_SIZE[0], ROI_SIZE[1], 3), np.uint8)
   th = max(thumb.shape[0], roi.shape[0])
-  tile = np.full((th + 18, thumb.shape[1] + roi.shape[1] + 6, 3), 32, np.uint8)
+  tile = np.full((th + 18, thumb.shape[1] + roi.shape[1] + 6, 3), 32,
+                 np.uint8)
   tile[18:18 + thumb.shape[0], :thumb.shape[1]] = thumb
   tile[18:18 + roi.shape[0], thumb.shape[1] + 6:] = roi
-  cv2.putText(tile, label[:80], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
+  cv2.putText(tile, label[:90], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
               (255, 255, 255) if ok else (0, 0, 255), 1, cv2.LINE_AA)
   return tile
 
 
-def _contact_sheet(tiles, columns):
+def _contact_sheet(tiles: list[np.ndarray], columns: int) -> np.ndarray:
   if not tiles:
     return np.zeros((32, 32, 3), np.uint8)
   th = max(t.shape[0] for t in tiles)
@@ -875,13 +1057,17 @@ def _contact_sheet(tiles, columns):
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m smsdd_jax.roi',
-      description='Find the phone screen in every jpg/png under --input and '
-      'write a contact sheet of outlines and rectified ROIs.')
+      description='Find the phone screen in every jpg/png under --input '
+      '(recursively) and write a PNG contact sheet: each frame downscaled '
+      'with the found outline drawn, and its rectified ROI beside it.')
   parser.add_argument('--input', required=True, help='folder, read recursively')
   parser.add_argument('--sheet', required=True, help='output PNG path')
-  parser.add_argument('--columns', type=int, default=3)
-  parser.add_argument('--thumb_width', type=int, default=480)
+  parser.add_argument('--columns', type=int, default=4)
+  parser.add_argument('--thumb_width', type=int, default=320)
+  parser.add_argument('--threads', type=int, default=1,
+                      help='OpenCV threads (1: the timings are per core)')
   args = parser.parse_args(argv)
+  cv2.setNumThreads(args.threads)
 
   root = pathlib.Path(args.input)
   paths = _list_images(root)
@@ -889,27 +1075,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'no jpg/png files under {root}', file=sys.stderr)
   tiles, counts, failures, times = [], {}, [], []
   for p in paths:
-    rel = p.relative_to(root) if root in p.parents else p
+    rel = p.relative_to(root)
     image = cv2.imread(str(p), cv2.IMREAD_COLOR)
     if image is None:
       failures.append((str(rel), 'unreadable image file'))
-      print(f'{rel}: FAILED unreadable image file')
+      print(f'{rel}: FAILED unreadable image file', flush=True)
+      tiles.append(_tile(None, None, None, f'{rel}: unreadable', False,
+                         args.thumb_width))
       continue
     t0 = time.perf_counter()
     try:
       corners, info = find_screen_with_info(image)
+      roi = rectify(image, corners)
     except ScreenNotFoundError as e:
       failures.append((str(rel), str(e)))
-      print(f'{rel}: FAILED {e}')
-      tiles.append(_tile(image, None, f'{rel}: {e}', False, args.thumb_width))
+      print(f'{rel}: FAILED {e}', flush=True)
+      tiles.append(_tile(image, None, None, f'{rel}: {e}', False,
+                         args.thumb_width))
       continue
     times.append(time.perf_counter() - t0)
     counts[info.method] = counts.get(info.method, 0) + 1
+    extra = ''
+    if info.hough_failure:
+      extra += f' (hough: {info.hough_failure})'
+    if info.frame_edge_sides:
+      extra += f' (at frame edge: {",".join(info.frame_edge_sides)})'
     print(f'{rel}: {info.method} area={info.area_fraction:.3f} '
-          f'aspect={info.aspect:.2f} corner_dev={info.max_corner_deviation:.1f}'
-          f' {1e3 * times[-1]:.1f} ms'
-          + (f' (hough: {info.hough_failure})' if info.hough_failure else ''))
-    tiles.append(_tile(image, corners, f'{rel} [{info.method}]', True,
+          f'aspect={info.aspect:.2f} '
+          f'corner_dev={info.max_corner_deviation:.1f}deg '
+          f'{1e3 * times[-1]:.1f}ms{extra}', flush=True)
+    tiles.append(_tile(image, corners, roi, f'{rel} [{info.method}]', True,
                        args.thumb_width))
   sheet = _contact_sheet(tiles, max(1, args.columns))
   pathlib.Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
@@ -918,10 +1113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   found = sum(counts.values())
   summary = ', '.join(f'{k} {v}' for k, v in sorted(counts.items()))
+  median = f'{1e3 * np.median(times):.1f} ms' if times else 'n/a'
   print(f'summary: {found}/{len(paths)} found ({summary or "none"}), '
-        f'{len(failures)} failed; median find_screen '
-        f'{1e3 * np.median(times) if times else float("nan"):.1f} ms; '
-        f'sheet {args.sheet}')
+        f'{len(failures)} failed; median find_screen + rectify {median} '
+        f'({args.threads} OpenCV thread(s)); sheet {args.sheet}')
   for name, why in failures:
     print(f'  failed: {name}: {why}')
   return 0

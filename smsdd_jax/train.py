@@ -62,6 +62,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps'):
     if config[field] <= 0:
       raise ValueError(f'config.{field}={config[field]}: must be > 0')
+  if config.checkpoint.every_steps < 0 or config.checkpoint.max_to_keep < 1:
+    raise ValueError('config.checkpoint: every_steps must be >= 0 and max_to_keep >= 1')
+  if config.data.normalize not in ('fixed', 'train_stats'):
+    raise ValueError(f'config.data.normalize={config.data.normalize!r}: expected '
+                     "'fixed' or 'train_stats'")
   if config.optimizer.learning_rate <= 0:
     raise ValueError(f'config.optimizer.learning_rate={config.optimizer.learning_rate}:'
                      ' must be > 0')
@@ -259,72 +264,164 @@ def _check_finite(step: int, metrics: dict, checkpointer) -> None:
         f'checkpoint: {"none" if last is None else f"step {last}"}')
 
 
+class Run:
+  """What one training run holds besides the state: data, functions, files."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.builder = input_pipeline.prepare(config.data)
+    info = input_pipeline.split_info(self.builder, config.data.train_split)
+    if not (info.num_good and info.num_defective):
+      raise ValueError(f'training split {config.data.train_split!r} of '
+                       f'{config.data.name!r} lacks a class: {info}')
+    if 2 * config.batch_size > info.num_examples:
+      raise ValueError(f'config.batch_size={config.batch_size} pairs needs '
+                       f'{2 * config.batch_size} images but the training split has '
+                       f'{info.num_examples}')
+    self.train_info = info
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(info.num_examples,
+                                                          config.batch_size)
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.stats = _data_stats(self.builder, config.data, workdir)
+    mesh = make_mesh()
+    self.data_sharding = NamedSharding(mesh, P('data'))
+    self.replicated = NamedSharding(mesh, P())
+    self.model = models.create(config.model)
+    self.tx = make_optimizer(config.optimizer)
+    self.checkpoints = checkpointing.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), max_to_keep=config.checkpoint.max_to_keep)
+    self.best = BestCheckpoint(workdir, config.checkpoint)
+    self.eval_fn = jax.jit(functools.partial(eval_step, model=self.model))
+
+  def initial_state(self) -> TrainState:
+    state = create_train_state(self.config, self.model, self.tx)
+    return jax.device_put(self.checkpoints.restore_or(state), self.replicated)
+
+  def evaluate(self, state, prefix: str) -> dict:
+    split = self.config.data.val_split if prefix == 'val' else self.config.data.test_split
+    batches = input_pipeline.eval_batches(self.builder, split, self.config,
+                                          stats=self.stats)
+    result = evaluate(self.eval_fn, state, batches, self.data_sharding)
+    return {f'{prefix}/{k}': v for k, v in result.items()}
+
+  def close(self) -> None:
+    self.checkpoints.close()
+    self.best.close()
+
+
+def _data_stats(builder, data_config, workdir: str) -> dict:
+  """Normalisation stats, saved beside the checkpoints for inference; a
+  resumed run reuses the saved ones."""
+  path = os.path.join(workdir, 'data_stats.json')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  stats = input_pipeline.compute_stats(builder, data_config)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump({**stats, 'normalize': data_config.normalize}, f)
+  return stats
+
+
+class BestCheckpoint:
+  """Keeps the state with the best validation metric in checkpoints_best/,
+  apart from the periodic ones so pruning never removes it; best.json says
+  which step and value it holds."""
+
+  def __init__(self, workdir: str, ckpt_config):
+    self.metric, self.mode = ckpt_config.best_metric, ckpt_config.best_mode
+    if self.mode not in ('max', 'min'):
+      raise ValueError(f'config.checkpoint.best_mode={self.mode!r}: expected max or min')
+    self.path = os.path.join(workdir, 'best.json')
+    self.checkpoints = checkpointing.Checkpointer(
+        os.path.join(workdir, 'checkpoints_best'), max_to_keep=1)
+    self.value = None
+    if os.path.exists(self.path):
+      with open(self.path, encoding='utf-8') as f:
+        self.value = json.load(f)['value']
+
+  def update(self, step: int, state, metrics: dict) -> bool:
+    if self.metric not in metrics:
+      raise ValueError(f'config.checkpoint.best_metric={self.metric!r} is not among '
+                       f'the eval metrics {sorted(metrics)}')
+    value = float(metrics[self.metric])
+    if self.value is not None and not (
+        value > self.value if self.mode == 'max' else value < self.value):
+      return False
+    self.checkpoints.save(step, state)
+    self.checkpoints.wait()  # best.json must never name an unfinished save.
+    self.value = value
+    with open(self.path, 'w', encoding='utf-8') as f:
+      json.dump({'step': step, 'metric': self.metric, 'value': value}, f)
+    return True
+
+  def close(self) -> None:
+    self.checkpoints.close()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates val each epoch and test at the end; returns the last
-  metrics written ({'val/accuracy': ..., 'test/accuracy': ...})."""
+  metrics written ({'val/accuracy': ..., 'test/accuracy': ...}).
+
+  Resumes from workdir's latest checkpoint. Ctrl-C saves the current step
+  before it exits (KeyboardInterrupt is re-raised)."""
   validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  write_run_info(config, workdir)
-
-  builder = input_pipeline.prepare(config.data)
-  train_info = input_pipeline.split_info(builder, config.data.train_split)
-  if not (train_info.num_good and train_info.num_defective):
-    raise ValueError(f'training split {config.data.train_split!r} of '
-                     f'{config.data.name!r} lacks a class: {train_info}')
-  steps_per_epoch = input_pipeline.steps_per_epoch(train_info.num_examples,
-                                                   config.batch_size)
-  total_steps = steps_per_epoch * config.num_epochs
-
-  mesh = make_mesh()
-  data_sharding = NamedSharding(mesh, P('data'))
-  model = models.create(config.model)
-  tx = make_optimizer(config.optimizer)
-  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                            max_to_keep=config.checkpoint.max_to_keep)
-  state = checkpointer.restore_or(create_train_state(config, model, tx))
-  state = jax.device_put(state, NamedSharding(mesh, P()))  # Replicated.
-  start_step = int(state.step)
-  logging.info('train split: %s; %d steps/epoch, %d steps; params %d; start at %d',
-               train_info, steps_per_epoch, total_steps,
-               models.count_params(state.params), start_step)
-
-  writer = metric_writers.MetricWriter(workdir)
-  train_step_fn = make_train_step(model, tx, config.loss)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model))
-  pairs = input_pipeline.train_pairs(builder, config, start_step=start_step)
-  progress = Progress(start_step, total_steps, config.batch_size)
-  every_ckpt = config.checkpoint.every_steps or steps_per_epoch
-  last = {}
+  run = Run(config, workdir)
   try:
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step_fn(state, jax.device_put(next(pairs), data_sharding))
+    state = run.initial_state()  # Refuses a mismatching checkpoint first...
+    write_run_info(config, workdir)  # ...so config.json still describes it.
+    logging.info('train split: %s; %d steps/epoch, %d steps; params %d; start at %d',
+                 run.train_info, run.steps_per_epoch, run.total_steps,
+                 models.count_params(state.params), int(state.step))
+    return _train_loop(run, state)
+  finally:
+    run.close()
+
+
+def _train_loop(run: Run, state: TrainState) -> dict:
+  config, start_step = run.config, int(state.step)
+  writer = metric_writers.MetricWriter(run.workdir)
+  train_step_fn = make_train_step(run.model, run.tx, config.loss)
+  pairs = input_pipeline.train_pairs(run.builder, config, stats=run.stats,
+                                     start_step=start_step)
+  progress = Progress(start_step, run.total_steps, config.batch_size)
+  every_ckpt = config.checkpoint.every_steps or run.steps_per_epoch
+  last = {}
+  step = start_step
+  try:
+    for step in range(start_step + 1, run.total_steps + 1):
+      state, metrics = train_step_fn(state, jax.device_put(next(pairs), run.data_sharding))
       metrics = jax.device_get(metrics)
-      _check_finite(step, metrics, checkpointer)
+      _check_finite(step, metrics, run.checkpoints)
       if step % config.log_every_steps == 0 or step == start_step + 1:
         writer.write(step, {f'train/{k}': v for k, v in metrics.items()})
         logging.info(progress.report(step, metrics))
-      if step % steps_per_epoch == 0 or step == total_steps:
-        last = _evaluate_split(eval_fn, state, builder, config, 'val', data_sharding)
+      if step % run.steps_per_epoch == 0 or step == run.total_steps:
+        last = run.evaluate(state, 'val')
         writer.write(step, last)
-        logging.info('step %d: %s', step, _fmt(last))
-      if step % every_ckpt == 0 or step == total_steps:
-        checkpointer.save(step, state)
-    test = _evaluate_split(eval_fn, state, builder, config, 'test', data_sharding)
+        best = run.best.update(step, state, last)
+        logging.info('step %d: %s%s', step, _fmt(last), ' (best)' if best else '')
+      if step % every_ckpt == 0 or step == run.total_steps:
+        run.checkpoints.save(step, state)
+    test = run.evaluate(state, 'test')
     writer.write(int(state.step), test)
     logging.info('test: %s', _fmt(test))
-    last = {**last, **test}
+    return {**last, **test}
+  except KeyboardInterrupt:
+    done = int(state.step)  # Steps finished; `state` is never half-updated.
+    try:
+      if done > start_step and run.checkpoints.latest_step() != done:
+        run.checkpoints.save(done, state)
+      logging.info('interrupted: saved step %d in %s; rerun to resume', done,
+                   run.checkpoints.directory)
+    except RuntimeError as e:  # Interrupted between dispatch and assignment:
+      # the donated state is gone; the last periodic checkpoint stands.
+      logging.info('interrupted; could not save (%s); last checkpoint: step %s',
+                   e, run.checkpoints.latest_step())
+    raise
   finally:
-    checkpointer.close()
     writer.close()
-  return last
-
-
-def _evaluate_split(eval_fn, state, builder, config, prefix: str, sharding) -> dict:
-  split = config.data.val_split if prefix == 'val' else config.data.test_split
-  result = evaluate(eval_fn, state, input_pipeline.eval_batches(builder, split, config),
-                    sharding)
-  return {f'{prefix}/{k}': v for k, v in result.items()}
 
 
 def _fmt(metrics: dict) -> str:

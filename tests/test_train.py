@@ -140,11 +140,17 @@ def test_non_finite_loss_stops_the_run_naming_the_step(quick_config, tmp_path):
     train.train_and_evaluate(two_step_config(quick_config), str(tmp_path / 'nan'))
 
 
-@pytest.mark.parametrize('field,value', [('batch_size', 0), ('num_epochs', -1)])
-def test_bad_config_is_refused_before_building_anything(quick_config, field, value,
-                                                        tmp_path):
-  quick_config[field] = value
-  with pytest.raises(ValueError, match=f'config.{field}'):
+@pytest.mark.parametrize('field,value,match', [
+    ('batch_size', 0, 'config.batch_size'), ('num_epochs', -1, 'config.num_epochs'),
+    ('batch_size', 65, 'config.batch_size=65 pairs needs 130 images'),
+    ('data.image_size', (20, 230), 'too small'),
+    ('loss.beta', -0.5, 'config.loss.beta'), ('loss.margin', 0.0, 'config.loss.margin'),
+    ('data.normalize', 'imagenet', 'config.data.normalize')])
+def test_bad_config_is_refused_before_training(quick_config, field, value, match,
+                                               tmp_path):
+  holder, _, key = field.rpartition('.')
+  (quick_config[holder] if holder else quick_config)[key] = value
+  with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(quick_config, str(tmp_path / 'bad'))
   assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')
 

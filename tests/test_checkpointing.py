@@ -1,0 +1,125 @@
+"""Checkpoints: best kept apart, mismatch messages, atomic saves, Ctrl-C."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from smsdd_jax import checkpointing
+from smsdd_jax import metric_writers
+from smsdd_jax import models
+from smsdd_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def small_run(config, epochs):
+  config.batch_size = 32  # 128 train images -> 2 steps an epoch.
+  config.num_epochs = epochs
+  config.log_every_steps = 1
+  return config
+
+
+def target_for(config):
+  return train.create_train_state(config, models.create(config.model),
+                                  train.make_optimizer(config.optimizer))
+
+
+def test_best_checkpoint_is_kept_apart_from_pruned_periodic_ones(quick_config, tmp_path):
+  config = small_run(quick_config, epochs=3)
+  config.checkpoint.max_to_keep = 1
+  config.checkpoint.best_metric = 'val/cross_entropy'
+  config.checkpoint.best_mode = 'min'
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  best = json.loads((workdir / 'best.json').read_text())
+  val = [r for r in metric_writers.read_metrics(str(workdir)) if 'val/cross_entropy' in r]
+  want = min(val, key=lambda r: r['val/cross_entropy'])
+  assert best['step'] == want['step'] and best['value'] == pytest.approx(
+      want['val/cross_entropy'])
+  assert sorted(os.listdir(workdir / 'checkpoints_best')) == [str(best['step'])]
+  assert checkpointing.Checkpointer(str(workdir / 'checkpoints'),
+                                    max_to_keep=1).all_steps() == [6]
+  restored = checkpointing.Checkpointer(str(workdir / 'checkpoints_best'),
+                                        max_to_keep=1).restore(target_for(config))
+  assert int(restored.step) == best['step']
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(quick_config, tmp_path):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(small_run(quick_config, 1), str(workdir))
+  wider = small_run(quick_config.copy_and_resolve_references(), 2)
+  wider.model.width_mult = 1 / 8
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'params/Conv_0/bias is \(4,\) there but \(8,\) here'
+                           r'.*width_mult=0.0625'):
+    train.train_and_evaluate(wider, str(workdir))
+  bn = small_run(quick_config.copy_and_resolve_references(), 2)
+  bn.model.batch_norm = True
+  with pytest.raises(checkpointing.CheckpointMismatchError, match='batch_norm=False'):
+    train.train_and_evaluate(bn, str(workdir))
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['config']['model']['width_mult'] == 1 / 16  # Not overwritten.
+
+
+_SAVER = textwrap.dedent('''
+    import sys, numpy as np
+    from smsdd_jax import checkpointing
+    ckpt = checkpointing.Checkpointer(sys.argv[1], max_to_keep=3)
+    ckpt.save(1, {'w': np.ones((4, 4), np.float32)})
+    ckpt.wait()
+    print('saved 1', flush=True)
+    big = {f'w{i}': np.full((64, 1024, 1024), i, np.float32) for i in range(6)}  # 1.5 GB
+    ckpt.save(2, big)
+    ckpt.wait()
+    print('saved 2', flush=True)
+''')
+
+
+def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
+  directory = tmp_path / 'ckpt'
+  proc = subprocess.Popen([sys.executable, '-c', _SAVER, str(directory)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    assert proc.stdout.readline().strip() == 'saved 1'
+    deadline = time.time() + 120
+    while not any('tmp' in p.name for p in directory.iterdir()):
+      assert time.time() < deadline and proc.poll() is None, 'save 2 never started'
+      time.sleep(0.01)
+  finally:
+    proc.kill()  # SIGKILL: no handler, no cleanup, mid-write.
+    proc.wait()
+  ckpt = checkpointing.Checkpointer(str(directory), max_to_keep=3)
+  assert ckpt.latest_step() == 1
+  restored = ckpt.restore({'w': np.zeros((4, 4), np.float32)})
+  np.testing.assert_array_equal(restored['w'], np.ones((4, 4)))
+  ckpt.close()
+
+
+def test_ctrl_c_saves_the_current_step_and_a_rerun_resumes(quick_config, tmp_path):
+  workdir = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'smsdd_jax.main', '--config=configs/beta_c.py:quick',
+         f'--workdir={workdir}', f'--config.data.data_dir={quick_config.data.data_dir}',
+         '--config.num_epochs=50', '--config.log_every_steps=1']
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:
+    if 'step 3/' in line:
+      proc.send_signal(signal.SIGINT)
+      break
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 130, out
+  ckpt = checkpointing.Checkpointer(str(workdir / 'checkpoints'), max_to_keep=3)
+  interrupted_at = ckpt.latest_step()
+  ckpt.close()
+  assert interrupted_at is not None and interrupted_at >= 3, out
+  cmd[-2] = '--config.num_epochs=1'  # 16 steps: the rerun does the rest.
+  rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert f'start at {interrupted_at}' in rerun.stdout
