@@ -133,19 +133,23 @@ def _class_stream(images: tf.data.Dataset, data_config, seed: int) -> tf.data.Da
                                               seed=seed + 2)
 
 
-def train_pairs(builder, config, *, stats: dict = FIXED_STATS,
-                start_step: int = 0) -> Iterator[dict]:
+def train_pairs(builder, config, *, stats: dict = FIXED_STATS, start_step: int = 0,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
   """Endless numpy batches of pairs: image_a, image_b, label_a, label_b, same.
 
-  Deterministic for a given config.seed; starts at batch `start_step`.
+  Deterministic for a given config.seed; starts at batch `start_step`. With
+  shard=(i, n) (process i of n) it samples from every n-th training image
+  only and yields batch_size // n pairs: this process's part of the global
+  batch.
   """
+  index, count = shard
   data_config = config.data
   if not 0.0 < data_config.defective_fraction < 1.0:
     raise ValueError(f'config.data.defective_fraction={data_config.defective_fraction}:'
                      ' must be in (0, 1)')
   images = _images(builder, data_config.train_split, data_config, stats,
-                   data_config.cache)
-  seed = int(config.seed) * 1000
+                   data_config.cache).shard(count, index)
+  seed = int(config.seed) * 1000 + 100 * index
   a = _class_stream(images, data_config, seed)
   b = _class_stream(images, data_config, seed + 10)
   pairs = tf.data.Dataset.zip(a, b).map(
@@ -153,7 +157,7 @@ def train_pairs(builder, config, *, stats: dict = FIXED_STATS,
                     'label_a': x['label'], 'label_b': y['label'],
                     'same': tf.cast(tf.equal(x['label'], y['label']), tf.float32)},
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  pairs = pairs.batch(config.batch_size, drop_remainder=True)
+  pairs = pairs.batch(config.batch_size // count, drop_remainder=True)
   pairs = pairs.skip(start_step).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True

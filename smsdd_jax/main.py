@@ -20,7 +20,24 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file (path[:quick]).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory; default runs/<config file name>.')
+flags.DEFINE_bool('distributed', False,
+                  'Join a multi-process run via jax.distributed.initialize. The '
+                  'three flags below, where not given, are auto-detected from the '
+                  'cluster environment (e.g. SLURM).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
 flags.mark_flags_as_required(['config'])
+
+
+def init_distributed(jax) -> None:
+  if not FLAGS.distributed:
+    return
+  # CPU devices of different processes talk through gloo (GPUs use NCCL).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.num_processes,
+                             process_id=FLAGS.process_id)
 
 
 def default_workdir(config_path: str) -> str:
@@ -35,10 +52,11 @@ def main(argv):
   # Imported here so that `--help` and flag errors come fast, before TF/JAX load.
   import jax  # pylint: disable=import-outside-toplevel
   from smsdd_jax import train  # pylint: disable=import-outside-toplevel
+  init_distributed(jax)
   workdir = FLAGS.workdir or default_workdir(FLAGS['config'].config_filename)
   log = pylogging.getLogger('smsdd_jax')
-  log.info('JAX %s: %d process(es), devices %s', jax.__version__,
-               jax.process_count(), jax.devices())
+  log.info('JAX %s: process %d of %d, devices %s', jax.__version__,
+           jax.process_index(), jax.process_count(), jax.devices())
   log.info('workdir: %s', os.path.abspath(workdir))
   try:
     train.train_and_evaluate(FLAGS.config, workdir)

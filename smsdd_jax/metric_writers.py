@@ -23,12 +23,18 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 class MetricWriter:
   """Appends scalars to `workdir/metrics.jsonl` and TensorBoard event files."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    """enabled=False (processes other than 0 of a multi-process run) writes nothing."""
+    self.enabled = enabled
+    if not enabled:
+      return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
     self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
     scalars = {k: float(v) for k, v in scalars.items()}
     # JSON has no NaN/inf: write them as null so every line stays parseable.
     record = {'step': int(step),
@@ -41,6 +47,8 @@ class MetricWriter:
     self._tb.flush()
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self._jsonl.close()
     self._tb.close()
 

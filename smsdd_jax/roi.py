@@ -384,7 +384,7 @@ def _canny_thresholds(blur: np.ndarray) -> tuple[float, float]:
 class _Cluster:
   family: str             # 'h' or 'v'
   polarity: int           # +1: brighter below (h) / right (v) of the line.
-  offset: float           # distance along the family's dominant normal
+  offset: float           # the line's y (h) / x (v) at the frame's centre
   segs: np.ndarray        # (k, 4) x1 y1 x2 y2
   line: np.ndarray        # (nx, ny, c) fitted to the segments' points
   lo: float               # the segments' extent along the axis (x for h,
@@ -454,17 +454,29 @@ def _support(cl: _Cluster, edges: np.ndarray, grad: tuple) -> float:
   return float(hit[lo:hi + 1].sum())
 
 
+def _across_at(line: np.ndarray, family: str, t) -> np.ndarray:
+  """Position across the axis (y for 'h', x for 'v') of a line at position
+  `t` along it (x for 'h', y for 'v')."""
+  nx, ny, c = line
+  t = np.asarray(t, np.float64)
+  return (c - nx * t) / ny if family == 'h' else (c - ny * t) / nx
+
+
 def _cluster_family(segs: np.ndarray, family: str, tol: float,
                     blur: np.ndarray) -> list[_Cluster]:
-  """Groups one family's segments into lines by polarity and offset.
+  """Groups one family's segments into lines, greedily, longest first.
 
-  Offsets are the segments' midpoints projected on the normal of the
-  family's dominant direction (length-weighted median angle): midpoints are
-  accurate even where a short segment's own angle is not. Edges of opposite
-  polarity (the two edges of a thin white bezel) never merge.
+  A segment joins the line of a cluster of its polarity when both its ends
+  lie within `tol` px of that line (the top and bottom sides of a phone seen
+  in perspective have different slopes, so there is no common direction to
+  project on); otherwise it starts a cluster. Edges of opposite polarity
+  (the two edges of a thin white bezel) never merge. A cluster's offset is
+  its line's position at the frame's centre. Then pieces of a bowed edge
+  are joined (below).
   """
   if len(segs) == 0:
     return []
+  h, w = blur.shape
   pol = _polarity(blur, segs, family)
   x1, y1, x2, y2 = segs.T
   if family == 'v':  # work in (along, across) = (y, x) for verticals.
@@ -473,39 +485,75 @@ def _cluster_family(segs: np.ndarray, family: str, tol: float,
   x1, x2 = np.where(flip, x2, x1), np.where(flip, x1, x2)
   y1, y2 = np.where(flip, y2, y1), np.where(flip, y1, y2)
   length = np.hypot(x2 - x1, y2 - y1)
-  ang = np.arctan2(y2 - y1, x2 - x1)
-  order = np.argsort(ang)
-  cum = np.cumsum(length[order])
-  theta = ang[order][np.searchsorted(cum, 0.5 * cum[-1])]
-  normal = np.array([-np.sin(theta), np.cos(theta)])
-  offset = normal[0] * 0.5 * (x1 + x2) + normal[1] * 0.5 * (y1 + y2)
-  out = []
-  for p in (-1, 1):
-    order = [i for i in np.argsort(offset) if pol[i] == p]
-    if not order:
-      continue
-    groups, cur = [], [order[0]]
-    for i in order[1:]:
-      if offset[i] - offset[cur[-1]] <= tol:
-        cur.append(i)
-      else:
-        groups.append(cur)
-        cur = [i]
-    groups.append(cur)
+  groups = []  # [polarity, member indices, (slope, intercept)]
+  for i in np.argsort(-length):
+    best, best_d = None, tol
     for g in groups:
-      pts = []
-      for i in g:
-        n = max(2, int(length[i] / 8))
-        t = np.linspace(0.0, 1.0, n)
-        pts.append(np.stack([x1[i] + t * (x2[i] - x1[i]),
-                             y1[i] + t * (y2[i] - y1[i])], 1))
-      pts = np.concatenate(pts)
-      if family == 'v':
-        pts = pts[:, ::-1]
-      out.append(_Cluster(
-          family, int(p), float(np.average(offset[g], weights=length[g])),
-          segs[g], _line_from_points(pts), float(x1[g].min()),
-          float(x2[g].max())))
+      if g[0] != pol[i]:
+        continue
+      k, b0 = g[2]
+      d = max(abs(y1[i] - (k * x1[i] + b0)), abs(y2[i] - (k * x2[i] + b0)))
+      if d <= best_d:
+        best, best_d = g, d
+    if best is None:
+      k = (y2[i] - y1[i]) / max(x2[i] - x1[i], 1e-9)
+      groups.append([pol[i], [i], (k, y1[i] - k * x1[i])])
+    else:
+      best[1].append(i)
+      m = best[1]
+      xs = np.concatenate([x1[m], x2[m]])
+      ys = np.concatenate([y1[m], y2[m]])
+      wts = np.concatenate([length[m], length[m]])
+      k, b0 = np.polyfit(xs, ys, 1, w=np.sqrt(wts))
+      best[2] = (k, b0)
+  # Pieces of one long edge that is slightly bowed (curved glass, lens
+  # distortion) fit no single line within `tol`: clusters that follow each
+  # other along the axis (overlapping by <= 20%), meet within 2 * tol,
+  # differ by <= 1.5 degrees and together fit a line within 1.5 * tol are
+  # one edge.
+  merged = True
+  while merged:
+    merged = False
+    for ga, gb in itertools.combinations(groups, 2):
+      if ga[0] != gb[0]:
+        continue
+      lo_a, hi_a = x1[ga[1]].min(), x2[ga[1]].max()
+      lo_b, hi_b = x1[gb[1]].min(), x2[gb[1]].max()
+      overlap = min(hi_a, hi_b) - max(lo_a, lo_b)
+      if overlap > 0.2 * min(hi_a - lo_a, hi_b - lo_b):
+        continue
+      t = 0.5 * (max(lo_a, lo_b) + min(hi_a, hi_b))
+      (ka, ba), (kb, bb) = ga[2], gb[2]
+      if (abs((ka * t + ba) - (kb * t + bb)) > 2 * tol or
+          abs(np.degrees(np.arctan(ka) - np.arctan(kb))) > 1.5):
+        continue
+      m = ga[1] + gb[1]
+      xs = np.concatenate([x1[m], x2[m]])
+      ys = np.concatenate([y1[m], y2[m]])
+      k, b0 = np.polyfit(xs, ys, 1, w=np.sqrt(np.concatenate([length[m],
+                                                              length[m]])))
+      if np.abs(ys - (k * xs + b0)).max() > 1.5 * tol:
+        continue  # an arc (a bowed short side), not one straight edge.
+      ga[1], ga[2] = m, (k, b0)
+      groups.remove(gb)
+      merged = True
+      break
+  centre = 0.5 * (w if family == 'h' else h)
+  out = []
+  for p, g, _ in groups:
+    pts = []
+    for i in g:
+      n = max(2, int(length[i] / 8))
+      t = np.linspace(0.0, 1.0, n)
+      pts.append(np.stack([x1[i] + t * (x2[i] - x1[i]),
+                           y1[i] + t * (y2[i] - y1[i])], 1))
+    pts = np.concatenate(pts)
+    if family == 'v':
+      pts = pts[:, ::-1]
+    line = _line_from_points(pts)
+    out.append(_Cluster(
+        family, int(p), float(_across_at(line, family, centre)), segs[g],
+        line, float(x1[g].min()), float(x2[g].max())))
   return out
 
 
@@ -602,36 +650,60 @@ def _side_role(cl: _Cluster, work: _Work) -> tuple[str | None, np.ndarray]:
   return None, high1
 
 
-def _refine(cl: _Cluster, edges: np.ndarray, grad: tuple, lo: float,
-            hi: float, band: int = 3) -> np.ndarray:
-  """Refits a side to its Canny pixels on [lo, hi] along the axis: those
-  within `band` px of the line whose gradient runs across it with the
-  cluster's polarity (so a bright rim's other edge is not mixed in)."""
-  h, w = edges.shape
+def _refine(cl: _Cluster, grad: tuple, lo: float, hi: float,
+            outward: int, min_grad: float) -> np.ndarray:
+  """Refits a side to the phone's outer boundary, scanline by scanline.
+
+  Across each position of the side's middle part, within a window around
+  the current line, the boundary is the OUTERMOST gradient peak at least
+  half as strong as the strongest one there (`outward`: -1 if outside is
+  towards smaller y / x). So the outer edge of a bright rim or of a thin
+  white bezel is taken, not its inner edge, while a soft shadow's rim is
+  too weak to count. Peaks are located to sub-pixel precision and a robust
+  line is fit to them. Twice: a wide window on the middle half (the line
+  may come from a short, tilted piece of the edge), then a narrow one on
+  the middle 76%. On a bowed side (curved glass, lens distortion) this
+  gives the straight line that best follows the whole edge.
+  """
   gx, gy = grad
-  nx, ny, c = cl.line
+  g_across = np.abs((gy if cl.family == 'h' else gx).astype(np.float32))
+  h, w = g_across.shape
   along_dim, across_dim = (w, h) if cl.family == 'h' else (h, w)
-  t = np.arange(int(max(0, np.ceil(lo))), int(min(along_dim - 1, hi)) + 1)
-  if len(t) < 10:
-    return cl.line
-  across = (c - nx * t) / ny if cl.family == 'h' else (c - ny * t) / nx
-  d = np.arange(-band, band + 1)
-  a = np.round(across)[None, :].astype(int) + d[:, None]     # (D, T)
-  tt = np.broadcast_to(t[None, :], a.shape)
-  ok = (a >= 0) & (a < across_dim)
-  a = np.clip(a, 0, across_dim - 1)
-  if cl.family == 'h':
-    e, g_across, g_along = edges[a, tt], gy[a, tt], gx[a, tt]
-    xs, ys = tt, a
-  else:
-    e, g_across, g_along = edges[tt, a], gx[tt, a], gy[tt, a]
-    xs, ys = a, tt
-  sel = ok & (e > 0) & (np.abs(g_across) > np.abs(g_along)) & (
-      np.sign(g_across) == cl.polarity)
-  if sel.sum() < 20:
-    return cl.line
-  pts = np.stack([xs[sel], ys[sel]], 1).astype(np.float64)
-  return _line_from_points(pts)
+  line = cl.line
+  for frac, win in ((0.25, 12), (0.12, 5)):
+    a, b = lo + frac * (hi - lo), hi - frac * (hi - lo)
+    t = np.arange(int(max(0, np.ceil(a))), int(min(along_dim - 1, b)) + 1)
+    if len(t) < 10:
+      break
+    d = outward * np.arange(win, -win - 1, -1)    # outermost first
+    base = np.round(_across_at(line, cl.family, t)).astype(int)
+    pos = base[None, :] + d[:, None]              # (D, T)
+    ok = (pos >= 0) & (pos < across_dim)
+    pc = np.clip(pos, 0, across_dim - 1)
+    tt = np.broadcast_to(t[None, :], pos.shape)
+    g = np.where(ok, g_across[pc, tt] if cl.family == 'h' else
+                 g_across[tt, pc], 0.0)
+    strong = np.maximum(0.5 * g.max(axis=0), min_grad)
+    peak = np.zeros_like(g, bool)
+    peak[1:-1] = (g[1:-1] >= g[:-2]) & (g[1:-1] >= g[2:]) & (
+        g[1:-1] >= strong[None, :])
+    has = peak.any(axis=0)
+    if has.sum() < 10:
+      break
+    k = np.argmax(peak, axis=0)[has]              # first = outermost peak
+    cols = np.arange(len(t))[has]
+    g0, g1, g2 = g[k - 1, cols], g[k, cols], g[k + 1, cols]
+    den = g0 - 2 * g1 + g2
+    delta = np.where(den < 0, 0.5 * (g0 - g2) / np.where(den < 0, den, -1.0),
+                     0.0)
+    # pos runs outermost -> innermost along k; one step of k moves by
+    # -outward across the axis.
+    across = pos[k, cols] - outward * np.clip(delta, -0.5, 0.5)
+    along = t[cols].astype(np.float64)
+    pts = (np.stack([along, across], 1) if cl.family == 'h' else
+           np.stack([across, along], 1))
+    line = _line_from_points(pts)
+  return line
 
 
 _SIDE_NAMES = {('h', 'low'): 'top', ('h', 'high'): 'bottom',
@@ -744,12 +816,21 @@ def _feasible(q: np.ndarray, shape) -> bool:
           dev <= MAX_CORNER_DEVIATION)
 
 
+def _gap(a: _Cluster, b: _Cluster) -> float:
+  """Distance between two lines of one family, over `a`'s extent."""
+  t = np.array([a.lo, 0.5 * (a.lo + a.hi), a.hi])
+  return float(np.abs(_across_at(a.line, a.family, t) -
+                      _across_at(b.line, b.family, t)).max())
+
+
 def _rank_candidates(name: str, cands: list) -> list[_Cluster]:
   """Orders one side's candidates (cluster, inside band) for trying.
 
   The long ones (>= 40% of the best support) come first, outermost first
   (a white bezel's outer edge before the screen's edge, the glass edge
   before a soft shadow's rim), then the short ones; at most MAX_CANDIDATES.
+  Where a clearly better supported line lies within 5 px of the outermost,
+  it goes first.
   A dark fringe (shadow, the phone's side) hugging a white bezel is dropped
   when the bezel's own edge (brighter going in, into a white body) follows
   within 10 px.
@@ -759,7 +840,7 @@ def _rank_candidates(name: str, cands: list) -> list[_Cluster]:
   keep = []
   for i, (cl, _) in enumerate(lst):
     if _inside_darker(cl, name) and any(
-        0 < abs(o.offset - cl.offset) <= 10.0 and
+        0 < _gap(cl, o) <= 10.0 and
         not _inside_darker(o, name) and np.nanmax(o_in) >= 60.0
         for o, o_in in lst[i + 1:]):
       continue
@@ -767,6 +848,16 @@ def _rank_candidates(name: str, cands: list) -> list[_Cluster]:
   best = max((k.coverage for k in keep), default=0.0)
   long_ones = [k for k in keep if k.coverage >= 0.4 * best]
   short_ones = [k for k in keep if k.coverage < 0.4 * best]
+  if long_ones:
+    # Two edges of one boundary a few px apart (a rim highlight's two
+    # edges, a glint along the outline): the clearly better supported one
+    # gives the better line; a short one's slope extrapolates badly.
+    first = long_ones[0]
+    twins = [k for k in long_ones[1:]
+             if _gap(first, k) <= 5.0 and k.coverage >= 1.5 * first.coverage]
+    if twins:
+      pick = max(twins, key=lambda k: k.coverage)
+      long_ones = [pick] + [k for k in long_ones if k is not pick]
   return (long_ones + short_ones)[:MAX_CANDIDATES]
 
 
@@ -852,17 +943,14 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
       if sides[k] is not None else 0.0 for i, k in enumerate(_SIDES))
   lines = dict(zip(_SIDES, lines))
   q = _corners([lines[k] for k in _SIDES])
-  # Refit each Hough side to the Canny pixels along its straight middle part.
-
-  def inner(a, b):
-    a, b = min(a, b), max(a, b)
-    return a + 0.12 * (b - a), b - 0.12 * (b - a)
-
-  spans = {'top': inner(q[0, 0], q[1, 0]), 'right': inner(q[1, 1], q[2, 1]),
-           'bottom': inner(q[3, 0], q[2, 0]), 'left': inner(q[0, 1], q[3, 1])}
+  # Refit each Hough side to its edge along its straight middle part.
+  spans = {'top': (q[0, 0], q[1, 0]), 'right': (q[1, 1], q[2, 1]),
+           'bottom': (q[3, 0], q[2, 0]), 'left': (q[0, 1], q[3, 1])}
   for name in _SIDES:
     if sides[name] is not None:
-      lines[name] = _refine(sides[name], edges, grad, *spans[name])
+      lines[name] = _refine(sides[name], grad, min(spans[name]),
+                            max(spans[name]),
+                            -1 if name in ('top', 'left') else 1, low)
   q = _corners([lines[k] for k in _SIDES])
   return q, diag
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smsdd_jax import checkpointing
@@ -192,13 +193,35 @@ def classification_summary(labels: np.ndarray, prob: np.ndarray,
           'num_examples': len(labels)}
 
 
+def to_global(local_batch: dict, sharding) -> dict:
+  """This process's rows -> one global array per key, split over the mesh.
+  With one process, local and global are the same batch."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def process_rows(batch: dict) -> dict:
+  """This process's contiguous share of a batch every process holds whole."""
+  n, i = jax.process_count(), jax.process_index()
+  return jax.tree_util.tree_map(
+      lambda x: x[i * (len(x) // n):(i + 1) * (len(x) // n)], batch)
+
+
+def to_host(tree):
+  """Global arrays -> full numpy arrays on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def evaluate(eval_fn, state: TrainState, batches: Iterator[dict], sharding) -> dict:
-  """Runs eval_fn over every batch; padding is dropped with the mask."""
+  """Runs eval_fn over every batch; padding is dropped with the mask. Every
+  process reads every batch and feeds its share of the rows to the mesh."""
   labels, probs, ces = [], [], []
   for batch in batches:
     keep = batch.pop('mask') > 0
-    out = jax.device_get(eval_fn(state.params, state.model_state,
-                                 jax.device_put(batch, sharding)))
+    out = to_host(eval_fn(state.params, state.model_state,
+                          to_global(process_rows(batch), sharding)))
     labels.append(batch['label'][keep])
     probs.append(out['prob_defective'][keep])
     ces.append(out['cross_entropy'][keep])
@@ -224,8 +247,17 @@ def write_run_info(config, workdir: str) -> None:
   info = {'config': config.to_dict(), 'versions': versions,
           'python': sys.version.split()[0], 'git_commit': _git_commit(),
           'devices': [str(d) for d in jax.devices()]}
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2, default=str)
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, 'config.json'), info)
+
+
+def write_json(path: str, obj) -> None:
+  """Writes to a temporary file and renames it: a reader (or a rerun after a
+  kill) sees the old file or the new one, never half of one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
 
 
 def _git_commit() -> str:
@@ -317,8 +349,8 @@ def _data_stats(builder, data_config, workdir: str) -> dict:
     with open(path, encoding='utf-8') as f:
       return json.load(f)
   stats = input_pipeline.compute_stats(builder, data_config)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump({**stats, 'normalize': data_config.normalize}, f)
+  if jax.process_index() == 0:
+    write_json(path, {**stats, 'normalize': data_config.normalize})
   return stats
 
 
@@ -350,8 +382,8 @@ class BestCheckpoint:
     self.checkpoints.save(step, state)
     self.checkpoints.wait()  # best.json must never name an unfinished save.
     self.value = value
-    with open(self.path, 'w', encoding='utf-8') as f:
-      json.dump({'step': step, 'metric': self.metric, 'value': value}, f)
+    if jax.process_index() == 0:
+      write_json(self.path, {'step': step, 'metric': self.metric, 'value': value})
     return True
 
   def close(self) -> None:
@@ -381,17 +413,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_loop(run: Run, state: TrainState) -> dict:
   config, start_step = run.config, int(state.step)
-  writer = metric_writers.MetricWriter(run.workdir)
+  writer = metric_writers.MetricWriter(run.workdir, enabled=jax.process_index() == 0)
   train_step_fn = make_train_step(run.model, run.tx, config.loss)
-  pairs = input_pipeline.train_pairs(run.builder, config, stats=run.stats,
-                                     start_step=start_step)
+  pairs = input_pipeline.train_pairs(
+      run.builder, config, stats=run.stats, start_step=start_step,
+      shard=(jax.process_index(), jax.process_count()))
   progress = Progress(start_step, run.total_steps, config.batch_size)
   every_ckpt = config.checkpoint.every_steps or run.steps_per_epoch
   last = {}
   step = start_step
   try:
     for step in range(start_step + 1, run.total_steps + 1):
-      state, metrics = train_step_fn(state, jax.device_put(next(pairs), run.data_sharding))
+      state, metrics = train_step_fn(state, to_global(next(pairs), run.data_sharding))
       metrics = jax.device_get(metrics)
       _check_finite(step, metrics, run.checkpoints)
       if step % config.log_every_steps == 0 or step == start_step + 1:
@@ -407,6 +440,8 @@ def _train_loop(run: Run, state: TrainState) -> dict:
     test = run.evaluate(state, 'test')
     writer.write(int(state.step), test)
     logging.info('test: %s', _fmt(test))
+    logging.info('process %d/%d: final params fingerprint %.10e', jax.process_index(),
+                 jax.process_count(), params_fingerprint(state.params))
     return {**last, **test}
   except KeyboardInterrupt:
     done = int(state.step)  # Steps finished; `state` is never half-updated.
@@ -422,6 +457,15 @@ def _train_loop(run: Run, state: TrainState) -> dict:
     raise
   finally:
     writer.close()
+
+
+def params_fingerprint(params) -> float:
+  """A number that differs if this process's copy of the params differs:
+  processes of one data-parallel run must all print the same one."""
+  leaves = jax.tree_util.tree_leaves(params)
+  return float(sum(np.sum(np.asarray(x.addressable_data(0), np.float64) *
+                          (1.0 + np.arange(x.size).reshape(x.shape) % 7))
+                   for x in leaves))
 
 
 def _fmt(metrics: dict) -> str:

@@ -1,0 +1,350 @@
+"""Score raw camera frames (or ready ROIs) with a trained run; write a CSV.
+
+  python -m smsdd_jax.predict --workdir=runs/beta_c --input=PATH --output=preds.csv
+      [--roi=hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
+      [--save_rois=DIR] [--sheet=decisions.png] [--workers=2]
+
+PATH is an image file, a folder (searched recursively for .jpg/.jpeg/.png/
+.bmp) or a quoted glob pattern ('frames/**/*.jpg'; every matching file). Each
+frame is read, its screen found (roi.find_screen: Hough lines, contour
+fallback) and rectified to the run's ROI size (110 x 230), then scored by the
+run's best checkpoint (or --step=N). With --roi=none the files are taken as
+ROIs already, resized to 110 x 230 when they are not.
+
+CSV columns, one row per input file, in input order:
+  file            the path as found
+  prob_defective  softmax probability of 'defective' (6 decimals; empty on error)
+  decision        'defective' if prob_defective >= threshold else 'good' (empty on error)
+  threshold       from <workdir>/threshold.json, else 0.5 (the output says which)
+  roi_method      'hough' or 'contour' (the detector that found the screen), 'none'
+  corners         'x,y x,y x,y x,y' of the screen outline in frame pixels, order
+                  tl tr br bl (empty with --roi=none or on error)
+  error           why the file was not scored (empty on success)
+
+A bad file never stops the run: unreadable, truncated (JPEG without its
+end-of-image marker, PNG without IEND) or non-image files, frames larger than
+--max_pixels (refused from the JPEG/PNG/BMP header, before decoding) and
+frames without a detectable screen each become a row with `error` set.
+
+Exit status: 0 when every row was scored, 1 when any row has an error (a
+summary line lists them), 2 for usage errors (bad flags, missing workdir or
+checkpoints, no input files, unwritable output): one line on stderr.
+
+--sheet writes a PNG contact sheet of the decisions: defective first (most
+confident first), then errors, then good (closest to the threshold first),
+at most SHEET_MAX_TILES tiles.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import pathlib
+import sys
+import time
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+CSV_COLUMNS = ('file', 'prob_defective', 'decision', 'threshold', 'roi_method',
+               'corners', 'error')
+SHEET_MAX_TILES = 600
+SHEET_COLUMNS = 6
+
+
+class UsageError(Exception):
+  """Exit status 2 with a one-line message."""
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog='python -m smsdd_jax.predict',
+      description='Score camera frames with a trained SMSDD run and write a CSV.')
+  p.add_argument('--workdir', required=True, help='training run directory')
+  p.add_argument('--input', required=True,
+                 help='image file, folder (recursive) or quoted glob pattern')
+  p.add_argument('--output', required=True, help='CSV file to write')
+  p.add_argument('--roi', choices=('hough', 'none'), default='hough',
+                 help="'hough': find and rectify the screen in raw frames; "
+                 "'none': the inputs are ROIs already")
+  p.add_argument('--step', type=int, default=None,
+                 help='checkpoint step (default: the best checkpoint)')
+  p.add_argument('--batch_size', type=int, default=16)
+  p.add_argument('--max_pixels', type=int, default=40_000_000,
+                 help='refuse images with more pixels (read from the header)')
+  p.add_argument('--save_rois', default=None, help='folder for the rectified ROIs (PNG)')
+  p.add_argument('--sheet', default=None, help='PNG contact sheet of the decisions')
+  p.add_argument('--workers', type=int, default=2,
+                 help='threads reading frames and searching ROIs')
+  return p
+
+
+def _format_corners(corners: Optional[np.ndarray]) -> str:
+  if corners is None:
+    return ''
+  return ' '.join(f'{x:.1f},{y:.1f}' for x, y in np.asarray(corners, np.float64))
+
+
+def _row(result, threshold: float) -> dict:
+  return {'file': result.path,
+          'prob_defective': '' if result.prob is None else f'{result.prob:.6f}',
+          'decision': result.decision or '',
+          'threshold': f'{threshold:g}',
+          'roi_method': result.roi_method,
+          'corners': _format_corners(result.corners),
+          'error': result.error}
+
+
+class RoiWriter:
+  """Writes ROIs under a folder, mirroring the inputs' relative paths."""
+
+  def __init__(self, directory: str, paths: Sequence[str], input_spec: str):
+    self.directory = pathlib.Path(directory)
+    if os.path.isdir(input_spec):
+      self.base = os.path.abspath(input_spec)
+    else:
+      self.base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    self.used: set[str] = set()
+
+  def write(self, path: str, roi_rgb: np.ndarray) -> str:
+    rel = pathlib.Path(os.path.relpath(os.path.abspath(path), self.base))
+    out = rel.with_suffix('.png')
+    if str(out) in self.used:  # a.jpg and a.png side by side.
+      out = rel.with_name(rel.name + '.png')
+    self.used.add(str(out))
+    target = self.directory / out
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(target), cv2.cvtColor(roi_rgb, cv2.COLOR_RGB2BGR)):
+      raise OSError(f'could not write {target}')
+    return str(target)
+
+
+class Sheet:
+  """Keeps the tiles a contact sheet will show (bounded memory)."""
+
+  def __init__(self, threshold: float, max_tiles: int = SHEET_MAX_TILES):
+    self.threshold, self.max_tiles = threshold, max_tiles
+    self.entries: list[tuple[tuple, np.ndarray]] = []
+    self.total = 0
+
+  def _key(self, r, order: int) -> tuple:
+    if r.error:
+      return (1, order)
+    if r.decision == 'defective':
+      return (0, -r.prob, order)
+    return (2, abs(r.prob - self.threshold), order)
+
+  def add(self, result, order: int) -> None:
+    self.total += 1
+    self.entries.append((self._key(result, order), _tile(result)))
+    if len(self.entries) > 2 * self.max_tiles:
+      self.entries = sorted(self.entries, key=lambda e: e[0])[:self.max_tiles]
+
+  def write(self, path: str) -> int:
+    tiles = [t for _, t in sorted(self.entries, key=lambda e: e[0])[:self.max_tiles]]
+    if not tiles:
+      tiles = [np.zeros((32, 32, 3), np.uint8)]
+    th, tw = tiles[0].shape[:2]
+    cols = min(SHEET_COLUMNS, len(tiles))
+    rows = (len(tiles) + cols - 1) // cols
+    sheet = np.full((rows * (th + 4) + 4, cols * (tw + 4) + 4, 3), 16, np.uint8)
+    for i, t in enumerate(tiles):
+      r, c = divmod(i, cols)
+      sheet[4 + r * (th + 4):4 + r * (th + 4) + th, 4 + c * (tw + 4):4 + c * (tw + 4) + tw] = t
+    if not cv2.imwrite(path, sheet):
+      raise OSError(f'could not write {path}')
+    return len(tiles)
+
+
+_TILE_ROI = (110, 230)
+
+
+def _tile(result) -> np.ndarray:
+  """ROI with a coloured frame (red defective, green good, orange error) and
+  two lines of text: file name, then probability and decision or the error."""
+  h, w = _TILE_ROI
+  tile = np.full((h + 40, w + 8, 3), 40, np.uint8)
+  if result.error:
+    color, line2 = (0, 140, 255), 'ERROR (not scored)'
+  elif result.decision == 'defective':
+    color, line2 = (0, 0, 255), f'p={result.prob:.3f} DEFECTIVE'
+  else:
+    color, line2 = (0, 200, 0), f'p={result.prob:.3f} good'
+  tile[:h + 8] = color
+  if result.roi is not None:
+    roi = result.roi if result.roi.shape[:2] == (h, w) else cv2.resize(result.roi, (w, h))
+    tile[4:4 + h, 4:4 + w] = cv2.cvtColor(roi, cv2.COLOR_RGB2BGR)
+  else:
+    tile[4:4 + h, 4:4 + w] = 0
+    words, lines = result.error.split(), ['']
+    for word in words:  # The full reason, wrapped, inside the empty ROI.
+      if len(lines[-1]) + len(word) > 36 and lines[-1]:
+        lines.append('')
+      lines[-1] = f'{lines[-1]} {word}'.strip()
+    for k, line in enumerate(lines[:8]):
+      cv2.putText(tile, line, (8, 18 + 13 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.36,
+                  (200, 200, 200), 1, cv2.LINE_AA)
+  name = os.path.basename(result.path)
+  cv2.putText(tile, name[:38], (4, h + 21), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+              (255, 255, 255), 1, cv2.LINE_AA)
+  cv2.putText(tile, line2[:38], (4, h + 35), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+              color, 1, cv2.LINE_AA)
+  return tile
+
+
+class Progress:
+  """'n/total frames, rate, errors' on stderr: rewritten in place on a
+  terminal, else a line every few seconds."""
+
+  def __init__(self, total: int, stream=None, every_s: float = 5.0):
+    stream = sys.stderr if stream is None else stream
+    self.total, self.stream, self.every_s = total, stream, every_s
+    self.t0 = time.perf_counter()
+    self.last = -float('inf')
+    self.tty = hasattr(stream, 'isatty') and stream.isatty()
+
+  def update(self, done: int, errors: int) -> None:
+    now = time.perf_counter()
+    final = done == self.total
+    if not (self.tty or final or now - self.last >= self.every_s):
+      return
+    self.last = now
+    rate = done / max(now - self.t0, 1e-9)
+    line = (f'{done}/{self.total} frames, {rate:.1f} frames/s, {errors} error'
+            f'{"" if errors == 1 else "s"}')
+    if self.tty:
+      self.stream.write('\r' + line + ('\n' if final else ''))
+    else:
+      self.stream.write(line + '\n')
+    self.stream.flush()
+
+
+def _check_args(args) -> None:
+  if args.batch_size < 1:
+    raise UsageError(f'--batch_size={args.batch_size}: must be >= 1')
+  if args.max_pixels < 1:
+    raise UsageError(f'--max_pixels={args.max_pixels}: must be >= 1')
+  if args.workers < 1:
+    raise UsageError(f'--workers={args.workers}: must be >= 1')
+  if args.step is not None and args.step < 0:
+    raise UsageError(f'--step={args.step}: must be >= 0')
+
+
+def _open_output(path: str):
+  try:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return open(path, 'w', newline='', encoding='utf-8')
+  except OSError as e:
+    raise UsageError(f'cannot write --output {path}: {e.strerror or e}') from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = _parser().parse_args(argv)  # Exits 2 on bad flags.
+  try:
+    return _run(args)
+  except UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+def _run(args) -> int:
+  _check_args(args)
+  from smsdd_jax import inference  # pylint: disable=import-outside-toplevel
+  try:  # Cheap checks first: no TensorFlow or Orbax loaded yet.
+    run = inference.resolve_run(args.workdir, args.step)
+  except (FileNotFoundError, ValueError) as e:
+    raise UsageError(str(e)) from None
+  paths = inference.list_inputs(args.input)
+  if not paths:
+    raise UsageError(f'no input files: {args.input} is not a file, a folder with '
+                     f'{"/".join(inference.IMAGE_EXTENSIONS)} files, or a glob '
+                     'matching files')
+  for flag, path in (('--save_rois', args.save_rois), ('--sheet', args.sheet)):
+    if path:
+      try:
+        os.makedirs(path if flag == '--save_rois' else
+                    os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      except OSError as e:
+        raise UsageError(f'cannot create {flag} {path}: {e.strerror or e}') from None
+  out_file = _open_output(args.output)
+  try:
+    try:
+      predictor = inference.Predictor(args.workdir, step=args.step,
+                                      batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as e:  # CheckpointMismatchError too.
+      raise UsageError(str(e).splitlines()[0]) from None
+    return _score(args, predictor, paths, out_file, inference)
+  finally:
+    out_file.close()
+
+
+def _score(args, predictor, paths, out_file, inference) -> int:
+  print(f'model: {predictor.describe()}')
+  if predictor.run.threshold_source.startswith('default'):
+    print(f'threshold: {predictor.threshold:g} (default: no threshold.json in '
+          f'{predictor.run.workdir})')
+  print(f'input: {len(paths)} file(s) from {args.input}; roi={args.roi}; '
+        f'batch {predictor.batch_size}; max_pixels {args.max_pixels}')
+  writer = csv.DictWriter(out_file, fieldnames=CSV_COLUMNS)
+  writer.writeheader()
+  rois = RoiWriter(args.save_rois, paths, args.input) if args.save_rois else None
+  sheet = Sheet(predictor.threshold) if args.sheet else None
+  progress = Progress(len(paths))
+  done, failures, counts = 0, [], {'good': 0, 'defective': 0}
+  t0 = time.perf_counter()
+  try:
+    for results in inference.score_frames(predictor, paths, roi_method=args.roi,
+                                          max_pixels=args.max_pixels,
+                                          workers=args.workers):
+      for r in results:
+        if rois is not None and r.roi is not None:
+          try:
+            rois.write(r.path, r.roi)
+          except OSError as e:  # The score stands; the row says what failed.
+            r.error = f'scored, but saving the ROI failed: {e}'
+        writer.writerow(_row(r, predictor.threshold))
+        if sheet is not None:
+          sheet.add(r, done)
+        if r.error:
+          failures.append((r.path, r.error))
+        if r.decision:
+          counts[r.decision] += 1
+        r.roi = None  # Free it.
+        done += 1
+      out_file.flush()
+      progress.update(done, len(failures))
+  except KeyboardInterrupt:
+    print(f'\ninterrupted after {done}/{len(paths)} frames; {args.output} holds '
+          'those rows', file=sys.stderr)
+    return 130
+  elapsed = time.perf_counter() - t0
+  if sheet is not None:
+    try:
+      shown = sheet.write(args.sheet)
+      print(f'sheet: {args.sheet} ({shown} of {sheet.total} tiles)')
+    except OSError as e:
+      print(f'error: {e}', file=sys.stderr)
+      failures.append((args.sheet, str(e)))
+  if rois is not None:
+    print(f'rois: {args.save_rois}')
+  scored = counts['good'] + counts['defective']
+  print(f'summary: {scored}/{len(paths)} scored ({counts["defective"]} defective, '
+        f'{counts["good"]} good at threshold {predictor.threshold:g}), '
+        f'{len(failures)} failed; {elapsed:.1f} s ({len(paths) / max(elapsed, 1e-9):.1f}'
+        f' frames/s); wrote {args.output}')
+  for path, why in failures[:50]:
+    print(f'  failed: {path}: {why}')
+  if len(failures) > 50:
+    print(f'  ... and {len(failures) - 50} more (see the error column)')
+  return 1 if failures else 0
+
+
+def run() -> None:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only imported for data.
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()
