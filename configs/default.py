@@ -25,6 +25,14 @@ def get_config(arg=None):
   config.data.train_split = 'train'
   config.data.val_split = 'validation'
   config.data.test_split = 'test'
+  # k-fold (for small sets such as msd_screens' 143 frames): with kfold = k > 0
+  # the builder's fold_0..fold_{k-1} splits replace the three above: test =
+  # fold_i, validation = fold_{i+1 mod k}, train = the rest. 0 = off.
+  config.data.kfold = 0
+  config.data.fold = 0  # i, in [0, kfold).
+  # Label-preserving augmentation of training images only (off at eval):
+  config.data.augment_flips = False  # Random horizontal and vertical flips.
+  config.data.augment_jitter = 0.0  # Max brightness shift / contrast change (0 = off).
   config.data.defective_fraction = 0.5  # Share of defective images among sampled images.
   config.data.normalize = 'fixed'  # 'fixed' ([0,255] -> [-1,1]) | 'train_stats'.
   config.data.cache = True  # Keep decoded examples in memory (the sets are small).

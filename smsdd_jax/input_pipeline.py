@@ -64,7 +64,8 @@ def compute_stats(builder, data_config) -> dict:
     raise ValueError(f'config.data.normalize={data_config.normalize!r}: expected '
                      "'fixed' or 'train_stats'")
   total, total_sq, count = np.zeros(3), np.zeros(3), 0
-  ds = builder.as_dataset(split=data_config.train_split).map(lambda ex: ex['image'])
+  ds = builder.as_dataset(split=split_names(data_config)['train']).map(
+      lambda ex: ex['image'])
   for image in tfds.as_numpy(ds.batch(256)):
     pixels = image.reshape(-1, 3).astype(np.float64)
     total += pixels.sum(0)
@@ -91,6 +92,19 @@ def prepare(data_config) -> tfds.core.DatasetBuilder:
       manual_dir=data_config.manual_dir or None)
   builder.download_and_prepare(download_config=download_config)
   return builder
+
+
+def split_names(data_config) -> dict[str, str]:
+  """TFDS split strings for 'train', 'val' and 'test' (k-fold aware)."""
+  if data_config.kfold:
+    from smsdd_jax.datasets import splits  # pylint: disable=import-outside-toplevel
+    try:
+      folds = splits.kfold_splits(data_config.kfold, data_config.fold)
+    except ValueError as e:
+      raise ValueError(f'config.data.kfold/fold: {e}') from None
+    return {'train': folds['train'], 'val': folds['validation'], 'test': folds['test']}
+  return {'train': data_config.train_split, 'val': data_config.val_split,
+          'test': data_config.test_split}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +147,24 @@ def _class_stream(images: tf.data.Dataset, data_config, seed: int) -> tf.data.Da
                                               seed=seed + 2)
 
 
+def _pair_seed(seed: int, index: tf.Tensor) -> tf.Tensor:
+  return tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+
+
+def augment(image: tf.Tensor, data_config, seed) -> tf.Tensor:
+  """Label-preserving changes of a normalised image (a flipped or slightly
+  brighter screen keeps its defect), from stateless seeded ops."""
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  if data_config.augment_flips:
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
+  a = float(data_config.augment_jitter)
+  if a > 0:
+    image = tf.image.stateless_random_contrast(image, 1.0 - a, 1.0 + a, seeds[2])
+    image = image + tf.random.stateless_uniform([], seeds[3], -a, a)
+  return image
+
+
 def train_pairs(builder, config, *, stats: dict = FIXED_STATS, start_step: int = 0,
                 shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
   """Endless numpy batches of pairs: image_a, image_b, label_a, label_b, same.
@@ -147,15 +179,18 @@ def train_pairs(builder, config, *, stats: dict = FIXED_STATS, start_step: int =
   if not 0.0 < data_config.defective_fraction < 1.0:
     raise ValueError(f'config.data.defective_fraction={data_config.defective_fraction}:'
                      ' must be in (0, 1)')
-  images = _images(builder, data_config.train_split, data_config, stats,
+  images = _images(builder, split_names(data_config)['train'], data_config, stats,
                    data_config.cache).shard(count, index)
   seed = int(config.seed) * 1000 + 100 * index
   a = _class_stream(images, data_config, seed)
   b = _class_stream(images, data_config, seed + 10)
-  pairs = tf.data.Dataset.zip(a, b).map(
-      lambda x, y: {'image_a': x['image'], 'image_b': y['image'],
-                    'label_a': x['label'], 'label_b': y['label'],
-                    'same': tf.cast(tf.equal(x['label'], y['label']), tf.float32)},
+  # The counter numbers the pairs: augmentation seeds come from it, so a
+  # resumed stream (skip) augments exactly as the uninterrupted one.
+  pairs = tf.data.Dataset.zip(a, b, tf.data.Dataset.counter()).map(
+      lambda x, y, i: {'image_a': augment(x['image'], data_config, _pair_seed(seed, 2 * i)),
+                       'image_b': augment(y['image'], data_config, _pair_seed(seed, 2 * i + 1)),
+                       'label_a': x['label'], 'label_b': y['label'],
+                       'same': tf.cast(tf.equal(x['label'], y['label']), tf.float32)},
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   pairs = pairs.batch(config.batch_size // count, drop_remainder=True)
   pairs = pairs.skip(start_step).prefetch(tf.data.AUTOTUNE)

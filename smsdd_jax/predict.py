@@ -261,6 +261,11 @@ def _run(args) -> int:
     raise UsageError(f'no input files: {args.input} is not a file, a folder with '
                      f'{"/".join(inference.IMAGE_EXTENSIONS)} files, or a glob '
                      'matching files')
+  if os.path.isdir(args.input):
+    others = sum(1 for p in pathlib.Path(args.input).rglob('*') if p.is_file()) - len(paths)
+    if others:
+      print(f'note: {others} file(s) under {args.input} without an image extension '
+            f'({"/".join(inference.IMAGE_EXTENSIONS)}) are not read')
   for flag, path in (('--save_rois', args.save_rois), ('--sheet', args.sheet)):
     if path:
       try:

@@ -13,9 +13,10 @@ rim), shadows and colour fringes along the outline, reflections, oil drops.
      texture's gradient level on the border ring.
   3. Canny, `cv2.HoughLinesP`; segments split into near-horizontal and
      near-vertical families (the phone lies landscape, rotated a few degrees)
-     and clustered by polarity and offset into candidate lines. A line's
-     length is its edge support (Canny pixels on it with the right gradient
-     direction), not the Hough segments', which come fragmented.
+     and grouped by polarity into lines (pieces of a slightly bowed edge
+     joined). A line's length is its edge support (Canny pixels on it with
+     the right gradient direction), not the Hough segments', which come
+     fragmented.
   4. A line is a candidate side when, sampled in bands along it, the inside
      differs from the mat (dark glass or white bezel) and the outside is
      mat-like (at some distance: a shadow may hug the outline) and not white
@@ -28,10 +29,11 @@ rim), shadows and colour fringes along the outline, reflections, oil drops.
      angles, aspect, area) wins. Where a phone ends right at the frame's
      edge (rounded corners in view), that edge can serve as a side; a phone
      whose straight sides run off the frame is refused as cut off.
-  6. Each side is refit to its edge pixels along its straight middle part
-     (rounded corners: the outline's corner is where the fitted straight
-     sides meet, not on the rounding), the lines are intersected and scaled
-     back to full resolution.
+  6. Each side is refit to the phone's outer boundary along its straight
+     middle part, scanline by scanline (the outermost strong gradient peak
+     near the line, sub-pixel, then a robust line fit); rounded corners: the
+     outline's corner is where the fitted straight sides meet, not on the
+     rounding. The lines are intersected and scaled back to full resolution.
 
 Only where Hough fails, a fallback ('contour') takes the largest "not mat"
 region, fits its four sides and checks they follow image edges.
@@ -157,8 +159,8 @@ def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
     p = np.asarray(p, np.float64).reshape(-1, 2)
     if not np.all(np.isfinite(p)):
       return 0.0
-    hull = cv2.convexHull(p.astype(np.float32)).reshape(-1, 2).astype(np.float64)
-    hull = np.asarray(p if len(hull) < 3 else hull)
+    idx = cv2.convexHull(p.astype(np.float32), returnPoints=False)
+    hull = p if idx is None or len(idx) < 3 else p[idx.ravel()]
     if _polygon_area(hull) < 0:
       hull = hull[::-1]
     polys.append(hull)
@@ -394,12 +396,23 @@ class _Cluster:
 
 
 def _segments(edges: np.ndarray, work_w: int) -> np.ndarray:
-  lines = cv2.HoughLinesP(edges, rho=1, theta=np.pi / 180, threshold=40,
-                          minLineLength=max(20, int(0.05 * work_w)),
-                          maxLineGap=max(4, int(0.01 * work_w)))
-  if lines is None:
+  """HoughLinesP segments (x1, y1, x2, y2), from two vote thresholds.
+
+  The probabilistic Hough transform removes an edge's pixels once a line
+  through them is claimed, so a slightly tilted, jagged edge can come out as
+  nothing at one threshold and whole at another (seen at 40 votes on some
+  synthetic frames, at 30 on a real one): the union of both runs is kept.
+  """
+  out = []
+  for votes in (40, 30):
+    lines = cv2.HoughLinesP(edges, rho=1, theta=np.pi / 180, threshold=votes,
+                            minLineLength=max(20, int(0.05 * work_w)),
+                            maxLineGap=max(4, int(0.01 * work_w)))
+    if lines is not None:
+      out.append(lines.reshape(-1, 4))  # OpenCV 4: (N, 1, 4); 5: (N, 4)
+  if not out:
     return np.zeros((0, 4), np.float64)
-  return lines.reshape(-1, 4).astype(np.float64)  # OpenCV 4: (N,1,4); 5: (N,4)
+  return np.concatenate(out).astype(np.float64)
 
 
 def _polarity(blur: np.ndarray, segs: np.ndarray, family: str) -> np.ndarray:
@@ -421,7 +434,17 @@ def _polarity(blur: np.ndarray, segs: np.ndarray, family: str) -> np.ndarray:
   return np.where(diff >= 0, 1, -1)
 
 
-def _support(cl: _Cluster, edges: np.ndarray, grad: tuple) -> float:
+def _edge_codes(edges: np.ndarray, grad: tuple) -> dict:
+  """Per family, an int8 image: the polarity (+1 / -1) of each Canny pixel
+  whose gradient runs across that family's lines, 0 elsewhere."""
+  gx, gy = grad
+  ax, ay = np.abs(gx), np.abs(gy)
+  on = edges > 0
+  return {'h': (np.sign(gy) * (on & (ay > ax))).astype(np.int8),
+          'v': (np.sign(gx) * (on & (ax > ay))).astype(np.int8)}
+
+
+def _support(cl: _Cluster, codes: dict) -> float:
   """Edge support of a cluster's line: positions along it (within the
   segments' extent widened by 15% of the frame) with a Canny pixel within
   1 px whose gradient runs across the line with the cluster's polarity.
@@ -430,24 +453,18 @@ def _support(cl: _Cluster, edges: np.ndarray, grad: tuple) -> float:
   HoughLinesP cuts a slightly jagged edge into pieces and may not report
   them all; counting the edge pixels measures a side's length reliably.
   """
-  h, w = edges.shape
-  gx, gy = grad
-  nx, ny, c = cl.line
+  code = codes[cl.family]
+  h, w = code.shape
   dim, across_dim = (w, h) if cl.family == 'h' else (h, w)
   t = np.arange(dim)
-  across = (c - nx * t) / ny if cl.family == 'h' else (c - ny * t) / nx
-  base = np.round(across).astype(int)
-  hit = np.zeros(len(t), bool)
+  base = np.round(_across_at(cl.line, cl.family, t)).astype(int)
+  hit = np.zeros(dim, bool)
   for d in (-1, 0, 1):
     a = base + d
     ok = (a >= 0) & (a < across_dim)
     a = np.clip(a, 0, across_dim - 1)
-    if cl.family == 'h':
-      e, g_across, g_along = edges[a, t], gy[a, t], gx[a, t]
-    else:
-      e, g_across, g_along = edges[t, a], gx[t, a], gy[t, a]
-    hit |= ok & (e > 0) & (np.abs(g_across) > np.abs(g_along)) & (
-        np.sign(g_across) == cl.polarity)
+    hit |= ok & ((code[a, t] if cl.family == 'h' else code[t, a]) ==
+                 cl.polarity)
   cl.hits = hit
   lo = int(max(0, cl.lo - 0.15 * dim))
   hi = int(min(dim - 1, cl.hi + 0.15 * dim))
@@ -540,17 +557,11 @@ def _cluster_family(segs: np.ndarray, family: str, tol: float,
       break
   centre = 0.5 * (w if family == 'h' else h)
   out = []
-  for p, g, _ in groups:
-    pts = []
-    for i in g:
-      n = max(2, int(length[i] / 8))
-      t = np.linspace(0.0, 1.0, n)
-      pts.append(np.stack([x1[i] + t * (x2[i] - x1[i]),
-                           y1[i] + t * (y2[i] - y1[i])], 1))
-    pts = np.concatenate(pts)
-    if family == 'v':
-      pts = pts[:, ::-1]
-    line = _line_from_points(pts)
+  for p, g, (k, b0) in groups:
+    # across = k * along + b0  ->  (nx, ny, c) in image (x, y).
+    norm = np.hypot(k, 1.0)
+    line = (np.array([-k, 1.0, b0]) if family == 'h' else
+            np.array([1.0, -k, b0])) / norm
     out.append(_Cluster(
         family, int(p), float(_across_at(line, family, centre)), segs[g],
         line, float(x1[g].min()), float(x2[g].max())))
@@ -650,7 +661,7 @@ def _side_role(cl: _Cluster, work: _Work) -> tuple[str | None, np.ndarray]:
   return None, high1
 
 
-def _refine(cl: _Cluster, grad: tuple, lo: float, hi: float,
+def _refine(cl: _Cluster, abs_grad: tuple, lo: float, hi: float,
             outward: int, min_grad: float) -> np.ndarray:
   """Refits a side to the phone's outer boundary, scanline by scanline.
 
@@ -665,8 +676,7 @@ def _refine(cl: _Cluster, grad: tuple, lo: float, hi: float,
   the middle 76%. On a bowed side (curved glass, lens distortion) this
   gives the straight line that best follows the whole edge.
   """
-  gx, gy = grad
-  g_across = np.abs((gy if cl.family == 'h' else gx).astype(np.float32))
+  g_across = abs_grad[1] if cl.family == 'h' else abs_grad[0]  # |gy|, |gx|
   h, w = g_across.shape
   along_dim, across_dim = (w, h) if cl.family == 'h' else (h, w)
   line = cl.line
@@ -739,27 +749,36 @@ def _frame_edge_line(name: str, work: _Work) -> np.ndarray | None:
 
 def _border_coverage(name: str, sides: dict, work: _Work) -> float:
   """Fraction of the frame's edge `name`, between the two adjacent sides,
-  where the phone (not the mat) touches it."""
+  where the phone (not the mat) touches it.
+
+  The mat level there is interpolated between the frame's two corners on
+  that edge (read on the perpendicular borders): that edge's own profile is
+  no help where a phone covers most of it.
+  """
   hh, ww = work.blur.shape
   adj = (('top', 'bottom') if name in ('left', 'right') else ('left', 'right'))
   if any(sides[a] is None for a in adj):
     return 1.0
-  prof = work.profiles[name]
   if name in ('left', 'right'):
     x = 0 if name == 'left' else ww - 1
     ends = [(l[2] - l[0] * x) / l[1] for l in (sides[a].line for a in adj)]
     lo, hi = int(np.ceil(min(ends))), int(np.floor(max(ends)))
     lo, hi = max(lo, 0), min(hi, hh - 1)
     edge = work.blur[lo:hi + 1, x].astype(np.float32)
+    m0, m1 = work.profiles['top'][x], work.profiles['bottom'][x]
+    n = hh
   else:
     y = 0 if name == 'top' else hh - 1
     ends = [(l[2] - l[1] * y) / l[0] for l in (sides[a].line for a in adj)]
     lo, hi = int(np.ceil(min(ends))), int(np.floor(max(ends)))
     lo, hi = max(lo, 0), min(hi, ww - 1)
     edge = work.blur[y, lo:hi + 1].astype(np.float32)
+    m0, m1 = work.profiles['left'][y], work.profiles['right'][y]
+    n = ww
   if hi - lo < 10:
     return 1.0
-  return float(np.mean(np.abs(edge - prof[lo:hi + 1]) >= PHONE_MIN_DEV))
+  mat = m0 + (m1 - m0) * np.arange(lo, hi + 1, dtype=np.float32) / (n - 1)
+  return float(np.mean(np.abs(edge - mat) >= PHONE_MIN_DEV))
 
 
 def _runs_off(cl: _Cluster, toward: str) -> bool:
@@ -879,10 +898,11 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
     raise ScreenNotFoundError('no long straight edges found')
   tol = max(2.0, 0.004 * ww)
   grad = (cv2.Sobel(blur, cv2.CV_16S, 1, 0), cv2.Sobel(blur, cv2.CV_16S, 0, 1))
+  codes = _edge_codes(edges, grad)
   cands = {k: [] for k in _SIDES}
   for fam, sel, dim in (('h', is_h, ww), ('v', is_v, hh)):
     for cl in _cluster_family(segs[sel], fam, tol, blur):
-      cl.coverage = _support(cl, edges, grad)
+      cl.coverage = _support(cl, codes)
       if cl.coverage < 0.08 * dim:
         continue
       role, inside = _side_role(cl, work)
@@ -915,7 +935,12 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
     if not _feasible(q, (hh, ww)):
       continue
     at_edge = [k for k in _SIDES if sides[k] is None]
-    if not all(_phone_ends_at_frame_edge(k, sides, work) for k in at_edge):
+    # (The adjacent sides' best candidates are tested too: a lower-ranked
+    # piece that stops short must not make a cut-off phone look whole.)
+    if not all(_phone_ends_at_frame_edge(k, sides, work) and
+               _phone_ends_at_frame_edge(
+                   k, {a: ranked[a][0] for a in _SIDES}, work)
+               for k in at_edge):
       why = 'outline touches the image border: phone is cut off'
       continue
     # A side found right at the frame's edge may be an inner edge of a phone
@@ -946,9 +971,10 @@ def _hough_quad(work: _Work) -> tuple[np.ndarray, dict]:
   # Refit each Hough side to its edge along its straight middle part.
   spans = {'top': (q[0, 0], q[1, 0]), 'right': (q[1, 1], q[2, 1]),
            'bottom': (q[3, 0], q[2, 0]), 'left': (q[0, 1], q[3, 1])}
+  abs_grad = (np.abs(grad[0]), np.abs(grad[1]))
   for name in _SIDES:
     if sides[name] is not None:
-      lines[name] = _refine(sides[name], grad, min(spans[name]),
+      lines[name] = _refine(sides[name], abs_grad, min(spans[name]),
                             max(spans[name]),
                             -1 if name in ('top', 'left') else 1, low)
   q = _corners([lines[k] for k in _SIDES])

@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from importlib import metadata
 from typing import Any, Iterator
@@ -302,9 +304,10 @@ class Run:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.builder = input_pipeline.prepare(config.data)
-    info = input_pipeline.split_info(self.builder, config.data.train_split)
+    self.splits = input_pipeline.split_names(config.data)
+    info = input_pipeline.split_info(self.builder, self.splits['train'])
     if not (info.num_good and info.num_defective):
-      raise ValueError(f'training split {config.data.train_split!r} of '
+      raise ValueError(f'training split {self.splits["train"]!r} of '
                        f'{config.data.name!r} lacks a class: {info}')
     if 2 * config.batch_size > info.num_examples:
       raise ValueError(f'config.batch_size={config.batch_size} pairs needs '
@@ -330,8 +333,7 @@ class Run:
     return jax.device_put(self.checkpoints.restore_or(state), self.replicated)
 
   def evaluate(self, state, prefix: str) -> dict:
-    split = self.config.data.val_split if prefix == 'val' else self.config.data.test_split
-    batches = input_pipeline.eval_batches(self.builder, split, self.config,
+    batches = input_pipeline.eval_batches(self.builder, self.splits[prefix], self.config,
                                           stats=self.stats)
     result = evaluate(self.eval_fn, state, batches, self.data_sharding)
     return {f'{prefix}/{k}': v for k, v in result.items()}
@@ -421,42 +423,67 @@ def _train_loop(run: Run, state: TrainState) -> dict:
   progress = Progress(start_step, run.total_steps, config.batch_size)
   every_ckpt = config.checkpoint.every_steps or run.steps_per_epoch
   last = {}
-  step = start_step
-  try:
-    for step in range(start_step + 1, run.total_steps + 1):
-      state, metrics = train_step_fn(state, to_global(next(pairs), run.data_sharding))
-      metrics = jax.device_get(metrics)
-      _check_finite(step, metrics, run.checkpoints)
-      if step % config.log_every_steps == 0 or step == start_step + 1:
-        writer.write(step, {f'train/{k}': v for k, v in metrics.items()})
-        logging.info(progress.report(step, metrics))
-      if step % run.steps_per_epoch == 0 or step == run.total_steps:
-        last = run.evaluate(state, 'val')
-        writer.write(step, last)
-        best = run.best.update(step, state, last)
-        logging.info('step %d: %s%s', step, _fmt(last), ' (best)' if best else '')
-      if step % every_ckpt == 0 or step == run.total_steps:
-        run.checkpoints.save(step, state)
-    test = run.evaluate(state, 'test')
-    writer.write(int(state.step), test)
-    logging.info('test: %s', _fmt(test))
-    logging.info('process %d/%d: final params fingerprint %.10e', jax.process_index(),
-                 jax.process_count(), params_fingerprint(state.params))
-    return {**last, **test}
-  except KeyboardInterrupt:
-    done = int(state.step)  # Steps finished; `state` is never half-updated.
+  with _DeferredInterrupt() as interrupt:
     try:
-      if done > start_step and run.checkpoints.latest_step() != done:
-        run.checkpoints.save(done, state)
-      logging.info('interrupted: saved step %d in %s; rerun to resume', done,
-                   run.checkpoints.directory)
-    except RuntimeError as e:  # Interrupted between dispatch and assignment:
-      # the donated state is gone; the last periodic checkpoint stands.
-      logging.info('interrupted; could not save (%s); last checkpoint: step %s',
-                   e, run.checkpoints.latest_step())
-    raise
-  finally:
-    writer.close()
+      for step in range(start_step + 1, run.total_steps + 1):
+        if interrupt.requested:  # Checked between steps: state is whole here.
+          raise KeyboardInterrupt
+        state, metrics = train_step_fn(state, to_global(next(pairs), run.data_sharding))
+        metrics = jax.device_get(metrics)
+        _check_finite(step, metrics, run.checkpoints)
+        if step % config.log_every_steps == 0 or step == start_step + 1:
+          writer.write(step, {f'train/{k}': v for k, v in metrics.items()})
+          logging.info(progress.report(step, metrics))
+        if step % run.steps_per_epoch == 0 or step == run.total_steps:
+          last = run.evaluate(state, 'val')
+          writer.write(step, last)
+          best = run.best.update(step, state, last)
+          logging.info('step %d: %s%s', step, _fmt(last), ' (best)' if best else '')
+        if step % every_ckpt == 0 or step == run.total_steps:
+          run.checkpoints.save(step, state)
+      test = run.evaluate(state, 'test')
+      writer.write(int(state.step), test)
+      logging.info('test: %s', _fmt(test))
+      logging.info('process %d/%d: final params fingerprint %.10e', jax.process_index(),
+                   jax.process_count(), params_fingerprint(state.params))
+      return {**last, **test}
+    except KeyboardInterrupt:
+      if interrupt.requested:  # A clean stop between steps: save it.
+        done = int(state.step)
+        if done > start_step and run.checkpoints.latest_step() != done:
+          run.checkpoints.save(done, state)
+        logging.info('interrupted: saved step %d in %s; rerun to resume', done,
+                     run.checkpoints.directory)
+      raise
+    finally:
+      writer.close()
+
+
+class _DeferredInterrupt:
+  """Turns the first Ctrl-C (SIGINT) into a flag the loop checks between
+  steps, so the save happens on a whole state (a step interrupted midway has
+  already consumed its donated input state). A second Ctrl-C interrupts at
+  once. Outside the main thread signals cannot be caught: a no-op there."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handler(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    logging.info('Ctrl-C: stopping after this step (press again to abort now)')
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    return False
 
 
 def params_fingerprint(params) -> float:

@@ -356,3 +356,16 @@ def test_predict_on_real_frames(run_dir, shared_data, tmp_path):
     # A frame is scored, or its screen was not found; nothing else may fail.
     assert (r['error'] == '' and 0 <= float(r['prob_defective']) <= 1) or \
         r['error'].startswith('no screen found'), r
+
+
+def test_checkpoint_of_another_model_is_a_usage_error(run_dir, frames, tmp_path, capsys):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run_dir, workdir)
+  info = json.loads((workdir / 'config.json').read_text())
+  info['config']['model']['width_mult'] = 1 / 8
+  (workdir / 'config.json').write_text(json.dumps(info))
+  assert predict.main([f'--workdir={workdir}', f'--input={frames[0]}',
+                       f'--output={tmp_path / "p.csv"}']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: checkpoint ') and 'does not match' in err
+  assert err.count('\n') == 1

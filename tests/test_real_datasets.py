@@ -336,9 +336,12 @@ def test_real_magnetic_tile(real_tiles, shared_data):
   assert md['num_examples'] == {'good': 952, 'defective': 392}, md['skipped']
   assert md['num_skipped'] == 0
   recs = _check_partitions(real_tiles, shared_data / 'magnetic_tile', slack=12)
+  group = {r['file_name']: r['group'] for s in splits.SPLIT_NAMES for r in recs[s]}
   classes = collections.defaultdict(set)
-  for s in splits.SPLIT_NAMES:
-    for r in recs[s]:
-      classes[r['group']].add(r['file_name'].split('/')[0])
-  assert all(len(v) == 1 for v in classes.values())  # No group mixes classes.
+  for name, g in group.items():
+    classes[g].add(name.split('/')[0])
   assert 200 <= len(classes) <= 260
+  # Capture runs (exp1..exp6 of one tile) are groups; a few groups mix classes:
+  # the same tile filed under two classes (found by the hash), e.g.
+  assert group['MT_Fray/Imgs/exp0_num_797.jpg'] == group['MT_Free/Imgs/exp4_num_889.jpg']
+  assert sum(len(v) > 1 for v in classes.values()) <= 2

@@ -1,4 +1,5 @@
-"""Screen finder and rectification: synthetic ground truth, bad input, real frames."""
+"""Screen finder and rectification: synthetic ground truth, bad input,
+real frames."""
 import collections
 import pathlib
 
@@ -85,7 +86,8 @@ def synthetic():
   plan = []
   for i in range(N_SYNTHETIC):
     defective = i % 2 == 1
-    kind = ss.DEFECT_KINDS[(i // 2) % len(ss.DEFECT_KINDS)] if defective else None
+    kind = (ss.DEFECT_KINDS[(i // 2) % len(ss.DEFECT_KINDS)] if defective
+            else None)
     plan.append((i, defective, kind))
   return ss, plan
 
@@ -223,7 +225,7 @@ def test_grayscale_image():
   _raises(np.zeros((1080, 1920), np.uint8), 'expected a 3-channel BGR image')
 
 
-# --- CLI -----------------------------------------------------------------------
+# --- CLI ------------------------------------------------------------------
 
 
 def test_cli_writes_a_sheet_and_lists_failures(tmp_path, capsys, synthetic):
@@ -244,7 +246,7 @@ def test_cli_writes_a_sheet_and_lists_failures(tmp_path, capsys, synthetic):
   assert 'summary: 2/4 found' in out
 
 
-# --- real frames -----------------------------------------------------------------
+# --- real frames ----------------------------------------------------------
 
 
 @pytest.fixture(scope='module')

@@ -54,8 +54,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np

@@ -35,10 +35,13 @@ within a tile's run. Those crops show the same tile and defect, so they must
 not straddle splits. Groups link (union-find) crops of the same class whose
 counters are at most `capture_gap` (100) apart in sorted order, and crops
 whose perceptual hashes are at most `near_dup_threshold` (4 of 127 bits)
-apart: 234 groups on the real set (177 of 6 crops = one capture run), none
-mixing classes. (The hash alone cannot find the runs: lighting moves a tile's
-hash by ~20 bits, as far as unrelated tiles; above 4 bits unrelated crops
-start to join.)
+apart: 235 groups on the real set (175 of 6 crops = one capture run). One
+group mixes classes: `MT_Fray/Imgs/exp0_num_797` and `MT_Free/Imgs/
+exp4_num_889` (4 bits apart) show the same tile, and so does
+`MT_Blowhole/Imgs/exp3_num_853` (6-8 bits from them, not linked): one tile's
+lightings are filed under three classes. The hash alone cannot find the
+runs (lighting moves a tile's hash by ~20 bits, as far as unrelated tiles);
+from ~8 bits on it links crops that look like different tiles, so 4.
 
 Splits: `train`/`validation`/`test` (80/10/10) and `fold_0`..`fold_4`,
 stratified by label, grouped (see `image_folder`, `splits`).

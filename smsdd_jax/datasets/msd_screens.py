@@ -31,7 +31,7 @@ Features: `image` (110, 230, 3) uint8 RGB; `label` good/defective;
 
 Splits: `train`/`validation`/`test` (80/10/10) and `fold_0`..`fold_4`, all
 stratified by label and grouped by near-duplicates (perceptual hash of the
-ROI, 20 of 127 bits: runs like `Scr_0003`..`Scr_0023` are one group), see
+ROI, 22 of 127 bits: runs like `Scr_0003`..`Scr_0023` are one group), see
 `smsdd_jax.datasets.splits` and `image_folder`. Skipped files (unreadable,
 not an image, truncated, exact duplicates, no screen found) are logged and
 listed in `info.metadata['skipped']`; an empty class fails the build.
@@ -47,7 +47,7 @@ import tensorflow_datasets as tfds
 
 from smsdd_jax.datasets import image_folder
 from smsdd_jax.datasets import splits
-from smsdd_jax.datasets.image_folder import DEFECTIVE, GOOD, BadInput, Source
+from smsdd_jax.datasets.image_folder import DEFECTIVE, GOOD, Source
 
 DEFECT_TYPES = ('none', 'oil', 'scratch', 'stain', 'unknown')
 
@@ -138,5 +138,3 @@ class MsdScreens(image_folder.FolderBuilder):
     rgb, corners, method = image_folder.screen_roi(image)
     return {'image': rgb, 'corners': corners, 'roi_method': method}
 
-
-__all__ = ['MsdScreens', 'DEFECT_TYPES', 'classify', 'BadInput']

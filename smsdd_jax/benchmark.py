@@ -1,0 +1,194 @@
+"""Speed of the real jitted train step, the input pipeline and inference.
+
+  python -m smsdd_jax.benchmark --pairs=4 --steps=5
+  python -m smsdd_jax.benchmark --pairs=4,8 --compare-torch=PATH/torch_siamese_vgg.py
+  python -m smsdd_jax.benchmark --only=pipeline,inference --cores=1
+
+Times are medians of `--steps` repeated runs after a warm-up (compile) run.
+`--compare-torch` runs the PyTorch twin of the step in the same invocation
+(same model, loss, optimiser; it needs `pip install torch==2.13.0`) and prints
+the ratio. The last line printed is one JSON object (`pairs_per_s` is the
+train step at the first --pairs value) for scripts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# Work per pair: forward of 2 images, backward ~2x forward (input + weight grads).
+FWD_BWD_FACTOR = 3
+
+
+def conv_macs_per_image(image_size, width_mult: float) -> int:
+  """Multiply-accumulates of the VGG16 tower's convolutions for one image."""
+  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+  h, w = image_size
+  cin, macs = 3, 0
+  for v in models.channels(width_mult):
+    if v == 'M':
+      h, w = h // 2, w // 2
+      continue
+    macs += h * w * 9 * cin * v
+    cin = v
+  return macs
+
+
+def train_gflop_per_pair(image_size=(110, 230), width_mult: float = 1.0) -> float:
+  return 2 * conv_macs_per_image(image_size, width_mult) * 2 * FWD_BWD_FACTOR / 1e9
+
+
+def _median_time(fn, steps: int) -> float:
+  fn()  # Warm-up: compiles.
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import models, train  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.model.width_mult, config.model.dtype = width_mult, dtype
+  model = models.create(config.model)
+  tx = train.make_optimizer(config.optimizer)
+  state = [train.create_train_state(config, model, tx)]
+  step = train.make_train_step(model, tx, config.loss)
+  rng = np.random.default_rng(0)
+  h, w = config.data.image_size
+  labels = rng.integers(0, 2, (2, pairs)).astype(np.int32)
+  batch = jax.device_put({
+      'image_a': rng.standard_normal((pairs, h, w, 3), np.float32),
+      'image_b': rng.standard_normal((pairs, h, w, 3), np.float32),
+      'label_a': labels[0], 'label_b': labels[1],
+      'same': (labels[0] == labels[1]).astype(np.float32)})
+
+  def run():
+    state[0], metrics = step(state[0], batch)
+    jax.block_until_ready(metrics)
+
+  median = _median_time(run, steps)
+  gflop = train_gflop_per_pair((h, w), width_mult) * pairs
+  return {'impl': 'jax', 'pairs': pairs, 'step_s': round(median, 4),
+          'pairs_per_s': round(pairs / median, 3),
+          'gflop_per_s': round(gflop / median, 1), 'dtype': dtype}
+
+
+def bench_torch(script: str, pairs: int, steps: int, width_mult: float) -> dict:
+  cmd = [sys.executable, script, '--pairs', str(pairs), '--steps', str(steps),
+         '--width-mult', str(width_mult)]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    raise RuntimeError(f'torch twin failed: {out.stderr.strip().splitlines()[-1:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_pipeline(data_dir: str, batches: int) -> dict:
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  config = default.get_config('quick')
+  config.batch_size = 8
+  if data_dir:
+    config.data.data_dir = data_dir
+  builder = input_pipeline.prepare(config.data)
+  it = input_pipeline.train_pairs(builder, config)
+  for _ in range(20):  # Warm-up: fills the cache and the prefetch buffer.
+    next(it)
+  t = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  elapsed = time.perf_counter() - t
+  return {'pipeline_pairs_per_s': round(batches * config.batch_size / elapsed, 1)}
+
+
+def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
+  """Raw 1920x1080 JPEG -> decode -> ROI -> rectify -> forward, one frame;
+  and the batched forward alone, frames/s."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import input_pipeline, models, roi  # pylint: disable=import-outside-toplevel
+  from smsdd_jax.datasets import synthetic_screens  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.model.width_mult = width_mult
+  model = models.create(config.model)
+  params, state = models.init(model, jax.random.PRNGKey(0), (110, 230, 3))
+  fwd = jax.jit(lambda x: jax.nn.softmax(models.forward(
+      params, x, model=model, model_state=state)[0])[:, 1])
+  with tempfile.TemporaryDirectory() as tmp:
+    paths = synthetic_screens.write_sample_frames(tmp, 4)
+    blobs = [open(p, 'rb').read() for p in paths]
+  frame = iter(range(10 ** 9))
+
+  def one_frame():
+    data = blobs[next(frame) % len(blobs)]
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    rgb = roi.rectify(image, roi.find_screen(image))[..., ::-1]
+    x = input_pipeline.normalize_np(rgb[None], input_pipeline.FIXED_STATS)
+    return float(fwd(x)[0])
+
+  latency = _median_time(one_frame, steps)
+  xb = np.zeros((batch, 110, 230, 3), np.float32)
+  batched = _median_time(lambda: jax.block_until_ready(fwd(xb)), steps)
+  return {'frame_latency_ms': round(latency * 1e3, 1),
+          'batched_frames_per_s': round(batch / batched, 2), 'inference_batch': batch}
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--pairs', default='4', help='comma-separated batch sizes (pairs)')
+  p.add_argument('--steps', type=int, default=5, help='timed repeats (median)')
+  p.add_argument('--width-mult', '--width_mult', type=float, default=1.0)
+  p.add_argument('--dtype', default='float32', help='compute dtype: float32 | bfloat16')
+  p.add_argument('--compare-torch', '--compare_torch', default='',
+                 help='path of the PyTorch twin script to run side by side')
+  p.add_argument('--only', default='train',
+                 help='comma-separated: train, pipeline, inference')
+  p.add_argument('--data-dir', '--data_dir', default='', help='TFDS data_dir (pipeline)')
+  p.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: all)')
+  p.add_argument('--inference-batch', type=int, default=16)
+  args = p.parse_args(argv)
+  if args.cores:  # Before JAX starts its thread pools.
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+  parts = set(args.only.split(','))
+  summary = {'cores': len(os.sched_getaffinity(0)), 'width_mult': args.width_mult}
+  if 'train' in parts:
+    for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
+      r = bench_train_step(pairs, args.steps, args.width_mult, args.dtype)
+      line = f'jax   train step, {pairs} pairs: {r["pairs_per_s"]} pairs/s ' \
+             f'({r["step_s"]} s/step, {r["gflop_per_s"]} GFLOP/s)'
+      if args.compare_torch:
+        t = bench_torch(args.compare_torch, pairs, args.steps, args.width_mult)
+        r['torch_pairs_per_s'] = t['pairs_per_s']
+        r['ratio_vs_torch'] = round(r['pairs_per_s'] / t['pairs_per_s'], 3)
+        line += f' | torch {t["pairs_per_s"]} pairs/s | ratio {r["ratio_vs_torch"]}x'
+      print(line, flush=True)
+      summary[f'train_{pairs}'] = r
+      if i == 0:
+        summary['pairs_per_s'] = r['pairs_per_s']
+    summary['peak_rss_mib'] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  if 'pipeline' in parts:
+    summary.update(bench_pipeline(args.data_dir, 200))
+    print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)
+  if 'inference' in parts:
+    summary.update(bench_inference(args.steps, args.width_mult, args.inference_batch))
+    print(f'inference: {summary["frame_latency_ms"]} ms per raw frame, '
+          f'{summary["batched_frames_per_s"]} frames/s batched', flush=True)
+  print(json.dumps(summary))
+
+
+if __name__ == '__main__':
+  main()
