@@ -54,13 +54,16 @@ def _median_time(fn, steps: int) -> float:
   return statistics.median(times)
 
 
-def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str) -> dict:
+def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
+                     conv_impl: str = '') -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   from smsdd_jax import models, train  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   config.model.width_mult, config.model.dtype = width_mult, dtype
+  if conv_impl:
+    config.model.conv_impl = conv_impl
   model = models.create(config.model)
   tx = train.make_optimizer(config.optimizer)
   state = [train.create_train_state(config, model, tx)]
@@ -82,7 +85,8 @@ def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str) -> d
   gflop = train_gflop_per_pair((h, w), width_mult) * pairs
   return {'impl': 'jax', 'pairs': pairs, 'step_s': round(median, 4),
           'pairs_per_s': round(pairs / median, 3),
-          'gflop_per_s': round(gflop / median, 1), 'dtype': dtype}
+          'gflop_per_s': round(gflop / median, 1), 'dtype': dtype,
+          'conv_impl': config.model.conv_impl}
 
 
 def bench_torch(script: str, pairs: int, steps: int, width_mult: float) -> dict:
@@ -152,6 +156,8 @@ def main(argv=None) -> None:
   p.add_argument('--steps', type=int, default=5, help='timed repeats (median)')
   p.add_argument('--width-mult', '--width_mult', type=float, default=1.0)
   p.add_argument('--dtype', default='float32', help='compute dtype: float32 | bfloat16')
+  p.add_argument('--conv-impl', '--conv_impl', default='',
+                 help="model.conv_impl: 'xla' | 'custom' (default: the config's)")
   p.add_argument('--compare-torch', '--compare_torch', default='',
                  help='path of the PyTorch twin script to run side by side')
   p.add_argument('--only', default='train',
@@ -166,7 +172,8 @@ def main(argv=None) -> None:
   summary = {'cores': len(os.sched_getaffinity(0)), 'width_mult': args.width_mult}
   if 'train' in parts:
     for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
-      r = bench_train_step(pairs, args.steps, args.width_mult, args.dtype)
+      r = bench_train_step(pairs, args.steps, args.width_mult, args.dtype,
+                           args.conv_impl)
       line = f'jax   train step, {pairs} pairs: {r["pairs_per_s"]} pairs/s ' \
              f'({r["step_s"]} s/step, {r["gflop_per_s"]} GFLOP/s)'
       if args.compare_torch:

@@ -22,11 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from smsdd_jax import conv
+
 # Channels per conv layer; 'M' is a 2x2 max-pool with stride 2 (VGG16, config D).
 VGG16_LAYERS: tuple[Any, ...] = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
                                  512, 512, 512, 'M', 512, 512, 512, 'M')
 NUM_POOLS = sum(1 for v in VGG16_LAYERS if v == 'M')
 EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
+CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'custom': conv.conv_general_dilated}
 
 # Kaiming-normal with fan_out, as torchvision initialises VGG. It keeps the
 # ReLU activations' variance roughly constant through 13 layers, so the
@@ -62,16 +65,19 @@ class SiameseVGG16(nn.Module):
   num_classes: int = 2
   embedding: str = 'flatten_l2'
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'  # 'xla' | 'custom': conv.py's 3x3 conv and 2x2 pool backward.
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False):
     x = images.astype(self.dtype)
     for v in channels(self.width_mult):
       if v == 'M':
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = (conv.max_pool2x2(x) if self.conv_impl == 'custom'
+             else nn.max_pool(x, (2, 2), strides=(2, 2)))
         continue
       x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
-                  kernel_init=CONV_INIT, dtype=self.dtype)(x)
+                  kernel_init=CONV_INIT, dtype=self.dtype,
+                  conv_general_dilated=CONV_IMPLS[self.conv_impl])(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          dtype=self.dtype)(x)
@@ -102,13 +108,17 @@ def create(model_config: ml_collections.ConfigDict) -> SiameseVGG16:
   if model_config.embedding not in EMBEDDINGS:
     raise ValueError(f'config.model.embedding={model_config.embedding!r}: '
                      f'expected one of {EMBEDDINGS}')
+  if model_config.conv_impl not in CONV_IMPLS:
+    raise ValueError(f'config.model.conv_impl={model_config.conv_impl!r}: '
+                     f'expected one of {tuple(CONV_IMPLS)}')
   if model_config.width_mult <= 0:
     raise ValueError(f'config.model.width_mult={model_config.width_mult}: must be > 0')
   return SiameseVGG16(width_mult=model_config.width_mult,
                       batch_norm=model_config.batch_norm,
                       num_classes=model_config.num_classes,
                       embedding=model_config.embedding,
-                      dtype=jnp.dtype(model_config.dtype))
+                      dtype=jnp.dtype(model_config.dtype),
+                      conv_impl=model_config.conv_impl)
 
 
 def init(model: SiameseVGG16, rng: jax.Array, image_shape: Sequence[int]):

@@ -586,27 +586,11 @@ def stratified_split(labels: Sequence, fractions: Sequence[float] = (0.8, 0.1, 0
 
 
 def quad_iou(a, b) -> float:
-  """IoU of two quadrilaterals given as (4, 2) (x, y) corners."""
-  a = np.asarray(a, np.float32).reshape(-1, 1, 2)
-  b = np.asarray(b, np.float32).reshape(-1, 1, 2)
-  if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-    return 0.0
-  area_a, area_b = abs(cv2.contourArea(a)), abs(cv2.contourArea(b))
-  if cv2.isContourConvex(a) and cv2.isContourConvex(b):
-    inter, _ = cv2.intersectConvexConvex(a, b)
-    inter = max(float(inter), 0.0)
-  else:  # Degenerate or non-convex: rasterise.
-    lo = np.floor(np.minimum(a.min((0, 1)), b.min((0, 1)))) - 1
-    hi = np.ceil(np.maximum(a.max((0, 1)), b.max((0, 1)))) + 1
-    f = 2000.0 / max(float((hi - lo).max()), 1.0)
-    size = tuple(int(v) for v in np.ceil((hi - lo) * f)[::-1] + 1)
-    ma, mb = np.zeros(size, np.uint8), np.zeros(size, np.uint8)
-    cv2.fillPoly(ma, [np.rint((a - lo) * f).astype(np.int32)], 1)
-    cv2.fillPoly(mb, [np.rint((b - lo) * f).astype(np.int32)], 1)
-    inter = float(np.count_nonzero(ma & mb)) / f ** 2
-    area_a, area_b = float(ma.sum()) / f ** 2, float(mb.sum()) / f ** 2
-  union = area_a + area_b - inter
-  return float(inter / union) if union > 0 else 0.0
+  """IoU of two quadrilaterals given as (4, 2) (x, y) corners (exact polygon
+  clipping in roi.py; cv2.intersectConvexConvex misreports near-identical
+  quads, which is exactly the case here)."""
+  from smsdd_jax import roi  # pylint: disable=import-outside-toplevel
+  return roi.quad_iou(a, b)
 
 
 def write_sample_frames(out_dir: str, n: int, *, seed: int = 0,
