@@ -78,6 +78,33 @@ class RunFiles:
   threshold_source: str
 
 
+def run_config(saved: dict):
+  """A run's saved config on top of today's defaults: a run saved before a
+  field existed gets the field's default (which reproduces the old behaviour:
+  new fields default to what the code did before they existed)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  try:
+    from configs import default  # pylint: disable=import-outside-toplevel
+  except ImportError:  # Outside the repository: the saved config alone.
+    return ml_collections.ConfigDict(saved)
+  config = default.get_config()
+  flat = ml_collections.ConfigDict(saved).to_dict()
+
+  def merge(base, values, prefix):
+    for key, value in values.items():
+      if key not in base:
+        raise ValueError(f'saved config field {prefix}{key} is unknown to this '
+                         'version of smsdd_jax')
+      if isinstance(value, dict) and isinstance(base[key], ml_collections.ConfigDict) \
+          and key != 'extra':
+        merge(base[key], value, f'{prefix}{key}.')
+      else:
+        base[key] = value
+
+  merge(config, flat, 'config.')
+  return config
+
+
 def _steps(directory: str) -> list[int]:
   """Finished Orbax steps in `directory` (unfinished saves have other names)."""
   if not os.path.isdir(directory):
@@ -209,7 +236,7 @@ class Predictor:
     # pylint: disable=import-outside-toplevel
     import ml_collections
     from smsdd_jax import checkpointing, models, train
-    self.config = ml_collections.ConfigDict(self.run.config)
+    self.config = run_config(self.run.config)
     self.model = models.create(self.config.model)
     self.image_size = tuple(int(v) for v in self.config.data.image_size)
     # The restore target: create_train_state's structure, shapes and dtypes
