@@ -47,3 +47,20 @@ def quick_config(data_dir):
   config = default.get_config('quick')
   config.data.data_dir = data_dir
   return config
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory, data_dir) -> str:
+  """A finished 2-step quick run (a checkpoint each step), trained once per
+  session for the tests that restore, score or export a run."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import train  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp('trained_run')
+  config = default.get_config('quick')
+  config.data.data_dir = data_dir
+  config.batch_size = 32  # The small train split: 2 steps an epoch.
+  config.num_epochs = 1
+  config.log_every_steps = 1
+  config.checkpoint.every_steps = 1
+  train.train_and_evaluate(config, str(workdir))
+  return str(workdir)

@@ -11,27 +11,9 @@ from smsdd_jax import inference
 from smsdd_jax import train
 
 
-def tiny_run(tmp_path_factory, data_dir) -> str:
-  """The same 2-step run as test_predict.py's, trained once per session
-  (whichever module comes first trains it)."""
-  workdir = tmp_path_factory.getbasetemp() / 'smsdd_tiny_run'
-  done = workdir / 'TRAINED'
-  if not done.exists():
-    from configs import default  # pylint: disable=import-outside-toplevel
-    config = default.get_config('quick')
-    config.data.data_dir = data_dir
-    config.batch_size = 32
-    config.num_epochs = 1
-    config.log_every_steps = 1
-    config.checkpoint.every_steps = 1
-    train.train_and_evaluate(config, str(workdir))
-    done.write_text('ok')
-  return str(workdir)
-
-
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, data_dir):
-  return tiny_run(tmp_path_factory, data_dir)
+def run_dir(trained_run):
+  return trained_run
 
 
 @pytest.fixture(scope='module')

@@ -28,27 +28,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 FRAME_SIZE = (270, 480)  # Small frames: ROI search takes ~10 ms each.
 
 
-def tiny_run(tmp_path_factory, data_dir) -> str:
-  """A 2-step run (periodic checkpoints at steps 1 and 2, best at 2), trained
-  once per test session: test_export.py reuses the same directory."""
-  workdir = tmp_path_factory.getbasetemp() / 'smsdd_tiny_run'
-  done = workdir / 'TRAINED'
-  if not done.exists():
-    from configs import default  # pylint: disable=import-outside-toplevel
-    config = default.get_config('quick')
-    config.data.data_dir = data_dir
-    config.batch_size = 32  # The small train split: 2 steps an epoch.
-    config.num_epochs = 1
-    config.log_every_steps = 1
-    config.checkpoint.every_steps = 1
-    train.train_and_evaluate(config, str(workdir))
-    done.write_text('ok')
-  return str(workdir)
-
-
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, data_dir):
-  return tiny_run(tmp_path_factory, data_dir)
+def run_dir(trained_run):
+  return trained_run
 
 
 @pytest.fixture(scope='module')
