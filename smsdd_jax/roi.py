@@ -1077,6 +1077,17 @@ def find_screen_with_info(
                        dev, **diag)
 
 
+def find_screen_contour(image_bgr: np.ndarray) -> np.ndarray:
+  """The fallback alone: the outline of the largest region that differs from
+  the mat, no Hough lines. Used to cross-check the Hough outline with an
+  independent method (it fails more often: black phones on the dark mat)."""
+  image = _validate(image_bgr)
+  work = _working_image(image)
+  q = _to_full(_contour_quad(work), work.scale)
+  _check_quad(q, image.shape[1], image.shape[0])
+  return q
+
+
 def find_screen(image_bgr: np.ndarray) -> np.ndarray:
   """(4, 2) float32 (x, y) corners tl, tr, br, bl of the phone's front face.
 

@@ -272,3 +272,22 @@ def test_real_frames_all_found_and_plausible(real_frames):
     assert q[0, 1] < q[3, 1] and q[1, 1] < q[2, 1]
   print(f'{len(real_frames)} real frames: {dict(methods)}')
   assert methods['hough'] >= 0.9 * len(real_frames)
+
+
+def test_real_outlines_agree_with_an_independent_method(shared_data):
+  """No hand-annotated outlines exist for the real frames; the contour method
+  (mat subtraction, no Hough lines) is an independent reference wherever it
+  finds the phone. Measured here: 130 of 143 frames, IoU min 0.978, median 0.994."""
+  paths = sorted((shared_data / 'msd_screens').glob('*/*.jpg'))
+  if not paths:
+    pytest.skip('no msd_screens frames')
+  ious = []
+  for path in paths:
+    image = cv2.imread(str(path))
+    try:
+      reference = roi.find_screen_contour(image)
+    except roi.ScreenNotFoundError:
+      continue
+    ious.append(roi.quad_iou(roi.find_screen(image), reference))
+  assert len(ious) >= 0.85 * len(paths), len(ious)
+  assert min(ious) >= 0.95, sorted(ious)[:5]
