@@ -80,6 +80,18 @@ def get_config(arg=None):
   config.checkpoint.best_metric = 'val/balanced_accuracy'
   config.checkpoint.best_mode = 'max'  # 'max' or 'min' (e.g. for val/cross_entropy).
 
+  # The final evaluation (end of training): decision threshold and which state.
+  config.eval = ml_collections.ConfigDict()
+  # How the defect-probability threshold is chosen on the validation split and
+  # then applied unchanged to test (written to <workdir>/threshold.json):
+  # 'argmax' = 0.5 | 'best_f1' | 'max_escape' (lowest overkill at an escape
+  # rate <= max_escape_rate). Data-driven rules refuse a val split lacking a class.
+  config.eval.threshold_rule = 'argmax'
+  config.eval.max_escape_rate = 0.05  # Escape-rate target of 'max_escape' only.
+  # State evaluated at the end: 'best' = checkpoints_best/ (the one predict.py
+  # uses, so threshold.json fits it) | 'final' = the last step.
+  config.eval.checkpoint = 'best'
+
   if arg == QUICK:
     apply_quick(config)
   elif arg:

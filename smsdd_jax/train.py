@@ -3,9 +3,13 @@
   train_and_evaluate(config, workdir)
 
 runs `config.num_epochs` epochs of paired batches, evaluates the validation
-split after each epoch and the test split at the end, and writes to workdir:
-config.json (with package versions), metrics.jsonl, TensorBoard events and
-Orbax checkpoints under checkpoints/, from which a rerun resumes.
+split after each epoch (at threshold 0.5) and, at the end, chooses the decision
+threshold on validation by `config.eval.threshold_rule` and evaluates test at
+it. It writes to workdir: config.json (with package versions), metrics.jsonl,
+TensorBoard events and Orbax checkpoints under checkpoints/, from which a
+rerun resumes; at the end threshold.json, eval.json (val and test metrics at
+that threshold) and eval_val.npz / eval_test.npz (per-example prob, label,
+embedding).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from smsdd_jax import checkpointing
 from smsdd_jax import input_pipeline
 from smsdd_jax import losses
 from smsdd_jax import metric_writers
+from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import models
 
 
@@ -70,6 +75,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.normalize not in ('fixed', 'train_stats'):
     raise ValueError(f'config.data.normalize={config.data.normalize!r}: expected '
                      "'fixed' or 'train_stats'")
+  metrics_lib.validate_rule(config.eval.threshold_rule, config.eval.max_escape_rate)
+  if config.eval.checkpoint not in ('best', 'final'):
+    raise ValueError(f'config.eval.checkpoint={config.eval.checkpoint!r}: expected '
+                     "'best' or 'final'")
   if config.optimizer.learning_rate <= 0:
     raise ValueError(f'config.optimizer.learning_rate={config.optimizer.learning_rate}:'
                      ' must be > 0')
@@ -167,11 +176,13 @@ def make_train_step(model, tx, loss_config, *, max_traces: int = 1):
 
 
 def eval_step(params, model_state, batch, *, model):
-  """Per-example defect probability and cross-entropy (padding included)."""
-  logits, _ = models.forward(params, batch['image'], model=model,
-                             model_state=model_state, train=False)
+  """Per-example defect probability, cross-entropy and embedding (padding
+  included)."""
+  logits, out = models.forward(params, batch['image'], model=model,
+                               model_state=model_state, train=False)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  return {'prob_defective': jax.nn.softmax(logits)[:, 1], 'cross_entropy': ce}
+  return {'prob_defective': jax.nn.softmax(logits)[:, 1], 'cross_entropy': ce,
+          'embedding': out['embedding']}
 
 
 # ------------------------------------------------------------------ evaluation
@@ -179,20 +190,11 @@ def eval_step(params, model_state, batch, *, model):
 
 def classification_summary(labels: np.ndarray, prob: np.ndarray,
                            threshold: float = 0.5) -> dict:
-  """Accuracy plus the numbers accuracy hides on an imbalanced set."""
-  pred = (prob >= threshold).astype(np.int64)
-  labels = labels.astype(np.int64)
-  tp = int(np.sum((pred == 1) & (labels == 1)))
-  tn = int(np.sum((pred == 0) & (labels == 0)))
-  n_def, n_good = int(np.sum(labels == 1)), int(np.sum(labels == 0))
-  recall = tp / n_def if n_def else float('nan')
-  specificity = tn / n_good if n_good else float('nan')
-  return {'accuracy': float(np.mean(pred == labels)) if len(labels) else float('nan'),
-          'balanced_accuracy': float(np.nanmean([recall, specificity])),
-          'recall_defective': recall,
-          'escape_rate': 1.0 - recall,  # Defective passed as good.
-          'overkill_rate': 1.0 - specificity,  # Good rejected.
-          'num_examples': len(labels)}
+  """Accuracy plus the numbers accuracy hides on an imbalanced set (see
+  `metrics.summary`: balanced accuracy, precision, recall, F1, escape and
+  overkill rates, AUROC, average precision, the confusion counts). Metrics a
+  missing class makes undefined are NaN, with a MissingClassWarning."""
+  return metrics_lib.summary(labels, prob, threshold)
 
 
 def to_global(local_batch: dict, sharding) -> dict:
@@ -216,20 +218,33 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def evaluate(eval_fn, state: TrainState, batches: Iterator[dict], sharding) -> dict:
+def predict_split(eval_fn, state: TrainState, batches: Iterator[dict],
+                  sharding) -> dict:
   """Runs eval_fn over every batch; padding is dropped with the mask. Every
-  process reads every batch and feeds its share of the rows to the mesh."""
-  labels, probs, ces = [], [], []
+  process reads every batch and feeds its share of the rows to the mesh.
+  Returns per-example numpy arrays: label, prob, cross_entropy, embedding."""
+  parts = {'label': [], 'prob': [], 'cross_entropy': [], 'embedding': []}
   for batch in batches:
     keep = batch.pop('mask') > 0
     out = to_host(eval_fn(state.params, state.model_state,
                           to_global(process_rows(batch), sharding)))
-    labels.append(batch['label'][keep])
-    probs.append(out['prob_defective'][keep])
-    ces.append(out['cross_entropy'][keep])
-  labels, probs = np.concatenate(labels), np.concatenate(probs)
-  return {**classification_summary(labels, probs),
-          'cross_entropy': float(np.mean(np.concatenate(ces)))}
+    parts['label'].append(batch['label'][keep])
+    parts['prob'].append(out['prob_defective'][keep])
+    parts['cross_entropy'].append(out['cross_entropy'][keep])
+    parts['embedding'].append(out['embedding'][keep])
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def summarize(outputs: dict, threshold: float = 0.5) -> dict:
+  """predict_split's arrays -> classification_summary + mean cross-entropy."""
+  return {**classification_summary(outputs['label'], outputs['prob'], threshold),
+          'cross_entropy': float(np.mean(outputs['cross_entropy']))}
+
+
+def evaluate(eval_fn, state: TrainState, batches: Iterator[dict], sharding,
+             threshold: float = 0.5) -> dict:
+  """Metrics of one split at `threshold` (see classification_summary)."""
+  return summarize(predict_split(eval_fn, state, batches, sharding), threshold)
 
 
 # ------------------------------------------------------------------ the loop
@@ -314,6 +329,7 @@ class Run:
                        f'{2 * config.batch_size} images but the training split has '
                        f'{info.num_examples}')
     self.train_info = info
+    _check_eval_splits(self.builder, self.splits, config.eval)
     self.steps_per_epoch = input_pipeline.steps_per_epoch(info.num_examples,
                                                           config.batch_size)
     self.total_steps = self.steps_per_epoch * config.num_epochs
@@ -332,15 +348,37 @@ class Run:
     state = create_train_state(self.config, self.model, self.tx)
     return jax.device_put(self.checkpoints.restore_or(state), self.replicated)
 
-  def evaluate(self, state, prefix: str) -> dict:
+  def predict(self, state, prefix: str) -> dict:
+    """Per-example arrays of split 'val' or 'test' (predict_split)."""
     batches = input_pipeline.eval_batches(self.builder, self.splits[prefix], self.config,
                                           stats=self.stats)
-    result = evaluate(self.eval_fn, state, batches, self.data_sharding)
+    return predict_split(self.eval_fn, state, batches, self.data_sharding)
+
+  def evaluate(self, state, prefix: str, threshold: float = 0.5) -> dict:
+    result = summarize(self.predict(state, prefix), threshold)
     return {f'{prefix}/{k}': v for k, v in result.items()}
 
   def close(self) -> None:
     self.checkpoints.close()
     self.best.close()
+
+
+def _check_eval_splits(builder, splits: dict, eval_config) -> None:
+  """A threshold chosen from data on a validation split that lacks a class is
+  arbitrary: refused before training. With 'argmax' (no data needed) a
+  missing class only leaves some metrics NaN: a warning."""
+  for prefix in ('val', 'test'):
+    info = input_pipeline.split_info(builder, splits[prefix])
+    missing = metrics_lib.missing_classes([0] * info.num_good + [1] * info.num_defective)
+    if not missing:
+      continue
+    what = (f'{prefix} split {splits[prefix]!r} has no {" and no ".join(missing)} '
+            f'examples ({info})')
+    if prefix == 'val' and eval_config.threshold_rule != 'argmax':
+      raise ValueError(f'{what}: config.eval.threshold_rule='
+                       f'{eval_config.threshold_rule!r} cannot choose a threshold on it; '
+                       "use 'argmax' or a split with both classes")
+    logging.warning('%s: recall, escape rate, AUROC etc. will be NaN', what)
 
 
 def _data_stats(builder, data_config, workdir: str) -> dict:
@@ -441,7 +479,7 @@ def _train_loop(run: Run, state: TrainState) -> dict:
           logging.info('step %d: %s%s', step, _fmt(last), ' (best)' if best else '')
         if step % every_ckpt == 0 or step == run.total_steps:
           run.checkpoints.save(step, state)
-      test = run.evaluate(state, 'test')
+      test = final_evaluation(run, state)
       writer.write(int(state.step), test)
       logging.info('test: %s', _fmt(test))
       logging.info('process %d/%d: final params fingerprint %.10e', jax.process_index(),
@@ -457,6 +495,56 @@ def _train_loop(run: Run, state: TrainState) -> dict:
       raise
     finally:
       writer.close()
+
+
+def final_evaluation(run: Run, state: TrainState) -> dict:
+  """Chooses the threshold on validation (config.eval.threshold_rule) with the
+  state config.eval.checkpoint names and evaluates test at it, unchanged.
+
+  Writes (process 0) threshold.json (read by inference.Predictor), eval.json
+  ({'step', 'checkpoint', 'threshold', 'threshold_rule', 'val': {...},
+  'test': {...}}) and eval_val.npz / eval_test.npz (prob, label, embedding).
+  Returns the test metrics as {'test/accuracy': ..., 'test/threshold': ...}."""
+  cfg = run.config.eval
+  step, which = int(state.step), 'final'
+  if cfg.checkpoint == 'best':
+    best_step = run.best.checkpoints.latest_step()
+    if best_step is None:
+      logging.warning('no best checkpoint: evaluating the final state')
+    else:
+      which = 'best'
+      if best_step != step:
+        state = jax.device_put(run.best.checkpoints.restore(state, best_step),
+                               run.replicated)
+        step = best_step
+  val, test = run.predict(state, 'val'), run.predict(state, 'test')
+  threshold = metrics_lib.choose_threshold(val['label'], val['prob'], cfg.threshold_rule,
+                                           max_escape_rate=cfg.max_escape_rate)
+  val_m, test_m = summarize(val, threshold), summarize(test, threshold)
+  logging.info('threshold %.6g (%s) chosen on val with the %s checkpoint, step %d: '
+               'val escape %.4f overkill %.4f', threshold, cfg.threshold_rule, which, step,
+               val_m['escape_rate'], val_m['overkill_rate'])
+  if jax.process_index() == 0:
+    base = {'threshold': threshold, 'threshold_rule': cfg.threshold_rule,
+            'max_escape_rate': cfg.max_escape_rate, 'checkpoint': which, 'step': step}
+    write_json(os.path.join(run.workdir, 'threshold.json'),
+               {**base, 'val': metrics_lib.nan_to_none(
+                   metrics_lib.threshold_report(val['label'], val['prob'], threshold))})
+    for name, arrays in (('val', val), ('test', test)):
+      _save_npz(os.path.join(run.workdir, f'eval_{name}.npz'), step=step,
+                threshold=threshold, prob=arrays['prob'], label=arrays['label'],
+                embedding=arrays['embedding'])
+    # Last: a finished eval.json marks a finished run (launch/sweep.py).
+    write_json(os.path.join(run.workdir, 'eval.json'),
+               {**base, 'val': metrics_lib.nan_to_none(val_m),
+                'test': metrics_lib.nan_to_none(test_m)})
+  return {**{f'test/{k}': v for k, v in test_m.items()}, 'test/checkpoint_step': step}
+
+
+def _save_npz(path: str, **arrays) -> None:
+  tmp = f'{path}.tmp{os.getpid()}.npz'
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
 
 
 class _DeferredInterrupt:

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Runs the paper's Table 2 protocol: configs x seeds (x folds) on one dataset,
+then aggregates the results.
+
+  python launch/sweep.py --out=runs/sweep [--configs=beta_a,beta_b,beta_c,beta_d,beta_e]
+      [--seeds=0,1,2] [--kfold=K] [--quick] [--workers=1] [--override=KEY=VALUE ...]
+      [--data=NAME --builder_config=NAME --manual_dir=DIR --data_dir=DIR]
+  python launch/sweep.py --out=runs/sweep --aggregate_only    # tables from what is there
+
+Each run is `python -m smsdd_jax.main --config=configs/<variant>.py[:quick]
+--workdir=OUT/<variant>_s<seed>[_f<fold>] --config.seed=<seed> ...`, in its own
+process (up to --workers at once; the first alone until its dataset is built,
+so that two never build the same TFDS dataset), its output in
+OUT/<run>/log.txt. With
+--kfold=K every seed runs every fold i of K (--config.data.kfold=K
+--config.data.fold=i); --seeds then defaults to 0 alone.
+
+Resumable: a finished run (OUT/<run>/eval.json present) is skipped, an
+unfinished one is rerun with the same command and resumes from its last
+checkpoint. A run directory made with other arguments is refused (use another
+--out). At the end, from every finished run:
+
+  OUT/results.csv   one row per variant, seed, fold and split (val, test):
+                    report.CSV_COLUMNS (metrics at the threshold chosen on val)
+  OUT/results.md    mean ± std per variant, val and test, beside the paper's Table 2
+
+Figures: python -m smsdd_jax.report --sweep=OUT. Exit status: 0 when every
+run finished, 1 when one failed (its log is named), 2 for a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from smsdd_jax import report  # pylint: disable=wrong-import-position
+
+DEFAULT_CONFIGS = ('beta_a', 'beta_b', 'beta_c', 'beta_d', 'beta_e')
+_print_lock = threading.Lock()
+
+
+class UsageError(Exception):
+  pass
+
+
+def _say(message: str) -> None:
+  with _print_lock:
+    print(f'{datetime.datetime.now():%H:%M:%S} {message}', flush=True)
+
+
+def _ints(text: str) -> list[int]:
+  try:
+    return [int(x) for x in text.split(',') if x.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}')
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog='python launch/sweep.py',
+      description='Configs x seeds (x folds) of SMSDD on one dataset, resumable, '
+      'aggregated into OUT/results.csv and OUT/results.md.')
+  p.add_argument('--out', required=True, help='sweep directory (one sub-folder per run)')
+  p.add_argument('--configs', default=','.join(DEFAULT_CONFIGS),
+                 help='comma-separated config names in configs/ or paths to config '
+                 'files (default: %(default)s)')
+  p.add_argument('--seeds', type=_ints, default=None,
+                 help='comma-separated seeds (default 0,1,2; 0 with --kfold)')
+  p.add_argument('--kfold', type=int, default=0,
+                 help='K > 0: run every fold 0..K-1 of a K-fold split (each seed)')
+  p.add_argument('--quick', action='store_true',
+                 help="the configs' :quick variant (tiny model and data, minutes on a CPU)")
+  p.add_argument('--workers', type=int, default=1,
+                 help='runs at once, each its own process (default 1; a 2-core CPU '
+                 'gains little from more; on one GPU each gets 1/N of its memory)')
+  p.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
+                 help='config override for every run, e.g. num_epochs=5 or '
+                 'eval.threshold_rule=max_escape (repeatable)')
+  p.add_argument('--data', default=None, help='config.data.name (TFDS builder)')
+  p.add_argument('--builder_config', default=None, help='config.data.builder_config')
+  p.add_argument('--manual_dir', default=None, help='config.data.manual_dir')
+  p.add_argument('--data_dir', default=None, help='config.data.data_dir (TFDS data_dir)')
+  p.add_argument('--aggregate_only', action='store_true',
+                 help='launch nothing: aggregate the finished runs found in OUT')
+  p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  return p
+
+
+def config_path(name: str) -> tuple[str, str]:
+  """(variant name, config file path relative to the repo when inside it)."""
+  path = name if name.endswith('.py') else os.path.join('configs', f'{name}.py')
+  full = path if os.path.isabs(path) else os.path.join(REPO, path)
+  if not os.path.isfile(full):
+    raise UsageError(f'no config file {full}')
+  return os.path.splitext(os.path.basename(path))[0], path
+
+
+def _seeds(args) -> list[int]:
+  return args.seeds if args.seeds is not None else ([0] if args.kfold else [0, 1, 2])
+
+
+def plan(args) -> list[dict]:
+  """Every run: name, variant, seed, fold and its main.py arguments (the
+  workdir excepted, which follows from OUT and the name)."""
+  if args.kfold < 0 or args.workers < 1:
+    raise UsageError('--kfold must be >= 0 and --workers >= 1')
+  seeds = _seeds(args)
+  if not seeds:
+    raise UsageError('--seeds is empty')
+  folds = list(range(args.kfold)) if args.kfold else [None]
+  data = [(f'--config.data.{key}', value) for key, value in (
+      ('name', args.data), ('builder_config', args.builder_config),
+      ('manual_dir', args.manual_dir and os.path.abspath(args.manual_dir)),
+      ('data_dir', args.data_dir and os.path.abspath(args.data_dir))) if value]
+  overrides = []
+  for item in args.override:
+    key, sep, value = item.partition('=')
+    key = key.strip().removeprefix('--').removeprefix('config.')
+    if not sep or not key:
+      raise UsageError(f'--override={item!r}: expected KEY=VALUE, e.g. num_epochs=5')
+    if key in ('seed', 'data.kfold', 'data.fold'):
+      raise UsageError(f'--override={item!r}: set {key} with --seeds / --kfold')
+    overrides.append((f'--config.{key}', value))
+  runs = []
+  for name in args.configs.split(','):
+    if not name.strip():
+      continue
+    variant, path = config_path(name.strip())
+    for seed in seeds:
+      for fold in folds:
+        run = f'{variant}_s{seed}' + ('' if fold is None else f'_f{fold}')
+        flags = [f'--config={path}{":quick" if args.quick else ""}',
+                 f'--config.seed={seed}']
+        if fold is not None:
+          flags += [f'--config.data.kfold={args.kfold}', f'--config.data.fold={fold}']
+        flags += [f'{k}={v}' for k, v in data + overrides]
+        runs.append({'run': run, 'variant': variant, 'seed': seed, 'fold': fold,
+                     'args': flags})
+  if len({r['run'] for r in runs}) != len(runs):
+    raise UsageError('two configs share a file name: runs would share a directory')
+  return runs
+
+
+def state_of(out: str, run: dict) -> str:
+  """'finished', 'partial' (resume it), 'new', or raises UsageError if the
+  directory belongs to other arguments."""
+  workdir = os.path.join(out, run['run'])
+  meta_path = os.path.join(workdir, 'sweep.json')
+  if not os.path.isdir(workdir) or not os.listdir(workdir):
+    return 'new'
+  if not os.path.isfile(meta_path):
+    raise UsageError(f'{workdir} exists but was not made by this launcher (no sweep.json)')
+  with open(meta_path, encoding='utf-8') as f:
+    recorded = json.load(f).get('args')
+  if recorded != run['args']:
+    raise UsageError(f'{workdir} was run with other arguments:\n  there: {recorded}\n'
+                     f'  now:   {run["args"]}\nuse another --out (or remove it)')
+  return 'finished' if os.path.isfile(os.path.join(workdir, 'eval.json')) else 'partial'
+
+
+def child_env(workers: int) -> dict:
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO, env.get('PYTHONPATH')) if p)
+  if workers > 1:
+    # Several processes on one GPU: each may take only its share of the memory
+    # (JAX preallocates 75% by default). No effect on a CPU.
+    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / workers:.3f}')
+  return env
+
+
+def execute(out: str, run: dict, env: dict, state: str,
+            data_ready: threading.Event, first: bool) -> tuple[str, int, float]:
+  """Runs one training process; output appended to OUT/<run>/log.txt.
+
+  The first run opens `data_ready` once its data_stats.json exists (the
+  dataset is built by then) or it ends; the others wait for that, so that
+  parallel runs never build the same TFDS dataset at once."""
+  if not first:
+    data_ready.wait()
+  workdir = os.path.join(out, run['run'])
+  os.makedirs(workdir, exist_ok=True)
+  meta = {k: run[k] for k in ('variant', 'seed', 'fold', 'args')}
+  tmp = os.path.join(workdir, f'sweep.json.tmp{os.getpid()}')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, 'sweep.json'))
+  cmd = [sys.executable, '-m', 'smsdd_jax.main', *run['args'], f'--workdir={workdir}']
+  _say(f'start {run["run"]} ({state})')
+  t0 = time.time()
+  try:
+    with open(os.path.join(workdir, 'log.txt'), 'a', encoding='utf-8') as log:
+      log.write(f'=== {datetime.datetime.now().isoformat(timespec="seconds")} '
+                f'{" ".join(cmd)}\n')
+      log.flush()
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                              env=env, stdin=subprocess.DEVNULL)
+      if first:
+        stats = os.path.join(workdir, 'data_stats.json')
+        while proc.poll() is None and not os.path.exists(stats):
+          time.sleep(0.5)
+        data_ready.set()
+      rc = proc.wait()
+  finally:
+    data_ready.set()
+  return run['run'], rc, time.time() - t0
+
+
+def _last_line(path: str) -> str:
+  try:
+    with open(path, encoding='utf-8', errors='replace') as f:
+      lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else ''
+  except OSError:
+    return ''
+
+
+def aggregate(out: str, meta: dict) -> tuple[str, str, int]:
+  """results.csv and results.md from every finished run in OUT."""
+  runs = report.load_runs(out)
+  table = report.rows(runs)
+  csv_path, md_path = os.path.join(out, 'results.csv'), os.path.join(out, 'results.md')
+  report.write_csv(csv_path, table)
+  missing = [r['run'] for r in runs if not r['finished']]
+  text = report.markdown(table, meta, missing)
+  tmp = f'{md_path}.tmp{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, md_path)
+  return csv_path, md_path, len(table)
+
+
+def _meta(args) -> dict:
+  meta = {'configs': args.configs, 'quick': args.quick,
+          'seeds': ','.join(map(str, _seeds(args)))}
+  if args.kfold:
+    meta['kfold'] = args.kfold
+  for key in ('data', 'builder_config', 'manual_dir'):
+    if getattr(args, key):
+      meta[key] = getattr(args, key)
+  if args.override:
+    meta['overrides'] = ' '.join(args.override)
+  return meta
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  out = os.path.abspath(args.out)
+  try:
+    if args.aggregate_only:
+      if not os.path.isdir(out):
+        raise UsageError(f'{out} does not exist')
+      csv_path, md_path, n = aggregate(out, {})
+      _say(f'aggregated {n} rows: {csv_path}, {md_path}')
+      return 0
+    runs = plan(args)
+    states = {r['run']: state_of(out, r) for r in runs}  # Refuses before launching.
+  except UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  todo = [r for r in runs if states[r['run']] != 'finished']
+  for r in runs:
+    if states[r['run']] == 'finished':
+      _say(f'skip {r["run"]}: finished (eval.json)')
+  if args.dry_run:
+    for r in todo:
+      print(' '.join(['python -m smsdd_jax.main', *r['args'],
+                      f'--workdir={os.path.join(out, r["run"])}']))
+    return 0
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'sweep.json'), 'w', encoding='utf-8') as f:
+    json.dump({'argv': sys.argv[1:] if argv is None else list(argv), **_meta(args)}, f,
+              indent=2)
+  _say(f'{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run '
+       f'with {args.workers} worker(s); logs in {out}/<run>/log.txt')
+  env = child_env(args.workers)
+  failed = []
+  data_ready = threading.Event()
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.workers)
+  try:
+    futures = [pool.submit(execute, out, r, env, states[r['run']], data_ready, i == 0)
+               for i, r in enumerate(todo)]
+    for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+      name, rc, seconds = future.result()
+      log = os.path.join(out, name, 'log.txt')
+      if rc == 0:
+        _say(f'[{done}/{len(todo)}] done {name} in {seconds:.0f} s')
+      else:
+        failed.append(name)
+        _say(f'[{done}/{len(todo)}] FAILED {name} (exit {rc}, {log}): {_last_line(log)}')
+  except KeyboardInterrupt:
+    data_ready.set()
+    pool.shutdown(wait=True, cancel_futures=True)
+    print('interrupted: rerun the same command to resume', file=sys.stderr)
+    return 130
+  pool.shutdown(wait=True)
+  csv_path, md_path, n = aggregate(out, _meta(args))
+  _say(f'results: {csv_path} ({n} rows), {md_path}')
+  if failed:
+    _say(f'{len(failed)} run(s) failed: {", ".join(failed)}; rerun to retry them')
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,454 @@
+"""Tables and figures of a sweep (launch/sweep.py's OUT directory).
+
+  python -m smsdd_jax.report --sweep=OUT [--out=OUT/figures]
+
+writes three PNGs:
+
+  loss_curves.png   training loss, its cross-entropy part and validation
+                    balanced accuracy against the step, one colour per variant
+                    (thin: each seed / fold; thick: their mean): the paper's Fig. 5
+  roc_curves.png    ROC curves (overkill rate against 1 - escape rate) on val
+                    and test, each run's operating point at its chosen threshold
+  embeddings.png    test embeddings projected on their first two principal
+                    components, coloured by class, for beta = 0 beside the best
+                    beta > 0 by mean val balanced accuracy (the idea of Fig. 3)
+
+A run of a sweep is a directory OUT/<variant>_s<seed>[_f<fold>]/ holding
+sweep.json (written by the launcher), the training workdir files and, once
+finished, eval.json, eval_val.npz and eval_test.npz (train.final_evaluation).
+The table functions here (rows, write_csv, markdown) are what the launcher
+aggregates with; they need numpy only. Figures import matplotlib.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+# The paper's Table 2: accuracy (%) on its private set, (validation, test).
+PAPER_TABLE2 = {'beta_a': (85, 83), 'beta_b': (79, 74), 'beta_c': (96, 93),
+                'beta_d': (95, 91), 'beta_e': (91, 88)}
+
+METRICS = ('accuracy', 'balanced_accuracy', 'precision', 'recall', 'specificity', 'f1',
+           'auroc', 'average_precision', 'escape_rate', 'overkill_rate')
+COUNTS = ('tp', 'fp', 'tn', 'fn', 'num_examples', 'num_defective', 'num_good')
+CSV_COLUMNS = ('variant', 'beta', 'seed', 'fold', 'split', 'step', 'checkpoint',
+               'threshold_rule', 'threshold', *METRICS, *COUNTS, 'all_good_accuracy',
+               'run')
+
+
+# ------------------------------------------------------------------ reading runs
+
+
+def _read_json(path: str):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def run_dirs(sweep: str) -> list[str]:
+  """Run directories of a sweep (those with a sweep.json), sorted by name."""
+  if not os.path.isdir(sweep):
+    raise FileNotFoundError(f'sweep directory {sweep} does not exist')
+  return sorted(os.path.join(sweep, d) for d in os.listdir(sweep)
+                if os.path.isfile(os.path.join(sweep, d, 'sweep.json')))
+
+
+def load_run(path: str) -> dict:
+  """What a run directory says about itself: name, variant, seed, fold,
+  beta, finished (eval.json present) and eval (its contents)."""
+  meta = _read_json(os.path.join(path, 'sweep.json'))
+  run = {'run': os.path.basename(path), 'path': path, 'variant': meta['variant'],
+         'seed': meta['seed'], 'fold': meta.get('fold'), 'beta': None,
+         'finished': False, 'eval': None}
+  config_path = os.path.join(path, 'config.json')
+  if os.path.isfile(config_path):
+    run['beta'] = _read_json(config_path)['config']['loss']['beta']
+  eval_path = os.path.join(path, 'eval.json')
+  if os.path.isfile(eval_path):
+    run['eval'] = _read_json(eval_path)
+    run['finished'] = True
+  return run
+
+
+def load_runs(sweep: str) -> list[dict]:
+  return [load_run(p) for p in run_dirs(sweep)]
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _nan(x) -> float:
+  return float('nan') if x is None else float(x)
+
+
+def rows(runs: Sequence[dict]) -> list[dict]:
+  """One row per finished run and split (val, test), CSV_COLUMNS keys."""
+  out = []
+  for run in runs:
+    if not run['finished']:
+      continue
+    ev = run['eval']
+    for split in ('val', 'test'):
+      m = ev[split]
+      row = {'variant': run['variant'], 'beta': run['beta'], 'seed': run['seed'],
+             'fold': '' if run['fold'] is None else run['fold'], 'split': split,
+             'step': ev['step'], 'checkpoint': ev['checkpoint'],
+             'threshold_rule': ev['threshold_rule'], 'threshold': ev['threshold'],
+             **{k: _nan(m.get(k)) for k in METRICS},
+             **{k: int(m[k]) for k in COUNTS},
+             'run': run['run']}
+      row['all_good_accuracy'] = (row['num_good'] / row['num_examples']
+                                  if row['num_examples'] else float('nan'))
+      out.append(row)
+  return out
+
+
+def write_csv(path: str, table: Sequence[dict]) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for row in table:
+      writer.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)
+                       for k, v in row.items()})
+  os.replace(tmp, path)
+
+
+def read_csv(path: str) -> list[dict]:
+  with open(path, newline='', encoding='utf-8') as f:
+    return list(csv.DictReader(f))
+
+
+def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+  """'85.3 ± 1.2' (sample std over the finite values), '85.3' for one,
+  '–' for none; 'n=k/m' appended when some were NaN."""
+  v = np.asarray([x for x in values], np.float64) * scale
+  finite = v[np.isfinite(v)]
+  if not len(finite):
+    return '–'
+  text = f'{finite.mean():.{digits}f}'
+  if len(finite) > 1:
+    text += f' ± {finite.std(ddof=1):.{digits}f}'
+  if len(finite) < len(v):
+    text += f' (n={len(finite)}/{len(v)})'
+  return text
+
+
+def _variants(table: Sequence[dict]) -> list[str]:
+  seen = []
+  for row in table:
+    if row['variant'] not in seen:
+      seen.append(row['variant'])
+  return seen
+
+
+def _select(table, variant, split, key):
+  return [row[key] for row in table if row['variant'] == variant and row['split'] == split]
+
+
+def markdown(table: Sequence[dict], meta: Optional[dict] = None,
+             missing: Sequence[str] = ()) -> str:
+  """results.md: mean ± std per variant beside the paper's Table 2, then the
+  inspection metrics accuracy hides."""
+  meta = meta or {}
+  variants = _variants(table)
+  lines = ['# Sweep results', '']
+  if meta:
+    lines.append('Sweep: ' + ', '.join(f'{k} `{v}`' for k, v in meta.items()) + '.')
+    lines.append('')
+  rules = sorted({row['threshold_rule'] for row in table})
+  checkpoints = sorted({row['checkpoint'] for row in table})
+  lines += [
+      f'Decision threshold: chosen on validation by `{", ".join(rules) or "-"}` and '
+      'applied unchanged to test; evaluated checkpoint: '
+      f'`{", ".join(checkpoints) or "-"}`. Mean ± sample std over the runs '
+      '(seeds or folds) of each variant. The paper reports one run per variant on '
+      'its private set (1200 frames, 14% defective).', '',
+      '## Accuracy beside the paper\'s Table 2 (%)', '',
+      '| variant | beta | runs | val accuracy | test accuracy | paper val | paper test '
+      '| test accuracy of always "good" |',
+      '|---|---|---|---|---|---|---|---|']
+  for v in variants:
+    beta = _select(table, v, 'test', 'beta')
+    paper = PAPER_TABLE2.get(v)
+    lines.append(
+        f'| {v} | {beta[0] if beta else "?"} | {len(beta)} '
+        f'| {mean_std(_select(table, v, "val", "accuracy"))} '
+        f'| {mean_std(_select(table, v, "test", "accuracy"))} '
+        f'| {paper[0] if paper else "–"} | {paper[1] if paper else "–"} '
+        f'| {mean_std(_select(table, v, "test", "all_good_accuracy"))} |')
+  lines += [
+      '', '## What accuracy hides (%; AUROC and AP in [0, 1])', '',
+      'Escape: defective passed as good. Overkill: good rejected. Both at the chosen '
+      'threshold; AUROC and AP need none.', '',
+      '| variant | split | balanced acc. | precision | recall | F1 | escape | overkill '
+      '| AUROC | AP |',
+      '|---|---|---|---|---|---|---|---|---|---|']
+  for v in variants:
+    for split in ('val', 'test'):
+      pct = [mean_std(_select(table, v, split, k)) for k in
+             ('balanced_accuracy', 'precision', 'recall', 'f1', 'escape_rate',
+              'overkill_rate')]
+      raw = [mean_std(_select(table, v, split, k), scale=1.0, digits=3)
+             for k in ('auroc', 'average_precision')]
+      lines.append(f'| {v} | {split} | ' + ' | '.join(pct + raw) + ' |')
+  lines += [
+      '', 'Validation numbers are optimistic: the threshold (and, with checkpoint '
+      '`best`, the checkpoint) were chosen on that split. A model that always answers '
+      '"good" scores the last column of the first table in accuracy, with 50% '
+      'balanced accuracy and a 100% escape rate.']
+  if missing:
+    lines += ['', f'Not finished (left out above): {", ".join(missing)}.']
+  return '\n'.join(lines) + '\n'
+
+
+# ------------------------------------------------------------------ figures
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _colours(variants):
+  palette = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b',
+             '#e377c2', '#7f7f7f', '#bcbd22', '#17becf']
+  return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+
+
+def _label(variant: str, beta) -> str:
+  return f'{variant} (β={beta:g})' if beta is not None else variant
+
+
+def read_curves(path: str, keys: Sequence[str]) -> dict:
+  """{key: (steps, values)} from a run's metrics.jsonl; a step logged twice
+  (a run resumed from an older checkpoint) keeps its last value."""
+  out = {k: {} for k in keys}
+  metrics_path = os.path.join(path, 'metrics.jsonl')
+  if not os.path.isfile(metrics_path):
+    return {k: (np.zeros(0), np.zeros(0)) for k in keys}
+  with open(metrics_path, encoding='utf-8') as f:
+    for line in f:
+      if not line.strip():
+        continue
+      record = json.loads(line)
+      for k in keys:
+        if k in record:
+          out[k][record['step']] = _nan(record[k])
+  return {k: (np.asarray(sorted(v), np.float64),
+              np.asarray([v[s] for s in sorted(v)], np.float64)) for k, v in out.items()}
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+  if window <= 1 or len(y) < window:
+    return y
+  kernel = np.ones(window) / window
+  padded = np.r_[np.full(window // 2, y[0]), y, np.full(window - 1 - window // 2, y[-1])]
+  return np.convolve(padded, kernel, mode='valid')
+
+
+def plot_loss_curves(runs: Sequence[dict], path: str) -> str:
+  plt = _pyplot()
+  keys = ('train/loss', 'train/cross_entropy', 'val/balanced_accuracy')
+  titles = ('training loss (CE + β·contrastive)', 'training cross-entropy',
+            'validation balanced accuracy (threshold 0.5)')
+  variants = _variants(runs)
+  colours = _colours(variants)
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  for v in variants:
+    members = [r for r in runs if r['variant'] == v]
+    curves = [read_curves(r['path'], keys) for r in members]
+    for ax, key in zip(axes, keys):
+      series = [c[key] for c in curves if len(c[key][0])]
+      if not series:
+        continue
+      marker = 'o' if max(len(steps) for steps, _ in series) < 20 else None
+      for steps, values in series:
+        ax.plot(steps, values, color=colours[v], alpha=0.25, lw=0.8, marker=marker, ms=3)
+      common = series[0][0]
+      for steps, _ in series[1:]:
+        common = np.intersect1d(common, steps)
+      if not len(common):
+        continue
+      mean = np.mean([vals[np.searchsorted(steps, common)] for steps, vals in series], 0)
+      window = max(1, len(common) // 25) if key.startswith('train/') else 1
+      ax.plot(common, _smooth(mean, window), color=colours[v], lw=2, marker=marker,
+              label=_label(v, members[0]['beta']) + (f', {len(series)} runs'
+                                                      if len(series) > 1 else ''))
+  for ax, title in zip(axes, titles):
+    ax.set_title(title)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle('Training curves per variant (thin: each run; thick: mean, smoothed)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _load_npz(run: dict, split: str) -> Optional[dict]:
+  path = os.path.join(run['path'], f'eval_{split}.npz')
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
+
+
+def plot_roc_curves(runs: Sequence[dict], path: str) -> str:
+  from smsdd_jax import metrics  # pylint: disable=import-outside-toplevel
+  plt = _pyplot()
+  finished = [r for r in runs if r['finished']]
+  variants = _variants(finished)
+  colours = _colours(variants)
+  beta_of = {r['variant']: r['beta'] for r in finished}
+  fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+  for ax, split in zip(axes, ('val', 'test')):
+    for v in variants:
+      aucs, labelled = [], False
+      for run in (r for r in finished if r['variant'] == v):
+        arrays = _load_npz(run, split)
+        if arrays is None or metrics.missing_classes(arrays['label']):
+          continue
+        fpr, tpr, _ = metrics.roc_curve(arrays['label'], arrays['prob'])
+        aucs.append(metrics.auroc(arrays['label'], arrays['prob']))
+        ax.plot(fpr, tpr, color=colours[v], alpha=0.6, lw=1.2)
+        m = run['eval'][split]
+        if m.get('overkill_rate') is not None and m.get('escape_rate') is not None:
+          ax.plot(m['overkill_rate'], 1 - m['escape_rate'], 'o', color=colours[v], ms=5)
+        labelled = True
+      if labelled:
+        ax.plot([], [], color=colours[v], label=f'{_label(v, beta_of[v])} AUROC '
+                f'{mean_std(aucs, scale=1.0, digits=3)}')
+    ax.plot([0, 1], [0, 1], ls='--', color='grey', lw=0.8)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel('overkill rate (good rejected)')
+    ax.set_ylabel('1 - escape rate (defective caught)')
+    ax.set_title(f'ROC on {split} (dots: chosen threshold)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def pca_2d(x: np.ndarray):
+  """(n, 2) projection on the first two principal components and the share
+  of variance each explains."""
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  x = x - x.mean(0)
+  u, s, _ = np.linalg.svd(x, full_matrices=False)
+  total = float(np.sum(s ** 2)) or 1.0
+  k = min(2, len(s))
+  proj = np.zeros((len(x), 2))
+  proj[:, :k] = u[:, :k] * s[:k]
+  share = np.zeros(2)
+  share[:k] = s[:k] ** 2 / total
+  return proj, share
+
+
+def embedding_pair(runs: Sequence[dict]) -> list[tuple[dict, str]]:
+  """The runs to project: beta = 0 (else the lowest beta) and the variant
+  with beta > 0 of best mean val balanced accuracy (chosen on val, never on
+  test); the first run (lowest seed / fold) of each. [(run, why)]."""
+  finished = [r for r in runs if r['finished'] and r['beta'] is not None]
+  if not finished:
+    return []
+  by_variant = {}
+  for r in sorted(finished, key=lambda r: (r['seed'], r['fold'] or 0)):
+    by_variant.setdefault(r['variant'], []).append(r)
+  betas = {v: rs[0]['beta'] for v, rs in by_variant.items()}
+  base = min(by_variant, key=lambda v: (betas[v], v))
+  chosen = [(by_variant[base][0], 'cross-entropy only' if betas[base] == 0
+              else 'lowest β in the sweep')]
+
+  def score(v, key='balanced_accuracy'):
+    vals = [_nan(r['eval']['val'].get(key)) for r in by_variant[v]]
+    vals = [x for x in vals if math.isfinite(x)]
+    return float(np.mean(vals)) if vals else -1.0
+
+  others = [v for v in by_variant if v != base and betas[v] > 0]
+  if others:  # Ties: the higher mean val AUROC, then the name.
+    best = max(others, key=lambda v: (score(v), score(v, 'auroc'), v))
+    chosen.append((by_variant[best][0],
+                   f'best β > 0 by mean val balanced acc. ({100 * score(best):.1f}%)'))
+  return chosen
+
+
+def plot_embeddings(runs: Sequence[dict], path: str) -> str:
+  plt = _pyplot()
+  chosen = embedding_pair(runs)
+  fig, axes = plt.subplots(1, max(1, len(chosen)), figsize=(6.5 * max(1, len(chosen)), 5.5),
+                           squeeze=False)
+  for ax, (run, why) in zip(axes[0], chosen):
+    arrays = _load_npz(run, 'test')
+    if arrays is None:
+      ax.set_title(f'{run["run"]}: no eval_test.npz')
+      continue
+    proj, share = pca_2d(arrays['embedding'])
+    labels = arrays['label']
+    for value, name, colour in ((0, 'good', '#1f77b4'), (1, 'defective', '#d62728')):
+      keep = labels == value
+      ax.scatter(proj[keep, 0], proj[keep, 1], s=14, c=colour, alpha=0.7,
+                 label=f'{name} ({int(keep.sum())})')
+    auroc = run['eval']['test'].get('auroc')
+    ax.set_title(f'{run["run"]}: β={run["beta"]:g} ({why})\n'
+                 f'test AUROC {auroc:.3f}' if auroc is not None else run['run'],
+                 fontsize=10)
+    ax.set_xlabel(f'PC 1 ({100 * share[0]:.0f}% of variance)')
+    ax.set_ylabel(f'PC 2 ({100 * share[1]:.0f}% of variance)')
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  if not chosen:
+    axes[0][0].set_title('no finished run')
+  fig.suptitle('Test embeddings, first two principal components (one projection per model)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+FIGURES = {'loss_curves.png': plot_loss_curves, 'roc_curves.png': plot_roc_curves,
+           'embeddings.png': plot_embeddings}
+
+
+def write_figures(sweep: str, out: Optional[str] = None) -> list[str]:
+  """Every figure of FIGURES into `out` (default SWEEP/figures); their paths."""
+  runs = load_runs(sweep)
+  if not any(r['finished'] for r in runs):
+    raise ValueError(f'{sweep}: no finished run (a run directory with sweep.json '
+                     'and eval.json)')
+  out = out or os.path.join(sweep, 'figures')
+  os.makedirs(out, exist_ok=True)
+  return [fn(runs, os.path.join(out, name)) for name, fn in FIGURES.items()]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  p = argparse.ArgumentParser(prog='python -m smsdd_jax.report', description=(
+      'Figures of a sweep: loss curves (Fig. 5), ROC curves, test-embedding '
+      'projections (Fig. 3 idea).'))
+  p.add_argument('--sweep', required=True, help='the OUT directory of launch/sweep.py')
+  p.add_argument('--out', default=None, help='folder for the PNGs (default SWEEP/figures)')
+  args = p.parse_args(argv)
+  try:
+    paths = write_figures(args.sweep, args.out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  for path in paths:
+    print(path)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
