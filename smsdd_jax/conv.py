@@ -1,38 +1,39 @@
-"""A 3x3 SAME convolution with a hand-written backward pass, for XLA:CPU.
+"""A 3x3 SAME convolution and a 2x2 max-pool with hand-written backward passes.
 
-Why: on this project's CPU (2 cores, AVX-512) XLA:CPU runs VGG16's forward
-convolutions at about oneDNN's speed, but its backward pass is 2-4x slower
-than PyTorch's, which made the jitted train step 0.4x PyTorch's pairs/s (see
-docs/performance.md). The backward of y = conv(x, w) has two parts:
+Why: on this project's CPU (2 cores, AVX-512) XLA:CPU's backward pass of
+VGG16 was much slower than PyTorch's (oneDNN), which made the jitted train
+step 0.4x PyTorch's pairs/s. A profile (docs/performance.md) put the loss in
+two places, which this module rewrites:
 
-  dx = conv(dy, flip(w)^T)   an ordinary forward 3x3 SAME convolution with the
-                             kernel flipped in space and its in/out channels
-                             swapped; written that way XLA runs it at forward
-                             speed instead of through its slower
-                             transposed-convolution path.
-  dw[i, j] = sum_{n,h,w} xpad[n, h+i, w+j, :]^T dy[n, h, w, :]
-                             a reduction over batch and space. XLA:CPU lowers
-                             it as a convolution whose "batch" is the input
-                             channels; here it can instead be computed as 9
-                             matmuls of shifted views (`dw_method='shift9'`),
-                             chosen per layer shape by `_pick_dw_method`.
+  max-pool backward   nn.max_pool's gradient is XLA's select-and-scatter,
+                      a slow scalar loop on CPU (~15% of the step). Here it
+                      is 4 strided views and 4 masked interior-padded pads,
+                      ~10x faster, with the same first-max tie-break.
+  conv weight grad    dw[i, j] = sum_{n,h,w} xpad[n, h+i, w+j, :]^T dy[n, h, w, :]
+                      XLA lowers it as a conv whose "batch" is the input
+                      channels: 3-4x slower than 9 matmuls of shifted views
+                      ('shift9') on the 55 x 115 layers. The method is picked
+                      per layer shape by `_pick_dw_method`.
 
-Everything is a pure function; `conv3x3` has a `jax.custom_vjp`, and
-`conv_general_dilated` has `lax.conv_general_dilated`'s signature so that
-`flax.linen.Conv(..., conv_general_dilated=conv.conv_general_dilated)` uses
-it (other shapes, strides or layouts fall back to the lax op unchanged).
-tests/test_conv.py checks values and gradients against `lax`.
+The input gradient is written as a forward conv with the kernel flipped in
+space and its in/out channels swapped, dx = conv(dy, flip(w)^T); with jax
+0.10.2 that measured the same as XLA's own transpose conv inside the step.
+
+Everything is a pure function; `conv3x3` and `max_pool2x2` have a
+`jax.custom_vjp`, and `conv_general_dilated` has `lax.conv_general_dilated`'s
+signature so that `flax.linen.Conv(..., conv_general_dilated=...)` uses it
+(other shapes, strides or layouts fall back to the lax op unchanged).
+tests/test_conv.py checks values and gradients against lax / flax.
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
-DW_METHODS = ('xla', 'shift9')
+DW_METHODS = ('xla', 'shift9', 'rows3')
 
 
 def _conv(x, w):
@@ -40,8 +41,14 @@ def _conv(x, w):
                                   dimension_numbers=DIMENSION_NUMBERS)
 
 
+DX_METHOD = 'fwd'  # 'fwd' (below) | 'xla' (jax.vjp of the lax conv); for benchmarks.
+
+
 def conv3x3_dx(dy: jax.Array, w: jax.Array) -> jax.Array:
   """Input gradient of a 3x3 SAME conv, as a forward conv (flipped, I<->O)."""
+  if DX_METHOD == 'xla':
+    shape = (*dy.shape[:-1], w.shape[2])
+    return jax.vjp(lambda x: _conv(x, w), jnp.zeros(shape, dy.dtype))[1](dy)[0]
   return _conv(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
 
 
@@ -60,14 +67,27 @@ def conv3x3_dw(x: jax.Array, dy: jax.Array, method: str = 'xla') -> jax.Array:
     taps = [xp[:, i:i + h, j:j + w, :].reshape(-1, c).T @ dy2
             for i in range(3) for j in range(3)]
     return jnp.stack(taps).reshape(3, 3, c, k)
+  if method == 'rows3':
+    # The 3 horizontal shifts side by side on channels (one 3x copy), then
+    # 3 taller matmuls (3C x K) over the vertical shifts.
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    x3 = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(3)], axis=-1)
+    dy2 = dy.reshape(-1, k)
+    taps = [x3[:, i:i + h].reshape(-1, 3 * c).T @ dy2 for i in range(3)]
+    return jnp.stack(taps).reshape(3, 3, c, k)
   raise ValueError(f'dw method {method!r}: expected one of {DW_METHODS}')
 
 
 def _pick_dw_method(x_shape, k: int) -> str:
   """The faster weight-gradient method for this layer shape on XLA:CPU,
   from the per-layer measurements in docs/performance.md."""
-  del x_shape, k
-  return 'xla'
+  del k
+  _, h, w, c = x_shape
+  if c < 16 or h * w <= 128:  # First layer (C = 3) and the 6 x 14 maps.
+    return 'xla'
+  # 'rows3' was faster than 'shift9' on the 110 x 230 layer in isolation
+  # but slower inside the whole step (its 3x copy); shift9 everywhere else.
+  return 'shift9'
 
 
 @jax.custom_vjp
@@ -80,9 +100,28 @@ def _conv3x3_fwd(x, w):
   return _conv(x, w), (x, w)
 
 
+def _batch_axes(x) -> dict:
+  """Mesh axes (name -> size) that x's dims are sharded over, explicitly."""
+  sharding = getattr(jax.typeof(x), 'sharding', None)
+  mesh, spec = getattr(sharding, 'mesh', None), getattr(sharding, 'spec', None)
+  if mesh is None or spec is None or getattr(mesh, 'empty', True):
+    return {}
+  names = [n for e in spec if e is not None for n in (e if isinstance(e, tuple) else (e,))]
+  return {n: dict(mesh.shape).get(n, 1) for n in names}
+
+
 def _conv3x3_bwd(res, dy):
   x, w = res
+  axes = _batch_axes(x)
+  if any(size > 1 for size in axes.values()):
+    # The matmuls below contract over the batch; on a multi-device mesh let
+    # JAX's own conv transpose rules place the cross-device reduction.
+    return jax.vjp(_conv, x, w)[1](dy)
   dx = conv3x3_dx(dy, w)
+  if axes:  # A 1-device explicit mesh (train.py's on one CPU): drop the
+    # batch's sharding annotation (free) so the batch can be contracted.
+    x, dy = (jax.sharding.reshard(a, jax.sharding.NamedSharding(jax.typeof(a).sharding.mesh, P()))
+             for a in (x, dy))
   dw = conv3x3_dw(x, dy, _pick_dw_method(x.shape, dy.shape[-1]))
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
@@ -157,10 +196,16 @@ def _max_pool_bwd(x, dy):
     hit = (v == y) & ~taken
     taken = taken | hit
     grads.append(jnp.where(hit, dy, jnp.zeros_like(dy)))
-  n, h2, w2, c = y.shape
-  dx = jnp.stack(grads, axis=3).reshape(n, h2, w2, 2, 2, c)
-  dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h2, 2 * w2, c)
-  dx = jnp.pad(dx, ((0, 0), (0, x.shape[1] - 2 * h2), (0, x.shape[2] - 2 * w2), (0, 0)))
+  # Scatter each view's gradient back to its stride-2 positions with an
+  # interior-padded pad (no reshapes, so it also works on sharded batches).
+  h, w = x.shape[1], x.shape[2]
+  h2, w2 = y.shape[1], y.shape[2]
+  zero = jnp.zeros((), dy.dtype)
+  dx = None
+  for (i, j), gij in zip(((0, 0), (0, 1), (1, 0), (1, 1)), grads):
+    part = lax.pad(gij, zero, ((0, 0, 0), (i, h - 2 * h2 + 1 - i, 1),
+                               (j, w - 2 * w2 + 1 - j, 1), (0, 0, 0)))
+    dx = part if dx is None else dx + part
   return (dx,)
 
 

@@ -290,6 +290,8 @@ def _score(args, predictor, paths, out_file, inference) -> int:
   if predictor.run.threshold_source.startswith('default'):
     print(f'threshold: {predictor.threshold:g} (default: no threshold.json in '
           f'{predictor.run.workdir})')
+  else:
+    print(f'threshold: {predictor.threshold:g} ({predictor.run.threshold_source})')
   print(f'input: {len(paths)} file(s) from {args.input}; roi={args.roi}; '
         f'batch {predictor.batch_size}; max_pixels {args.max_pixels}')
   writer = csv.DictWriter(out_file, fieldnames=CSV_COLUMNS)

@@ -131,7 +131,7 @@ def test_predict_folder_matches_direct_scoring(run_dir, frames, tmp_path, capsys
     saved = cv2.cvtColor(cv2.imread(str(tmp_path / 'rois' / rel)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(saved, image)
   assert cv2.imread(str(tmp_path / 's.png')) is not None
-  assert 'threshold: 0.5 (default: no threshold.json' in printed.out
+  assert 'threshold: 0.5 (' in printed.out  # Chosen on val by 'argmax' at training.
   assert 'best checkpoint' in printed.out and 'step 2' in printed.out
   assert '6/6 frames' in printed.err and 'frames/s' in printed.err
   assert 'summary: 6/6 scored' in printed.out
