@@ -2,13 +2,15 @@
 
   python -m smsdd_jax.benchmark --pairs=4 --steps=5
   python -m smsdd_jax.benchmark --pairs=4,8 --compare-torch=PATH/torch_siamese_vgg.py
-  python -m smsdd_jax.benchmark --only=pipeline,inference --cores=1
+  python -m smsdd_jax.benchmark --only=pipeline,inference --cores=1 [--compare-torch=PATH]
 
 Times are medians of `--steps` repeated runs after a warm-up (compile) run.
 `--compare-torch` runs the PyTorch twin of the step in the same invocation
 (same model, loss, optimiser; it needs `pip install torch==2.13.0`) and prints
-the ratio. The last line printed is one JSON object (`pairs_per_s` is the
-train step at the first --pairs value) for scripts.
+the ratio; with inference it times the twin's forward of one image on the
+same cores (the reference for the forward stage). The last line printed is
+one JSON object (`pairs_per_s` is the train step at the first --pairs value)
+for scripts.
 """
 from __future__ import annotations
 
@@ -117,8 +119,8 @@ def bench_pipeline(data_dir: str, batches: int) -> dict:
 
 
 def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
-  """Raw 1920x1080 JPEG -> decode -> ROI -> rectify -> forward, one frame;
-  and the batched forward alone, frames/s."""
+  """Raw 1920x1080 JPEG -> decode -> ROI -> rectify -> forward, one frame
+  (end to end, and each stage alone); and the batched forward, frames/s."""
   import cv2  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -136,18 +138,58 @@ def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
     blobs = [open(p, 'rb').read() for p in paths]
   frame = iter(range(10 ** 9))
 
-  def one_frame():
+  def decode():
     data = blobs[next(frame) % len(blobs)]
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    rgb = roi.rectify(image, roi.find_screen(image))[..., ::-1]
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+  def extract(image):
+    return roi.rectify(image, roi.find_screen(image))[..., ::-1]
+
+  def forward(rgb):
     x = input_pipeline.normalize_np(rgb[None], input_pipeline.FIXED_STATS)
     return float(fwd(x)[0])
 
-  latency = _median_time(one_frame, steps)
+  latency = _median_time(lambda: forward(extract(decode())), steps)
+  image = decode()
+  rgb = extract(image)
+  stages = {'decode_ms': _median_time(decode, steps),
+            'roi_ms': _median_time(lambda: extract(image), steps),
+            'forward_ms': _median_time(lambda: forward(rgb), steps)}
   xb = np.zeros((batch, 110, 230, 3), np.float32)
   batched = _median_time(lambda: jax.block_until_ready(fwd(xb)), steps)
   return {'frame_latency_ms': round(latency * 1e3, 1),
+          **{k: round(v * 1e3, 1) for k, v in stages.items()},
           'batched_frames_per_s': round(batch / batched, 2), 'inference_batch': batch}
+
+
+# Forward of one image through the PyTorch twin's tower + classifier (its
+# build()), timed like _median_time, in a child process that inherits this
+# process's CPU affinity: the reference for the forward_ms stage.
+_TORCH_FORWARD = r"""
+import importlib.util, json, statistics, sys, time, torch
+spec = importlib.util.spec_from_file_location('twin', sys.argv[1])
+twin = importlib.util.module_from_spec(spec); spec.loader.exec_module(twin)
+steps, width_mult = int(sys.argv[2]), float(sys.argv[3])
+torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
+net = twin.build(width_mult, 110, 230).to(memory_format=torch.channels_last).eval()
+x = torch.randn(1, 3, 110, 230).to(memory_format=torch.channels_last)
+def run():
+  with torch.inference_mode():
+    return net['classifier'](net['features'](x).flatten(1)).softmax(-1)[:, 1].item()
+run(); times = []
+for _ in range(steps):
+  t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
+print(json.dumps({'torch_forward_ms': round(statistics.median(times) * 1e3, 1),
+                  'torch_threads': torch.get_num_threads()}))
+"""
+
+
+def bench_torch_forward(script: str, steps: int, width_mult: float) -> dict:
+  cmd = [sys.executable, '-c', _TORCH_FORWARD, script, str(steps), str(width_mult)]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    raise RuntimeError(f'torch forward failed: {out.stderr.strip().splitlines()[-1:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
@@ -159,7 +201,8 @@ def main(argv=None) -> None:
   p.add_argument('--conv-impl', '--conv_impl', default='',
                  help="model.conv_impl: 'xla' | 'custom' (default: the config's)")
   p.add_argument('--compare-torch', '--compare_torch', default='',
-                 help='path of the PyTorch twin script to run side by side')
+                 help='path of the PyTorch twin script to run side by side (train: '
+                 'its step; inference: its forward of one image)')
   p.add_argument('--only', default='train',
                  help='comma-separated: train, pipeline, inference')
   p.add_argument('--data-dir', '--data_dir', default='', help='TFDS data_dir (pipeline)')
@@ -192,8 +235,13 @@ def main(argv=None) -> None:
     print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)
   if 'inference' in parts:
     summary.update(bench_inference(args.steps, args.width_mult, args.inference_batch))
-    print(f'inference: {summary["frame_latency_ms"]} ms per raw frame, '
-          f'{summary["batched_frames_per_s"]} frames/s batched', flush=True)
+    line = (f'inference: {summary["frame_latency_ms"]} ms per raw frame (decode '
+            f'{summary["decode_ms"]} + ROI {summary["roi_ms"]} + forward '
+            f'{summary["forward_ms"]} ms), {summary["batched_frames_per_s"]} frames/s batched')
+    if args.compare_torch:
+      summary.update(bench_torch_forward(args.compare_torch, args.steps, args.width_mult))
+      line += f' | torch forward {summary["torch_forward_ms"]} ms'
+    print(line, flush=True)
   print(json.dumps(summary))
 
 
