@@ -2,7 +2,7 @@
 """A floor for any dataset: ridge regression on downsampled grey pixels.
 
   python launch/pixel_baseline.py --data=magnetic_tile --builder_config=stretch \
-      --manual_dir=../shared/data/magnetic_tile [--kfold=5 --fold=0] [--size=16,32]
+      --manual_dir=PATH/TO/magnetic_tile [--kfold=5 --fold=0] [--size=16,32]
 
 Reads the same TFDS splits a run of smsdd_jax.main would (configs/default.py's
 data settings with these overrides), shrinks each ROI to --size grey pixels

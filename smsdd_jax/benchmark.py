@@ -92,11 +92,15 @@ def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
 
 
 def bench_torch(script: str, pairs: int, steps: int, width_mult: float) -> dict:
-  cmd = [sys.executable, script, '--pairs', str(pairs), '--steps', str(steps),
-         '--width-mult', str(width_mult)]
+  return _last_json_line([sys.executable, script, '--pairs', str(pairs), '--steps',
+                          str(steps), '--width-mult', str(width_mult)], 'torch twin')
+
+
+def _last_json_line(cmd: list[str], what: str) -> dict:
+  """Runs cmd and parses the JSON object on its last stdout line."""
   out = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if out.returncode != 0:
-    raise RuntimeError(f'torch twin failed: {out.stderr.strip().splitlines()[-1:]}')
+    raise RuntimeError(f'{what} failed: {out.stderr.strip().splitlines()[-1:]}')
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -185,11 +189,8 @@ print(json.dumps({'torch_forward_ms': round(statistics.median(times) * 1e3, 1),
 
 
 def bench_torch_forward(script: str, steps: int, width_mult: float) -> dict:
-  cmd = [sys.executable, '-c', _TORCH_FORWARD, script, str(steps), str(width_mult)]
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if out.returncode != 0:
-    raise RuntimeError(f'torch forward failed: {out.stderr.strip().splitlines()[-1:]}')
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return _last_json_line([sys.executable, '-c', _TORCH_FORWARD, script, str(steps),
+                          str(width_mult)], 'torch forward')
 
 
 def main(argv=None) -> None:
