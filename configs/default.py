@@ -18,10 +18,22 @@ def get_config(arg=None):
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'synthetic_screens'  # TFDS builder name.
-  config.data.builder_config = 'default'  # 1200 frames, 168 defective (paper's balance).
+  # A named config of the builder; '' = its default (synthetic_screens: 1200
+  # frames, 168 defective, the paper's balance; in quick mode its 'small').
+  config.data.builder_config = ''
+  config.data.quick = False  # Set by ':quick': the builder's small config, if it has one.
   config.data.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets).
   config.data.manual_dir = ''  # For builders that read a user's files; '' = none.
   config.data.image_size = (110, 230)  # (height, width) of the screen ROI, as the paper.
+  # Preprocessing of whole images (ready crops; ROIs found in raw frames are
+  # warped to image_size directly): 'stretch' to image_size, 'letterbox'
+  # (aspect kept, black pad) or 'rotate' (portrait turned landscape, then
+  # stretched). See smsdd_jax/preprocess.py; predict applies the same.
+  config.data.aspect = 'stretch'
+  config.data.channels = 'rgb'  # 'rgb' (gray files replicated) | 'gray' (colour -> luma).
+  # Near-duplicate grouping threshold in hash bits (of 127); None = the
+  # builder's tuned value (screens 22, magnetic tiles 4, other crops 6); -1 = off.
+  config.data.near_dup_threshold = ml_collections.config_dict.placeholder(int)
   config.data.train_split = 'train'
   config.data.val_split = 'validation'
   config.data.test_split = 'test'
@@ -47,6 +59,7 @@ def get_config(arg=None):
   config.model.num_classes = 2  # 0 good, 1 defective.
   config.model.dtype = 'float32'  # Compute dtype; params stay float32.
   config.model.conv_impl = 'custom'  # 'xla' (lax) | 'custom': conv.py's 3x3 conv + 2x2 pool backward.
+  config.model.init = ''  # '' = from scratch (the paper); else local VGG16 weights .pth/.safetensors/.h5.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.classification = 'cross_entropy'  # Term with weight 1 (eq. 3).
@@ -79,6 +92,8 @@ def get_config(arg=None):
   # is never pruned; predict.py uses it by default.
   config.checkpoint.best_metric = 'val/balanced_accuracy'
   config.checkpoint.best_mode = 'max'  # 'max' or 'min' (e.g. for val/cross_entropy).
+  # A tie in best_metric goes to the better of these, in order ('metric:max|min').
+  config.checkpoint.best_tie_breakers = ('val/auroc:max', 'val/cross_entropy:min')
 
   # The final evaluation (end of training): decision threshold and which state.
   config.eval = ml_collections.ConfigDict()
@@ -101,7 +116,7 @@ def get_config(arg=None):
 
 def apply_quick(config):
   """big_vision's `runlocal` idea: the same program, small enough for a CPU."""
-  config.data.builder_config = 'small'
+  config.data.quick = True
   config.model.width_mult = 1 / 16
   config.batch_size = 4
   config.num_epochs = 10  # ~160 steps: enough to see it learn the small set.

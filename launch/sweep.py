@@ -5,6 +5,7 @@ then aggregates the results.
   python launch/sweep.py --out=runs/sweep [--configs=beta_a,beta_b,beta_c,beta_d,beta_e]
       [--seeds=0,1,2] [--kfold=K] [--quick] [--workers=1] [--override=KEY=VALUE ...]
       [--data=NAME --builder_config=NAME --manual_dir=DIR --data_dir=DIR]
+      [--run_floors] [--floors=PATH]
   python launch/sweep.py --out=runs/sweep --aggregate_only    # tables from what is there
 
 Each run is `python -m smsdd_jax.main --config=configs/<variant>.py[:quick]
@@ -23,6 +24,16 @@ checkpoint. A run directory made with other arguments is refused (use another
   OUT/results.csv   one row per variant, seed, fold and split (val, test):
                     report.CSV_COLUMNS (metrics at the threshold chosen on val)
   OUT/results.md    mean ± std per variant, val and test, beside the paper's Table 2
+                    and the floors; runs whose eval.json health says "collapsed"
+                    counted per variant; each variant against beta_a (beta = 0)
+                    paired on the same seeds and folds: mean difference of test
+                    AUROC and balanced accuracy, bootstrap 95% interval,
+                    signed-rank p, verdict (smsdd_jax.stats)
+
+Floors: trivial models on the same splits (launch/floors.py). Their rows join
+both files when OUT/floors.json exists (or --floors=PATH names one);
+--run_floors computes OUT/floors.json (once, after the runs) with the sweep's
+data arguments, --kfold and data.* overrides.
 
 Figures: python -m smsdd_jax.report --sweep=OUT. Exit status: 0 when every
 run finished, 1 when one failed (its log is named), 2 for a usage error.
@@ -38,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -90,6 +102,12 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--builder_config', default=None, help='config.data.builder_config')
   p.add_argument('--manual_dir', default=None, help='config.data.manual_dir')
   p.add_argument('--data_dir', default=None, help='config.data.data_dir (TFDS data_dir)')
+  p.add_argument('--floors', default=None,
+                 help='launch/floors.py JSON to put beside the variants '
+                 '(default OUT/floors.json when it exists)')
+  p.add_argument('--run_floors', action='store_true',
+                 help='after the runs, compute OUT/floors.json with launch/floors.py on '
+                 'the same data and folds (skipped when it exists)')
   p.add_argument('--aggregate_only', action='store_true',
                  help='launch nothing: aggregate the finished runs found in OUT')
   p.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
@@ -224,19 +242,71 @@ def _last_line(path: str) -> str:
     return ''
 
 
-def aggregate(out: str, meta: dict) -> tuple[str, str, int]:
-  """results.csv and results.md from every finished run in OUT."""
+def floors_path(out: str, given: Optional[str] = None) -> Optional[str]:
+  """The floors JSON to use: the one given, else OUT/floors.json if present."""
+  if given:
+    if not os.path.isfile(given):
+      raise UsageError(f'--floors={given}: no such file')
+    return given
+  path = os.path.join(out, 'floors.json')
+  return path if os.path.isfile(path) else None
+
+
+def aggregate(out: str, meta: dict, floors: Optional[str] = None) -> tuple[str, str, int]:
+  """results.csv and results.md from every finished run in OUT (and the
+  floors JSON, if any)."""
   runs = report.load_runs(out)
+  floor_json = report.load_floors(floors) if floors else None
   table = report.rows(runs)
   csv_path, md_path = os.path.join(out, 'results.csv'), os.path.join(out, 'results.md')
-  report.write_csv(csv_path, table)
+  report.write_csv(csv_path, table + report.floor_rows(floor_json))
   missing = [r['run'] for r in runs if not r['finished']]
-  text = report.markdown(table, meta, missing)
+  text = report.markdown(table, meta, missing, floor_json)
   tmp = f'{md_path}.tmp{os.getpid()}'
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(text)
   os.replace(tmp, md_path)
   return csv_path, md_path, len(table)
+
+
+def floors_command(args, out: str) -> list[str]:
+  """launch/floors.py on the sweep's data and folds, writing OUT/floors.json."""
+  cmd = [sys.executable, os.path.join(REPO, 'launch', 'floors.py'), '--model=all',
+         f'--kfold={args.kfold}', f'--out={os.path.join(out, "floors.json")}']
+  for key in ('data', 'builder_config', 'manual_dir', 'data_dir'):
+    value = getattr(args, key)
+    if value is not None:
+      if key.endswith('_dir') and value:
+        value = os.path.abspath(value)
+      cmd.append(f'--{key}={value}')
+  for item in args.override:
+    key, _, value = item.partition('=')
+    key = key.strip().removeprefix('--').removeprefix('config.')
+    if key.startswith('data.'):
+      cmd.append(f'--set={key.removeprefix("data.")}={value}')
+  return cmd
+
+
+def run_floors(args, out: str, env: dict) -> bool:
+  """OUT/floors.json by launch/floors.py unless it exists; output in
+  OUT/floors_log.txt. True when the file is there afterwards."""
+  if os.path.isfile(os.path.join(out, 'floors.json')):
+    _say('skip floors: OUT/floors.json exists')
+    return True
+  cmd = floors_command(args, out)
+  _say('start floors')
+  with open(os.path.join(out, 'floors_log.txt'), 'a', encoding='utf-8') as log:
+    log.write(f'=== {datetime.datetime.now().isoformat(timespec="seconds")} '
+              f'{" ".join(cmd)}\n')
+    log.flush()
+    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                         stdin=subprocess.DEVNULL)
+  log_path = os.path.join(out, 'floors_log.txt')
+  if rc:
+    _say(f'FAILED floors (exit {rc}, {log_path}): {_last_line(log_path)}')
+  else:
+    _say('done floors')
+  return rc == 0
 
 
 def _meta(args) -> dict:
@@ -259,11 +329,12 @@ def main(argv=None) -> int:
     if args.aggregate_only:
       if not os.path.isdir(out):
         raise UsageError(f'{out} does not exist')
-      csv_path, md_path, n = aggregate(out, {})
+      csv_path, md_path, n = aggregate(out, {}, floors_path(out, args.floors))
       _say(f'aggregated {n} rows: {csv_path}, {md_path}')
       return 0
     runs = plan(args)
     states = {r['run']: state_of(out, r) for r in runs}  # Refuses before launching.
+    floors_path(out, args.floors)  # Refuses a missing --floors file before launching.
   except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -275,6 +346,8 @@ def main(argv=None) -> int:
     for r in todo:
       print(' '.join(['python -m smsdd_jax.main', *r['args'],
                       f'--workdir={os.path.join(out, r["run"])}']))
+    if args.run_floors and not os.path.isfile(os.path.join(out, 'floors.json')):
+      print(' '.join(floors_command(args, out)))
     return 0
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'sweep.json'), 'w', encoding='utf-8') as f:
@@ -303,7 +376,9 @@ def main(argv=None) -> int:
     print('interrupted: rerun the same command to resume', file=sys.stderr)
     return 130
   pool.shutdown(wait=True)
-  csv_path, md_path, n = aggregate(out, _meta(args))
+  if args.run_floors and not run_floors(args, out, env):
+    failed.append('floors')
+  csv_path, md_path, n = aggregate(out, _meta(args), floors_path(out, args.floors))
   _say(f'results: {csv_path} ({n} rows), {md_path}')
   if failed:
     _say(f'{len(failed)} run(s) failed: {", ".join(failed)}; rerun to retry them')

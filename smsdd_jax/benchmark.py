@@ -129,7 +129,7 @@ def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
-  from smsdd_jax import input_pipeline, models, roi  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import models, preprocess  # pylint: disable=import-outside-toplevel
   from smsdd_jax.datasets import synthetic_screens  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   config.model.width_mult = width_mult
@@ -142,15 +142,16 @@ def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
     blobs = [open(p, 'rb').read() for p in paths]
   frame = iter(range(10 ** 9))
 
+  spec = preprocess.Spec(roi='hough')  # What predict does to a raw frame.
+
   def decode():
-    data = blobs[next(frame) % len(blobs)]
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return preprocess.decode(blobs[next(frame) % len(blobs)])
 
   def extract(image):
-    return roi.rectify(image, roi.find_screen(image))[..., ::-1]
+    return preprocess.to_model_input(image, spec)[0]
 
   def forward(rgb):
-    x = input_pipeline.normalize_np(rgb[None], input_pipeline.FIXED_STATS)
+    x = preprocess.normalize(rgb[None], preprocess.FIXED_STATS)
     return float(fwd(x)[0])
 
   latency = _median_time(lambda: forward(extract(decode())), steps)

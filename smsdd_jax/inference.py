@@ -39,7 +39,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import struct
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import cv2
@@ -47,13 +46,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smsdd_jax import preprocess
+
 DEFAULT_THRESHOLD = 0.5
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = preprocess.DEFAULT_MAX_PIXELS
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
-ROI_METHODS = ('hough', 'none')
-# input_pipeline.FIXED_STATS, repeated so this module need not import
-# TensorFlow; tests check the two agree.
-FIXED_STATS = {'mean': [127.5, 127.5, 127.5], 'std': [127.5, 127.5, 127.5]}
+ROI_METHODS = ('auto',) + preprocess.ROI_MODES  # 'auto': as the run's build did.
+FIXED_STATS = preprocess.FIXED_STATS
+FrameError = preprocess.BadImage  # One input file cannot be scored; one-line reason.
 
 
 # ------------------------------------------------------------------ the run
@@ -76,6 +76,7 @@ class RunFiles:
   note: str
   threshold: float
   threshold_source: str
+  preprocessing: preprocess.Spec  # What the run's build did to each file.
 
 
 def run_config(saved: dict):
@@ -119,6 +120,22 @@ def _read_json(path: str, what: str) -> Any:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f'cannot read {what} {path}: {e}') from None
+
+
+def _preprocessing(workdir: str, config: dict) -> preprocess.Spec:
+  """The run's preprocessing.json; a run older than it used the screen
+  search on every builder but magnetic_tile and image_folder/none, and the
+  stretch of its aspect (the only policy then)."""
+  path = os.path.join(workdir, 'preprocessing.json')
+  if os.path.isfile(path):
+    try:
+      return preprocess.Spec.from_dict(_read_json(path, 'preprocessing record'))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f'{path}: {e}') from None
+  data = config.get('data', {})
+  crops = data.get('name') == 'magnetic_tile' or data.get('builder_config') == 'none'
+  return preprocess.Spec(roi='none' if crops else 'hough', aspect='stretch',
+                         channels='rgb', size=tuple(data.get('image_size', (110, 230))))
 
 
 def resolve_run(workdir: str, step: Optional[int] = None) -> RunFiles:
@@ -168,6 +185,7 @@ def resolve_run(workdir: str, step: Optional[int] = None) -> RunFiles:
   else:
     threshold, threshold_source = DEFAULT_THRESHOLD, 'default (no threshold.json)'
 
+  spec = _preprocessing(workdir, config)
   periodic_dir = os.path.join(workdir, 'checkpoints')
   best_dir = os.path.join(workdir, 'checkpoints_best')
   periodic, best_steps = _steps(periodic_dir), _steps(best_dir)
@@ -184,7 +202,7 @@ def resolve_run(workdir: str, step: Optional[int] = None) -> RunFiles:
 
   def files(directory, chosen, source, note):
     return RunFiles(workdir, config, stats, stats_source, directory, chosen, source,
-                    note, threshold, threshold_source)
+                    note, threshold, threshold_source, spec)
 
   if step is not None:
     if step in periodic:
@@ -239,6 +257,7 @@ class Predictor:
     self.config = run_config(self.run.config)
     self.model = models.create(self.config.model)
     self.image_size = tuple(int(v) for v in self.config.data.image_size)
+    self.preprocessing = dataclasses.replace(self.run.preprocessing, size=self.image_size)
     # The restore target: create_train_state's structure, shapes and dtypes
     # via eval_shape (initialising the real arrays compiles the model's init:
     # 16 s on CPU at 1/16 width, for values that are overwritten anyway),
@@ -302,168 +321,10 @@ class Predictor:
 # ------------------------------------------------------------------ reading files
 
 
-class FrameError(ValueError):
-  """One input file cannot be scored; the message says why, in one line."""
-
-
-# JPEG start-of-frame markers (all coding processes); C4, C8, CC are not SOFs.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
-             0xCE, 0xCF}
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
-
-def _read_exact(f, n: int, what: str) -> bytes:
-  data = f.read(n)
-  if len(data) < n:
-    raise FrameError(f'truncated {what}: file ends inside its header')
-  return data
-
-
-def _jpeg_header(f) -> tuple[int, int]:
-  """(width, height) from the first SOF segment, reading only the header
-  segments (APPn/EXIF etc. are skipped by their lengths)."""
-  f.seek(2)
-  stray = 0
-  while True:
-    byte = f.read(1)
-    if not byte:
-      raise FrameError('truncated JPEG: file ends before the frame header')
-    if byte != b'\xff':
-      stray += 1  # Stray bytes between segments; libjpeg skips a few too.
-      if stray > 4096:
-        raise FrameError(f'corrupt JPEG: no segment marker near offset {f.tell()}')
-      continue
-    marker = _read_exact(f, 1, 'JPEG')[0]
-    while marker == 0xFF:  # Fill bytes.
-      marker = _read_exact(f, 1, 'JPEG')[0]
-    if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-      continue  # Markers without a length.
-    if marker == 0xD9:
-      raise FrameError('corrupt JPEG: end-of-image before any frame header')
-    length = struct.unpack('>H', _read_exact(f, 2, 'JPEG'))[0]
-    if length < 2:
-      raise FrameError(f'corrupt JPEG: segment 0xFF{marker:02X} has length {length}')
-    if marker in _JPEG_SOF:
-      _, height, width = struct.unpack('>BHH', _read_exact(f, 5, 'JPEG'))
-      if height == 0 or width == 0:
-        raise FrameError(f'unsupported JPEG: frame header gives size {width}x{height}')
-      return width, height
-    if marker == 0xDA:
-      raise FrameError('corrupt JPEG: image data before any frame header')
-    f.seek(length - 2, os.SEEK_CUR)
-
-
-def image_header(path: str) -> tuple[Optional[str], Optional[int], Optional[int]]:
-  """(format, width, height) read from the file's header alone, without
-  decoding: 'jpeg' (SOF segment), 'png' (IHDR), 'bmp' (BITMAPINFOHEADER).
-  (None, None, None) for any other content. Raises FrameError for a header
-  that is recognisably one of these formats but cut short or invalid, and
-  OSError when the file cannot be opened."""
-  with open(path, 'rb') as f:
-    head = f.read(26)
-    if head[:3] == b'\xff\xd8\xff':
-      return ('jpeg', *_jpeg_header(f))
-    if head[:8] == _PNG_SIGNATURE:
-      if len(head) < 24 or head[12:16] != b'IHDR':
-        raise FrameError('corrupt PNG: no IHDR header')
-      width, height = struct.unpack('>II', head[16:24])
-      return 'png', width, height
-    if head[:2] == b'BM' and len(head) >= 26:
-      width, height = struct.unpack('<ii', head[18:26])
-      return 'bmp', abs(width), abs(height)
-  return None, None, None
-
-
-def _jpeg_complete(data: bytes) -> bool:
-  """Whether the JPEG's marker structure reaches its end-of-image marker.
-
-  OpenCV (libjpeg) decodes a truncated JPEG without an error, filling the
-  missing rows with grey and printing a warning; this walk catches it. In
-  the entropy-coded data a 0xFF byte is always followed by 0x00 (stuffing)
-  or a restart marker, so the first other marker ends the scan."""
-  n, i = len(data), 2
-  while i < n:
-    if data[i] != 0xFF:
-      i = data.find(b'\xff', i)  # Stray bytes between segments.
-      if i < 0:
-        return False
-    while i < n and data[i] == 0xFF:
-      i += 1
-    if i >= n:
-      return False
-    marker = data[i]
-    i += 1
-    if marker == 0xD9:
-      return True
-    if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-      continue
-    if i + 2 > n:
-      return False
-    i += struct.unpack('>H', data[i:i + 2])[0]
-    if marker != 0xDA:
-      continue
-    while True:  # Entropy-coded data after a start-of-scan.
-      j = data.find(b'\xff', i)
-      if j < 0 or j + 1 >= n:
-        return False
-      nxt = data[j + 1]
-      if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
-        i = j + 2
-        continue
-      i = j
-      break
-  return False
-
-
-def _png_complete(data: bytes) -> bool:
-  """Whether the PNG's chunk chain is whole up to IEND."""
-  i, n = 8, len(data)
-  while i + 8 <= n:
-    length = struct.unpack('>I', data[i:i + 4])[0]
-    kind = data[i + 4:i + 8]
-    i += 12 + length  # length, type, data, crc
-    if i > n:
-      return False
-    if kind == b'IEND':
-      return True
-  return False
-
-
 def read_image(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-  """The file as an (H, W, 3) uint8 BGR image, or FrameError saying why not.
-
-  The size limit is applied to JPEG/PNG/BMP headers before anything is
-  decoded; other formats OpenCV can read are decoded, then checked."""
-  try:
-    if os.path.getsize(path) == 0:
-      raise FrameError('empty file')
-    fmt, width, height = image_header(path)
-    if fmt is not None and width * height > max_pixels:
-      raise FrameError(f'image too large: {width}x{height} = {width * height / 1e6:.1f} '
-                       f'MP > max_pixels {max_pixels / 1e6:g} MP (from the {fmt.upper()} '
-                       'header; not decoded)')
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise FrameError(f'cannot read file: {e.strerror or e}') from None
-  if fmt == 'jpeg' and not _jpeg_complete(data):
-    raise FrameError(f'truncated JPEG: no end-of-image marker in its {len(data)} '
-                     'bytes (file cut short?)')
-  if fmt == 'png' and not _png_complete(data):
-    raise FrameError(f'truncated PNG: chunks end before IEND in its {len(data)} bytes')
-  try:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-  except cv2.error as e:
-    raise FrameError(f'cannot decode image: {str(e).strip().splitlines()[-1]}') from None
-  if image is None:
-    if fmt is None:
-      raise FrameError(f'not an image: unrecognised content (starts with {data[:8]!r})')
-    raise FrameError(f'corrupt {fmt.upper()}: OpenCV could not decode it')
-  if image.shape[0] * image.shape[1] > max_pixels:
-    raise FrameError(f'image too large: {image.shape[1]}x{image.shape[0]} > max_pixels '
-                     f'{max_pixels / 1e6:g} MP (checked after decoding: format without '
-                     'a parsed header)')
-  return image
+  """The file as decoded pixels (gray or BGR), or FrameError saying why not
+  (see `preprocess.read_image`: size limit from the header, truncation)."""
+  return preprocess.read_image(path, max_pixels=max_pixels)
 
 
 # ------------------------------------------------------------------ frames
@@ -492,46 +353,35 @@ class FrameResult:
     return not self.error
 
 
-def extract_roi(image_bgr: np.ndarray, roi_method: str,
-                size: Sequence[int]) -> tuple[np.ndarray, Optional[np.ndarray], str]:
-  """(roi_rgb (h, w, 3) uint8, corners or None, method) from a BGR image.
+def extract_roi(image: np.ndarray, spec: preprocess.Spec
+                ) -> tuple[np.ndarray, Optional[np.ndarray], str]:
+  """(roi_rgb (h, w, 3) uint8, corners or None, method): `preprocess.
+  to_model_input`, the step every builder runs at training time."""
+  rgb, corners, method = preprocess.to_model_input(image, spec)
+  return rgb, (corners if spec.roi != 'none' else None), method
 
-  'hough': roi.find_screen_with_info + roi.rectify (raises
-  roi.ScreenNotFoundError); 'none': the image is already an ROI, resized
-  to `size` (area interpolation) if it differs."""
-  from smsdd_jax import roi  # pylint: disable=import-outside-toplevel
-  h, w = int(size[0]), int(size[1])
-  if roi_method == 'hough':
-    corners, info = roi.find_screen_with_info(image_bgr)
-    bgr = roi.rectify(image_bgr, corners, size=(h, w))
-    method = info.method
-  elif roi_method == 'none':
-    corners, method = None, 'none'
-    bgr = image_bgr
-    if bgr.shape[:2] != (h, w):
-      shrink = bgr.shape[0] >= h and bgr.shape[1] >= w
-      bgr = cv2.resize(bgr, (w, h),
-                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-  else:
+
+def run_spec(predictor_spec: preprocess.Spec, roi_method: str) -> preprocess.Spec:
+  """The predictor's preprocessing, its ROI mode overridden unless 'auto'."""
+  if roi_method not in ROI_METHODS:
     raise ValueError(f'roi_method={roi_method!r}: expected one of {ROI_METHODS}')
-  return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), corners, method
+  if roi_method == 'auto':
+    return predictor_spec
+  return dataclasses.replace(predictor_spec, roi=roi_method)
 
 
-def prepare_frame(path: str, *, roi_method: str = 'hough', size: Sequence[int] = (110, 230),
+def prepare_frame(path: str, *, spec: preprocess.Spec,
                   max_pixels: int = DEFAULT_MAX_PIXELS) -> FrameResult:
-  """Reads a file and extracts its ROI. Never raises for bad input: the
-  reason goes into `error`."""
+  """Reads a file and extracts its model input. Never raises for bad input:
+  the reason goes into `error`."""
   result = FrameResult(path=str(path))
   try:
     image = read_image(str(path), max_pixels=max_pixels)
     result.source_size = (image.shape[1], image.shape[0])
-    result.roi, result.corners, result.roi_method = extract_roi(image, roi_method, size)
-  except FrameError as e:
-    result.error = str(e)
-  except ValueError as e:  # roi.ScreenNotFoundError and friends.
-    name = type(e).__name__
-    prefix = 'no screen found' if name == 'ScreenNotFoundError' else name
-    result.error = f'{prefix}: {_one_line(e)}'
+    result.roi, result.corners, result.roi_method = extract_roi(image, spec)
+  except ValueError as e:  # FrameError (BadImage) and friends.
+    result.error = _one_line(e) if isinstance(e, FrameError) else \
+        f'{type(e).__name__}: {_one_line(e)}'
   except (MemoryError, cv2.error, OSError) as e:
     result.error = f'{type(e).__name__}: {_one_line(e)}'
   except Exception as e:  # pylint: disable=broad-except
@@ -545,7 +395,7 @@ def _one_line(e: BaseException) -> str:
   return ' | '.join(lines) if len(lines) <= 2 else lines[-1]
 
 
-def score_frames(predictor: Predictor, paths: Iterable[str], *, roi_method: str = 'hough',
+def score_frames(predictor: Predictor, paths: Iterable[str], *, roi_method: str = 'auto',
                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1
                  ) -> Iterator[list[FrameResult]]:
   """Yields, per chunk of `predictor.batch_size` input files in order, their
@@ -554,8 +404,8 @@ def score_frames(predictor: Predictor, paths: Iterable[str], *, roi_method: str 
   Reading and ROI search run on `workers` threads (OpenCV releases the GIL);
   each chunk's ROIs are scored with one padded call."""
   paths = list(paths)
-  prepare = lambda p: prepare_frame(p, roi_method=roi_method, size=predictor.image_size,
-                                    max_pixels=max_pixels)
+  spec = run_spec(predictor.preprocessing, roi_method)
+  prepare = lambda p: prepare_frame(p, spec=spec, max_pixels=max_pixels)
   pool = (concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else None)
   try:
     for i in range(0, len(paths), predictor.batch_size):
@@ -573,17 +423,50 @@ def score_frames(predictor: Predictor, paths: Iterable[str], *, roi_method: str 
       pool.shutdown()
 
 
+def input_problem(path: str) -> Optional[str]:
+  """Why `path` is not a regular file that can be opened (one line:
+  'broken symbolic link -> target', 'not a regular file: a FIFO ...'), or None.
+
+  Checked before reading: a FIFO would block the reader forever, and a dangling
+  link would otherwise read as a bare 'No such file or directory'."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import stat  # pylint: disable=import-outside-toplevel
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:
+    if os.path.islink(path):
+      try:
+        target = os.readlink(path)
+      except OSError:
+        target = '?'
+      if e.errno == errno.ELOOP:
+        return f'symbolic link loop -> {target}'
+      return f'broken symbolic link -> {target}'
+    return f'cannot read file: {e.strerror or e}'
+  if stat.S_ISREG(mode):
+    return None
+  kinds = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+           (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a character device'),
+           (stat.S_ISBLK, 'a block device'))
+  kind = next((name for test, name in kinds if test(mode)), f'mode {mode:o}')
+  return f'not a regular file: {kind}'
+
+
 def list_inputs(spec: str, *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[str]:
-  """Files named by `spec`: a file (taken whatever its name), a folder
+  """Paths named by `spec`: a path (taken whatever its name), a folder
   (recursive, image extensions only) or a glob pattern (recursive `**`
-  allowed; every matching file). Sorted; [] when nothing matches."""
+  allowed; every match). Sorted; [] when nothing matches.
+
+  Every entry but a directory is listed, so a dangling symbolic link, a FIFO
+  or a socket is not dropped silently: `input_problem` says why it cannot be
+  read, and the caller reports it."""
   import glob  # pylint: disable=import-outside-toplevel
-  if os.path.isfile(spec):
-    return [spec]
   if os.path.isdir(spec):
     root = pathlib.Path(spec)
     return sorted(str(p) for p in root.rglob('*')
-                  if p.is_file() and p.suffix.lower() in extensions)
+                  if not p.is_dir() and p.suffix.lower() in extensions)
+  if os.path.lexists(spec):  # A file, or a link / FIFO the caller reports.
+    return [spec]
   if glob.has_magic(spec):
-    return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    return sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p))
   return []

@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from smsdd_jax import preprocess
+
 # Keep TF away from accelerators: JAX owns them (big_vision does the same).
 tf.config.set_visible_devices([], 'GPU')
 
@@ -36,23 +38,27 @@ GOOD, DEFECTIVE = 0, 1
 
 # Normalisation: (pixel - mean) / std per RGB channel, pixels in [0, 255].
 # 'fixed' maps [0, 255] to [-1, 1]; 'train_stats' measures the training split.
-FIXED_STATS = {'mean': [127.5, 127.5, 127.5], 'std': [127.5, 127.5, 127.5]}
+FIXED_STATS = preprocess.FIXED_STATS
 
 
-def preprocess(image: tf.Tensor, image_size, stats: dict) -> tf.Tensor:
-  """uint8 RGB -> normalised float32, resized to `image_size` if needed."""
+def normalize(image: tf.Tensor, stats: dict) -> tf.Tensor:
+  """uint8 RGB -> normalised float32: `preprocess.normalize` in TF. The build
+  already holds model inputs (smsdd_jax.preprocess); nothing is resized here."""
   image = tf.cast(image, tf.float32)
-  if tuple(image.shape[-3:-1]) != tuple(image_size):
-    image = tf.image.resize(image, image_size, antialias=True)
   return (image - tf.constant(stats['mean'], tf.float32)) / tf.constant(
       stats['std'], tf.float32)
 
 
-def normalize_np(images_uint8: np.ndarray, stats: dict) -> np.ndarray:
-  """The numpy twin of `preprocess` for already-sized RGB images (inference)."""
-  mean = np.asarray(stats['mean'], np.float32)
-  std = np.asarray(stats['std'], np.float32)
-  return (images_uint8.astype(np.float32) - mean) / std
+def check_image_size(builder, data_config) -> None:
+  """A build holds inputs of one size; a config asking for another is refused
+  (resizing here would be a second preprocessing path)."""
+  shape = tuple(builder.info.features['image'].shape[:2])
+  if shape != tuple(data_config.image_size):
+    raise ValueError(f'config.data.image_size={tuple(data_config.image_size)}: the '
+                     f'{builder.name} build holds {shape[0]}x{shape[1]} images')
+
+
+normalize_np = preprocess.normalize  # The numpy twin of `preprocess` above.
 
 
 def compute_stats(builder, data_config) -> dict:
@@ -77,20 +83,11 @@ def compute_stats(builder, data_config) -> dict:
 
 
 def prepare(data_config) -> tfds.core.DatasetBuilder:
-  """Builds (once; TFDS caches it in data_dir) and returns the dataset builder."""
+  """Builds (once per source and preprocessing) and returns the builder:
+  see `smsdd_jax.datasets.builder`."""
   from smsdd_jax import datasets  # pylint: disable=import-outside-toplevel
-  datasets.register_all()
-  name = data_config.name
-  if data_config.builder_config:
-    name = f'{name}/{data_config.builder_config}'
-  try:
-    builder = tfds.builder(name, data_dir=data_config.data_dir or None)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'config.data.name={data_config.name!r}: no such TFDS '
-                     f'dataset ({str(e).splitlines()[0]})') from None
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=data_config.manual_dir or None)
-  builder.download_and_prepare(download_config=download_config)
+  builder = datasets.builder(data_config)
+  check_image_size(builder, data_config)
   return builder
 
 
@@ -129,7 +126,7 @@ def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
 
 def _images(builder, split, data_config, stats, cache: bool) -> tf.data.Dataset:
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(lambda ex: {'image': preprocess(ex['image'], data_config.image_size, stats),
+  ds = ds.map(lambda ex: {'image': normalize(ex['image'], stats),
                           'label': tf.cast(ex['label'], tf.int32)},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.cache() if cache else ds

@@ -3,12 +3,19 @@
   python -m smsdd_jax.main --config=configs/beta_c.py [--workdir=runs/beta_c]
   python -m smsdd_jax.main --config=configs/beta_c.py:quick --config.loss.beta=0.05
 
+Config keys: every key is declared, each with a one-line comment, in
+configs/default.py; a variant (configs/beta_*.py) overrides only what differs,
+and `:quick` selects the tiny CPU setting. Override any key on the command
+line as --config.KEY=VALUE, e.g. --config.loss.beta=0.05 --config.num_epochs=3;
+an unknown key is refused with one line naming it.
+
 Thin on purpose (as the Flax examples' main.py): flags, device log, then
 `train.train_and_evaluate`. Run from the repository root, so that config
 files can import `configs.default`.
 """
 import logging as pylogging
 import os
+import re
 import sys
 
 from absl import app
@@ -17,8 +24,9 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training config file (path[:quick]).',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'Training config file (path[:quick]). Its keys are declared '
+    'in configs/default.py; override one with --config.KEY=VALUE.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory; default runs/<config file name>.')
 flags.DEFINE_bool('distributed', False,
                   'Join a multi-process run via jax.distributed.initialize. The '
@@ -69,26 +77,79 @@ def main(argv):
     sys.exit(1)
 
 
+_HELP_FLAGS = ('help', 'h', '?', 'helpshort', 'helpfull', 'helpxml')
+
+
 def parse_flags(argv):
   """absl's parser, with any failure (an unknown config key, a missing or
-  broken config file, a bad value) reduced to one line naming the culprit."""
+  broken config file, a bad value) reduced to one line naming the culprit.
+  --help (or -h) exits 0 (absl's own help exits 1)."""
+  end = argv.index('--') if '--' in argv else len(argv)
+  argv = [argv[0]] + ['--help' if a == '-h' else a for a in argv[1:end]] + argv[end:]
   try:
     rest = FLAGS(argv)
     FLAGS.config.lock()  # Config files load lazily: force it here, errors included.
     return rest
+  except SystemExit as e:
+    if e.code == 1 and _asked_for_help(argv):
+      sys.exit(0)
+    raise
   except Exception as e:  # pylint: disable=broad-except
     print(f'error: {_one_line_reason(e, argv)}', file=sys.stderr)
     sys.exit(2)
 
 
+def _asked_for_help(argv) -> bool:
+  for arg in argv[1:]:
+    if arg == '--':
+      return False
+    name, _, value = arg.lstrip('-').partition('=')
+    if arg.startswith('-') and name in _HELP_FLAGS and value.lower() not in ('0', 'false'):
+      return True
+  return False
+
+
+def _key_error_message(error: BaseException) -> str:
+  """The text inside a config lookup error, which ml_collections wraps as
+  AttributeError(KeyError("'key'\\nDid you mean ...")): str() of that is a
+  repr of a repr."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  return str(error.args[0]) if error.args else str(error)
+
+
+def _unknown_key_reason(error: BaseException, argv) -> str:
+  """'unknown config key 'config.loss.bta' (from '--config.loss.bta=0.05');
+  did you mean 'config.loss.beta'?', whatever the nesting."""
+  message = _key_error_message(error)
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  key = lines[0].strip('"\' ') if lines else ''
+  hint = next((re.search(r'Did you mean "([^"]+)"', line) for line in lines[1:]
+               if 'Did you mean' in line), None)
+  bad_type = re.match(r"Attribute <class '(\w+)'>\.(\w+) does not exist.*"
+                      r'Attempting to lookup: ([\w.]+)', key)
+  if bad_type:  # --config.loss.beta.x=1: beta is a float.
+    kind, child, path = bad_type.groups()
+    parent = path[:-len(child) - 1] if path.endswith('.' + child) else path
+    return (f"unknown config key 'config.{path}': config.{parent} is a {kind}, "
+            'not a group of keys (see configs/default.py)')
+  for arg in argv[1:]:
+    path = arg.split('=')[0].lstrip('-')
+    parts = path.split('.')
+    if parts[0] == 'config' and key in parts[1:]:
+      reason = f'unknown config key {path!r} (from {arg!r})'
+      if hint:
+        suggested = '.'.join(parts[:parts.index(key, 1)] + [hint.group(1)])
+        return f'{reason}; did you mean {suggested!r}?'
+      return f'{reason}; the keys are declared in configs/default.py'
+  if hint:
+    return f'unknown config key {key!r}; did you mean {hint.group(1)!r}?'
+  return f'unknown config key {key!r}; the keys are declared in configs/default.py'
+
+
 def _one_line_reason(error: Exception, argv) -> str:
   if isinstance(error, (AttributeError, KeyError)):
-    key = str(error).strip('"\' ')
-    for arg in argv[1:]:
-      path = arg.split('=')[0].lstrip('-')
-      if path.startswith('config.') and key in path.split('.'):
-        return f'unknown config key {path!r} (from {arg!r})'
-    return f'unknown config key {key!r}'
+    return _unknown_key_reason(error, argv)
   # Config-file errors embed a whole traceback: its last line is the reason.
   lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
   reason = lines[-1] if lines else type(error).__name__

@@ -15,7 +15,8 @@ good (1 - recall), the overkill rate the share of good items rejected
 Undefined numbers are NaN, never a silent 0: recall, escape rate, AUROC and
 average precision need a defective example; specificity, overkill rate and
 AUROC need a good one; precision needs at least one "defective" decision.
-`summary` warns (MissingClassWarning) when a class is absent. Choosing a
+`summary` warns (MissingClassWarning) when a class is absent. Files get None
+(JSON null) instead, with `undefined_reasons` saying why. Choosing a
 threshold from data on such a split is refused with a ValueError: the rule
 would optimise nothing (anomalib #2433, #3357).
 """
@@ -263,7 +264,53 @@ def threshold_report(labels, prob, threshold: float) -> dict:
                             'balanced_accuracy', 'num_examples', 'num_defective')}
 
 
+# ------------------------------------------------------------------ for JSON files
+
+
+def json_value(v):
+  """One metric as JSON holds it: integers (confusion counts, sizes) stay
+  integers, other numbers are floats, NaN and infinities become None (JSON has
+  no NaN); anything else unchanged."""
+  if isinstance(v, (bool, np.bool_)):
+    return bool(v)
+  if isinstance(v, (int, np.integer)):
+    return int(v)
+  if isinstance(v, (float, np.floating)) or (isinstance(v, np.ndarray) and v.ndim == 0):
+    v = float(v)
+    return v if math.isfinite(v) else None
+  return v
+
+
 def nan_to_none(d: dict) -> dict:
-  """For JSON: NaN -> None (JSON has no NaN)."""
-  return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+  """For JSON: json_value of every entry (NaN -> None, counts stay int)."""
+  return {k: json_value(v) for k, v in d.items()}
+
+
+def undefined_reasons(metrics: dict, prefix: str = '') -> dict:
+  """{key: why} for every NaN or infinite entry of a `summary` (keys may carry
+  `prefix`, e.g. 'test/'), the why read off its confusion counts: e.g.
+  {'test/precision': 'no image predicted defective'}. Written beside the
+  None that replaces the value in JSON."""
+  def count(name):
+    return metrics.get(prefix + name)
+  n_def, n_good = count('num_defective'), count('num_good')
+  no_def, no_good = 'no defective image in the split', 'no good image in the split'
+  missing = (no_def if n_def == 0 else no_good if n_good == 0 else None)
+  empty = 'empty split' if not count('num_examples') else None
+  why = {
+      'precision': 'no image predicted defective',
+      'recall': no_def, 'recall_defective': no_def, 'escape_rate': no_def,
+      'average_precision': no_def,
+      'specificity': no_good, 'overkill_rate': no_good,
+      'f1': 'no defective image and none predicted defective',
+      'auroc': missing and f'{missing} (AUROC needs both classes)',
+      'accuracy': empty, 'balanced_accuracy': empty, 'cross_entropy': empty,
+  }
+  out = {}
+  for key, value in metrics.items():
+    if not key.startswith(prefix) or isinstance(value, (bool, np.bool_)):
+      continue
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+      out[key] = why.get(key[len(prefix):]) or f'not a finite number ({float(value)})'
+  return out
 

@@ -1,15 +1,16 @@
 """Score raw camera frames (or ready ROIs) with a trained run; write a CSV.
 
   python -m smsdd_jax.predict --workdir=runs/beta_c --input=PATH --output=preds.csv
-      [--roi=hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
+      [--roi=auto|hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
       [--save_rois=DIR] [--sheet=decisions.png] [--workers=2]
 
 PATH is an image file, a folder (searched recursively for .jpg/.jpeg/.png/
 .bmp) or a quoted glob pattern ('frames/**/*.jpg'; every matching file). Each
-frame is read, its screen found (roi.find_screen: Hough lines, contour
-fallback) and rectified to the run's ROI size (110 x 230), then scored by the
-run's best checkpoint (or --step=N). With --roi=none the files are taken as
-ROIs already, resized to 110 x 230 when they are not.
+file goes through the same preprocessing as the run's training data
+(smsdd_jax.preprocess with the run's preprocessing.json: the screen found
+and rectified for raw frames, the aspect and channel policies for crops),
+then is scored by the run's best checkpoint (or --step=N). --roi=hough|none
+overrides the ROI step only.
 
 CSV columns, one row per input file, in input order:
   file            the path as found
@@ -24,7 +25,10 @@ CSV columns, one row per input file, in input order:
 A bad file never stops the run: unreadable, truncated (JPEG without its
 end-of-image marker, PNG without IEND) or non-image files, frames larger than
 --max_pixels (refused from the JPEG/PNG/BMP header, before decoding) and
-frames without a detectable screen each become a row with `error` set.
+frames without a detectable screen each become a row with `error` set. So
+does every listed path that is not a regular file (a dangling symbolic link,
+'broken symbolic link -> target'; a FIFO or socket, 'not a regular file'):
+every input named is either scored or reported, and counted in the summary.
 
 Exit status: 0 when every row was scored, 1 when any row has an error (a
 summary line lists them), 2 for usage errors (bad flags, missing workdir or
@@ -37,6 +41,7 @@ at most SHEET_MAX_TILES tiles.
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import os
 import pathlib
@@ -65,9 +70,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--input', required=True,
                  help='image file, folder (recursive) or quoted glob pattern')
   p.add_argument('--output', required=True, help='CSV file to write')
-  p.add_argument('--roi', choices=('hough', 'none'), default='hough',
-                 help="'hough': find and rectify the screen in raw frames; "
-                 "'none': the inputs are ROIs already")
+  p.add_argument('--roi', choices=('auto', 'hough', 'none'), default='auto',
+                 help="'auto' (default): exactly what the run's build did "
+                 "(<workdir>/preprocessing.json); 'hough': find and rectify the "
+                 "screen in raw frames; 'none': the inputs are whole images")
   p.add_argument('--step', type=int, default=None,
                  help='checkpoint step (default: the best checkpoint)')
   p.add_argument('--batch_size', type=int, default=16)
@@ -262,7 +268,7 @@ def _run(args) -> int:
                      f'{"/".join(inference.IMAGE_EXTENSIONS)} files, or a glob '
                      'matching files')
   if os.path.isdir(args.input):
-    others = sum(1 for p in pathlib.Path(args.input).rglob('*') if p.is_file()) - len(paths)
+    others = sum(1 for p in pathlib.Path(args.input).rglob('*') if not p.is_dir()) - len(paths)
     if others:
       print(f'note: {others} file(s) under {args.input} without an image extension '
             f'({"/".join(inference.IMAGE_EXTENSIONS)}) are not read')
@@ -302,9 +308,7 @@ def _score(args, predictor, paths, out_file, inference) -> int:
   done, failures, counts = 0, [], {'good': 0, 'defective': 0}
   t0 = time.perf_counter()
   try:
-    for results in inference.score_frames(predictor, paths, roi_method=args.roi,
-                                          max_pixels=args.max_pixels,
-                                          workers=args.workers):
+    for results in _frame_results(args, predictor, paths, inference):
       for r in results:
         if rois is not None and r.roi is not None:
           try:
@@ -346,6 +350,32 @@ def _score(args, predictor, paths, out_file, inference) -> int:
   if len(failures) > 50:
     print(f'  ... and {len(failures) - 50} more (see the error column)')
   return 1 if failures else 0
+
+
+def _frame_results(args, predictor, paths, inference):
+  """inference.score_frames over the paths that are regular files, with an
+  error row in its place for each one that is not (never opened: a FIFO would
+  block the reader); chunks of at most batch_size, in input order."""
+  problems = [inference.input_problem(p) for p in paths]
+  scored = inference.score_frames(
+      predictor, [p for p, why in zip(paths, problems) if not why], roi_method=args.roi,
+      max_pixels=args.max_pixels, workers=args.workers)
+  pending, chunk = collections.deque(), []
+  try:
+    for path, why in zip(paths, problems):
+      if why:
+        chunk.append(inference.FrameResult(path=path, error=why))
+      else:
+        if not pending:
+          pending.extend(next(scored))
+        chunk.append(pending.popleft())
+      if len(chunk) == predictor.batch_size:
+        yield chunk
+        chunk = []
+    if chunk:
+      yield chunk
+  finally:
+    scored.close()  # Its reader threads.
 
 
 def run() -> None:

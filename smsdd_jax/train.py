@@ -10,11 +10,18 @@ TensorBoard events and Orbax checkpoints under checkpoints/, from which a
 rerun resumes; at the end threshold.json, eval.json (val and test metrics at
 that threshold) and eval_val.npz / eval_test.npz (per-example prob, label,
 embedding).
+
+It also watches the model's health (health.py): a constant, dead or stalled
+model is logged as a WARNING line when it sets in, and eval.json's "health"
+says {"status": "ok" | "suspect" | "collapsed", "reasons": [...]}. Metrics a
+split leaves undefined (precision with nothing flagged, AUROC with one class)
+are null in the files, with the reason under "undefined".
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -35,11 +42,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smsdd_jax import checkpointing
+from smsdd_jax import health
 from smsdd_jax import input_pipeline
 from smsdd_jax import losses
 from smsdd_jax import metric_writers
 from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import models
+from smsdd_jax import pretrained
 
 
 # The package's own logger: main.py shows it at INFO while third-party absl
@@ -102,6 +111,11 @@ def create_train_state(config, model, tx) -> TrainState:
   rng = jax.random.PRNGKey(config.seed)
   init_rng, state_rng = jax.random.split(rng)
   params, model_state = models.init(model, init_rng, (*config.data.image_size, 3))
+  # Not under jax.eval_shape (inference's restore target): a checkpoint
+  # overwrites the values there, and the weights file need not exist.
+  if config.model.init and not isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):
+    params, model_state = jax.tree.map(
+        jnp.asarray, pretrained.load(config.model, params, model_state))
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
                     model_state=model_state, opt_state=tx.init(params),
                     rng=state_rng)
@@ -236,9 +250,12 @@ def predict_split(eval_fn, state: TrainState, batches: Iterator[dict],
 
 
 def summarize(outputs: dict, threshold: float = 0.5) -> dict:
-  """predict_split's arrays -> classification_summary + mean cross-entropy."""
+  """predict_split's arrays -> classification_summary + mean cross-entropy +
+  the numbers the health checks read (health.eval_stats: probability spread,
+  share predicted defective, share of all-zero embeddings)."""
   return {**classification_summary(outputs['label'], outputs['prob'], threshold),
-          'cross_entropy': float(np.mean(outputs['cross_entropy']))}
+          'cross_entropy': float(np.mean(outputs['cross_entropy'])),
+          **health.eval_stats(outputs['prob'], outputs['embedding'], threshold)}
 
 
 def evaluate(eval_fn, state: TrainState, batches: Iterator[dict], sharding,
@@ -264,6 +281,8 @@ def write_run_info(config, workdir: str) -> None:
   info = {'config': config.to_dict(), 'versions': versions,
           'python': sys.version.split()[0], 'git_commit': _git_commit(),
           'devices': [str(d) for d in jax.devices()]}
+  if config.model.init:  # The input convention the pretrained weights fixed.
+    info['init_convention'] = pretrained.stats(config.model)['convention']
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, 'config.json'), info)
 
@@ -333,7 +352,8 @@ class Run:
     self.steps_per_epoch = input_pipeline.steps_per_epoch(info.num_examples,
                                                           config.batch_size)
     self.total_steps = self.steps_per_epoch * config.num_epochs
-    self.stats = _data_stats(self.builder, config.data, workdir)
+    self.stats = _data_stats(self.builder, config, workdir)
+    _save_preprocessing(self.builder, workdir)
     mesh = make_mesh()
     self.data_sharding = NamedSharding(mesh, P('data'))
     self.replicated = NamedSharding(mesh, P())
@@ -355,6 +375,7 @@ class Run:
     return predict_split(self.eval_fn, state, batches, self.data_sharding)
 
   def evaluate(self, state, prefix: str, threshold: float = 0.5) -> dict:
+    """summarize()'s metrics of one split, keys prefixed ('val/accuracy')."""
     result = summarize(self.predict(state, prefix), threshold)
     return {f'{prefix}/{k}': v for k, v in result.items()}
 
@@ -378,56 +399,130 @@ def _check_eval_splits(builder, splits: dict, eval_config) -> None:
       raise ValueError(f'{what}: config.eval.threshold_rule='
                        f'{eval_config.threshold_rule!r} cannot choose a threshold on it; '
                        "use 'argmax' or a split with both classes")
-    logging.warning('%s: recall, escape rate, AUROC etc. will be NaN', what)
+    logging.warning('%s: recall, escape rate, AUROC etc. will be undefined (null)', what)
 
 
-def _data_stats(builder, data_config, workdir: str) -> dict:
+def _save_preprocessing(builder, workdir: str) -> None:
+  """preprocessing.json: how the build turned files into inputs (what
+  predict must do to a new file), and which build it was."""
+  md = builder.info.metadata or {}
+  spec = md.get('preprocessing') or {'roi': 'hough'}  # Synthetic frames: screen search.
+  card = md.get('card') or {}
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, 'preprocessing.json'), {
+        **spec, 'dataset': f'{builder.name}/{builder.builder_config.name}',
+        'version': str(builder.version), 'source': card.get('source', {})})
+
+
+def _data_stats(builder, config, workdir: str) -> dict:
   """Normalisation stats, saved beside the checkpoints for inference; a
-  resumed run reuses the saved ones."""
+  resumed run reuses the saved ones. Pretrained weights (config.model.init)
+  fix them to the convention they were trained with."""
   path = os.path.join(workdir, 'data_stats.json')
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       return json.load(f)
-  stats = input_pipeline.compute_stats(builder, data_config)
+  if config.model.init:  # Also refuses a file that does not fit the model.
+    stats = pretrained.stats(config.model)
+    if config.data.normalize != 'fixed':
+      logging.warning('config.data.normalize=%r ignored: %s weights expect their own '
+                      'normalisation', config.data.normalize, stats['convention'])
+    record = {**stats, 'normalize': f'pretrained_{stats["convention"]}',
+              'init': config.model.init}
+  else:
+    stats = input_pipeline.compute_stats(builder, config.data)
+    record = {**stats, 'normalize': config.data.normalize}
   if jax.process_index() == 0:
-    write_json(path, {**stats, 'normalize': data_config.normalize})
+    write_json(path, record)
   return stats
 
 
 class BestCheckpoint:
   """Keeps the state with the best validation metric in checkpoints_best/,
   apart from the periodic ones so pruning never removes it; best.json says
-  which step and value it holds."""
+  which step and value it holds.
+
+  A tie in `checkpoint.best_metric` (common: balanced accuracy on a few dozen
+  val images takes few values) goes to the better `checkpoint.best_tie_breakers`
+  ('metric:max' or 'metric:min', in order); a full tie keeps the earlier step.
+  An undefined (NaN) value is worse than any number."""
 
   def __init__(self, workdir: str, ckpt_config):
-    self.metric, self.mode = ckpt_config.best_metric, ckpt_config.best_mode
-    if self.mode not in ('max', 'min'):
-      raise ValueError(f'config.checkpoint.best_mode={self.mode!r}: expected max or min')
+    self.keys = [(ckpt_config.best_metric, ckpt_config.best_mode)] + [
+        _metric_and_mode(t) for t in ckpt_config.best_tie_breakers]
+    self.metric, self.mode = self.keys[0]
+    for name, mode in self.keys:
+      if mode not in ('max', 'min'):
+        raise ValueError(f'config.checkpoint: {name!r} has mode {mode!r}: expected '
+                         'max or min')
     self.path = os.path.join(workdir, 'best.json')
     self.checkpoints = checkpointing.Checkpointer(
         os.path.join(workdir, 'checkpoints_best'), max_to_keep=1)
-    self.value = None
+    self.values = None  # Of self.keys, for the step held now.
     if os.path.exists(self.path):
       with open(self.path, encoding='utf-8') as f:
-        self.value = json.load(f)['value']
+        saved = json.load(f)
+      ties = saved.get('tie_breakers', {})
+      self.values = [_float(saved['value'])] + [_float(ties.get(name))
+                                                for name, _ in self.keys[1:]]
+
+  @property
+  def value(self):
+    return None if self.values is None else self.values[0]
 
   def update(self, step: int, state, metrics: dict) -> bool:
-    if self.metric not in metrics:
-      raise ValueError(f'config.checkpoint.best_metric={self.metric!r} is not among '
-                       f'the eval metrics {sorted(metrics)}')
-    value = float(metrics[self.metric])
-    if self.value is not None and not (
-        value > self.value if self.mode == 'max' else value < self.value):
+    for name, _ in self.keys:
+      if name not in metrics:
+        raise ValueError(f'config.checkpoint: best metric {name!r} is not among '
+                         f'the eval metrics {sorted(metrics)}')
+    values = [_float(metrics[name]) for name, _ in self.keys]
+    if self.values is not None and not better(values, self.values,
+                                              [mode for _, mode in self.keys]):
       return False
     self.checkpoints.save(step, state)
     self.checkpoints.wait()  # best.json must never name an unfinished save.
-    self.value = value
+    self.values = values
     if jax.process_index() == 0:
-      write_json(self.path, {'step': step, 'metric': self.metric, 'value': value})
+      ties = metrics_lib.nan_to_none(
+          {name: v for (name, _), v in zip(self.keys[1:], values[1:])})
+      write_json(self.path, metrics_lib.nan_to_none(
+          {'step': step, 'metric': self.metric, 'value': values[0],
+           'tie_breakers': ties}))
     return True
 
   def close(self) -> None:
     self.checkpoints.close()
+
+
+# Values this close count as a tie: the same balanced accuracy reached from
+# different confusion counts can differ in the last bits of a float.
+TIE_REL_TOL = 1e-9
+
+
+def better(new: list[float], old: list[float], modes: list[str]) -> bool:
+  """Whether `new` beats `old`, compared key by key (lexicographically), each
+  by its mode; a NaN loses to any number; a full tie is not better."""
+  for a, b, mode in zip(new, old, modes):
+    if math.isnan(a) or math.isnan(b):
+      if math.isnan(a) and math.isnan(b):
+        continue
+      return math.isnan(b)
+    if math.isclose(a, b, rel_tol=TIE_REL_TOL, abs_tol=0.0):
+      continue
+    return a > b if mode == 'max' else a < b
+  return False
+
+
+def _metric_and_mode(spec: str) -> tuple[str, str]:
+  name, sep, mode = spec.rpartition(':')
+  if not sep:
+    raise ValueError(f'config.checkpoint.best_tie_breakers: {spec!r} should be '
+                     "'metric:max' or 'metric:min'")
+  return name, mode
+
+
+def _float(x) -> float:
+  return float('nan') if x is None else float(x)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -453,7 +548,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_loop(run: Run, state: TrainState) -> dict:
   config, start_step = run.config, int(state.step)
-  writer = metric_writers.MetricWriter(run.workdir, enabled=jax.process_index() == 0)
+  # A resumed run first drops the records written after its checkpoint, so
+  # metrics.jsonl never repeats a step or runs backwards.
+  writer = metric_writers.MetricWriter(run.workdir, enabled=jax.process_index() == 0,
+                                       resume_step=start_step)
+  monitor = health.Monitor(_records_up_to(run.workdir, start_step))
   train_step_fn = make_train_step(run.model, run.tx, config.loss)
   pairs = input_pipeline.train_pairs(
       run.builder, config, stats=run.stats, start_step=start_step,
@@ -470,21 +569,24 @@ def _train_loop(run: Run, state: TrainState) -> dict:
         metrics = jax.device_get(metrics)
         _check_finite(step, metrics, run.checkpoints)
         if step % config.log_every_steps == 0 or step == start_step + 1:
-          writer.write(step, {f'train/{k}': v for k, v in metrics.items()})
+          _record(writer, monitor, step, {f'train/{k}': v for k, v in metrics.items()})
           logging.info(progress.report(step, metrics))
         if step % run.steps_per_epoch == 0 or step == run.total_steps:
           last = run.evaluate(state, 'val')
-          writer.write(step, last)
+          undefined = _record(writer, monitor, step, last, 'val')
           best = run.best.update(step, state, last)
-          logging.info('step %d: %s%s', step, _fmt(last), ' (best)' if best else '')
+          logging.info('step %d: %s%s', step, _fmt(last, undefined),
+                       ' (best)' if best else '')
         if step % every_ckpt == 0 or step == run.total_steps:
           run.checkpoints.save(step, state)
-      test = final_evaluation(run, state)
-      writer.write(int(state.step), test)
-      logging.info('test: %s', _fmt(test))
+      test, report = final_evaluation(run, state, monitor)
+      undefined = metrics_lib.undefined_reasons(test, 'test/')
+      writer.write(int(state.step), test, undefined)
+      logging.info('test: %s', _fmt(test, undefined))
       logging.info('process %d/%d: final params fingerprint %.10e', jax.process_index(),
                    jax.process_count(), params_fingerprint(state.params))
-      return {**last, **test}
+      _log_health(report)
+      return {**last, **test, 'health': report}
     except KeyboardInterrupt:
       if interrupt.requested:  # A clean stop between steps: save it.
         done = int(state.step)
@@ -497,14 +599,45 @@ def _train_loop(run: Run, state: TrainState) -> dict:
       writer.close()
 
 
-def final_evaluation(run: Run, state: TrainState) -> dict:
+def _records_up_to(workdir: str, step: int) -> list[dict]:
+  """The metrics.jsonl records of steps <= `step` (what a resumed run's
+  health history starts from)."""
+  if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    return []
+  return [r for r in metric_writers.read_metrics(workdir) if r.get('step', 0) <= step]
+
+
+def _record(writer, monitor: health.Monitor, step: int, scalars: dict,
+            split: str | None = None) -> dict:
+  """Writes one record, warns of a health condition that sets in with it;
+  returns the reasons of the eval `split`'s undefined metrics ({key: why})."""
+  undefined = metrics_lib.undefined_reasons(scalars, f'{split}/') if split else {}
+  writer.write(step, scalars, undefined)
+  for finding in monitor.observe(step, scalars):
+    logging.warning('WARNING health: %s: %s', finding.severity, finding.reason())
+  return undefined
+
+
+def _log_health(report: dict) -> None:
+  if report['status'] == health.OK:
+    logging.info('health: ok')
+  else:
+    logging.warning('WARNING health: the run is %s (eval.json "health"): %s',
+                    report['status'].upper(), '; '.join(report['reasons']))
+
+
+def final_evaluation(run: Run, state: TrainState,
+                     monitor: health.Monitor | None = None) -> tuple[dict, dict]:
   """Chooses the threshold on validation (config.eval.threshold_rule) with the
   state config.eval.checkpoint names and evaluates test at it, unchanged.
 
   Writes (process 0) threshold.json (read by inference.Predictor), eval.json
   ({'step', 'checkpoint', 'threshold', 'threshold_rule', 'val': {...},
-  'test': {...}}) and eval_val.npz / eval_test.npz (prob, label, embedding).
-  Returns the test metrics as {'test/accuracy': ..., 'test/threshold': ...}."""
+  'test': {...}, 'undefined': {'test/precision': why, ...}, 'health':
+  {'status', 'reasons'}}; undefined metrics are null) and eval_val.npz /
+  eval_test.npz (prob, label, embedding). Returns the test metrics
+  ({'test/accuracy': ..., 'test/threshold': ...}) and the health report of the
+  training history (`monitor`) plus the evaluated outputs."""
   cfg = run.config.eval
   step, which = int(state.step), 'final'
   if cfg.checkpoint == 'best':
@@ -524,6 +657,7 @@ def final_evaluation(run: Run, state: TrainState) -> dict:
   logging.info('threshold %.6g (%s) chosen on val with the %s checkpoint, step %d: '
                'val escape %.4f overkill %.4f', threshold, cfg.threshold_rule, which, step,
                val_m['escape_rate'], val_m['overkill_rate'])
+  report = (monitor or health.Monitor()).diagnose({'val': val_m, 'test': test_m}, step)
   if jax.process_index() == 0:
     base = {'threshold': threshold, 'threshold_rule': cfg.threshold_rule,
             'max_escape_rate': cfg.max_escape_rate, 'checkpoint': which, 'step': step}
@@ -534,11 +668,15 @@ def final_evaluation(run: Run, state: TrainState) -> dict:
       _save_npz(os.path.join(run.workdir, f'eval_{name}.npz'), step=step,
                 threshold=threshold, prob=arrays['prob'], label=arrays['label'],
                 embedding=arrays['embedding'])
+    undefined = {f'{name}/{k}': why for name, m in (('val', val_m), ('test', test_m))
+                 for k, why in metrics_lib.undefined_reasons(m).items()}
     # Last: a finished eval.json marks a finished run (launch/sweep.py).
     write_json(os.path.join(run.workdir, 'eval.json'),
                {**base, 'val': metrics_lib.nan_to_none(val_m),
-                'test': metrics_lib.nan_to_none(test_m)})
-  return {**{f'test/{k}': v for k, v in test_m.items()}, 'test/checkpoint_step': step}
+                'test': metrics_lib.nan_to_none(test_m), 'undefined': undefined,
+                'health': report})
+  return {**{f'test/{k}': v for k, v in test_m.items()},
+          'test/checkpoint_step': step}, report
 
 
 def _save_npz(path: str, **arrays) -> None:
@@ -583,6 +721,13 @@ def params_fingerprint(params) -> float:
                    for x in leaves))
 
 
-def _fmt(metrics: dict) -> str:
-  return ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
-                  for k, v in metrics.items())
+def _fmt(metrics: dict, undefined: dict | None = None) -> str:
+  """'k=v ...' for a log line; an undefined metric reads 'k=null (why)'."""
+  undefined = undefined or {}
+
+  def one(k, v):
+    if k in undefined or (isinstance(v, float) and not math.isfinite(v)):
+      return f'{k}=null ({undefined.get(k, v)})'
+    return f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+
+  return ' '.join(one(k, v) for k, v in metrics.items())

@@ -24,7 +24,7 @@ def test_every_config_loads(path, arg):
   config = load(path).get_config(arg)
   assert config.loss.beta >= 0
   if arg == 'quick':
-    assert config.model.width_mult < 1 and config.data.builder_config == 'small'
+    assert config.model.width_mult < 1 and config.data.quick and not config.data.builder_config
   else:
     assert config.model.width_mult == 1.0
 

@@ -1,4 +1,5 @@
 """smsdd_jax.metrics on hand-made cases, each number worked out by hand."""
+import json
 import math
 import warnings
 
@@ -204,3 +205,41 @@ def test_bad_input_is_refused(labels, scores, match):
 def test_bad_rule_is_refused(rule, target, match):
   with pytest.raises(ValueError, match=match):
     metrics.choose_threshold(LABELS, PROB, rule, max_escape_rate=target)
+
+
+# ------------------------------------------------------------------ undefined, for files
+
+
+def test_undefined_metrics_get_their_reason():
+  always_good = metrics.summary([0] * 6 + [1] * 2, np.zeros(8), 0.5)
+  assert metrics.undefined_reasons(always_good) == {
+      'precision': 'no image predicted defective'}
+  with pytest.warns(metrics.MissingClassWarning):
+    only_good = metrics.summary([0, 0, 0], [0.1, 0.2, 0.3], 0.5)
+  assert metrics.undefined_reasons(only_good) == {
+      'precision': 'no image predicted defective',
+      'recall': 'no defective image in the split',
+      'recall_defective': 'no defective image in the split',
+      'escape_rate': 'no defective image in the split',
+      'average_precision': 'no defective image in the split',
+      'f1': 'no defective image and none predicted defective',
+      'auroc': 'no defective image in the split (AUROC needs both classes)'}
+  with pytest.warns(metrics.MissingClassWarning):
+    only_defective = metrics.summary([1, 1], [0.7, 0.2], 0.5)
+  prefixed = {f'test/{k}': v for k, v in only_defective.items()}
+  assert metrics.undefined_reasons(prefixed, 'test/') == {
+      'test/specificity': 'no good image in the split',
+      'test/overkill_rate': 'no good image in the split',
+      'test/auroc': 'no good image in the split (AUROC needs both classes)'}
+  assert metrics.undefined_reasons(metrics.summary(LABELS, PROB)) == {}
+
+
+def test_json_values_counts_stay_integers_nan_becomes_null():
+  s = metrics.nan_to_none(metrics.summary([0] * 6 + [1] * 2, np.zeros(8), 0.5))
+  assert s['precision'] is None
+  for key in ('tp', 'fp', 'tn', 'fn', 'num_examples', 'num_defective', 'num_good'):
+    assert type(s[key]) is int, key
+  assert json.loads(json.dumps(s))['tn'] == 6
+  assert metrics.json_value(np.int64(3)) == 3 and type(metrics.json_value(np.int64(3))) is int
+  assert metrics.json_value(np.float32(0.5)) == 0.5
+  assert metrics.json_value(float('inf')) is None and metrics.json_value(np.nan) is None

@@ -20,6 +20,7 @@ from smsdd_jax import inference
 from smsdd_jax import input_pipeline
 from smsdd_jax import models
 from smsdd_jax import predict
+from smsdd_jax import preprocess
 from smsdd_jax import roi
 from smsdd_jax import train
 from smsdd_jax.datasets import synthetic_screens
@@ -169,6 +170,58 @@ def test_bad_inputs_become_error_rows_and_exit_1(run_dir, frames, tmp_path):
   assert 'summary: 2/7 scored' in proc.stdout and '5 failed' in proc.stdout
 
 
+def _odd_entries(src):
+  """A dangling link, a link loop and a FIFO, each named like an image."""
+  os.symlink(src / 'missing.jpg', src / 'gone.jpg')
+  os.symlink('loop.png', src / 'loop.png')
+  os.mkfifo(src / 'pipe.jpg')  # Opening it to read would block forever.
+  (src / 'sub.jpg').mkdir()  # A folder is searched, never a row.
+
+
+def test_inputs_that_are_not_regular_files_get_error_rows(run_dir, frames, tmp_path, capsys):
+  _, paths = frames
+  src = tmp_path / 'in'
+  src.mkdir()
+  shutil.copy(paths[0], src / 'a_good.jpg')
+  _odd_entries(src)
+  shutil.copy(paths[1], src / 'sub.jpg' / 'z_good.jpg')
+  for spec in (str(src), f'{src}/**/*.*'):
+    out = tmp_path / 'preds.csv'
+    rc = predict.main([f'--workdir={run_dir}', f'--input={spec}', f'--output={out}',
+                       '--batch_size=2'])
+    printed = capsys.readouterr()
+    assert rc == 1, printed
+    rows = {pathlib.Path(r['file']).name: r for r in _rows(out)}
+    assert sorted(rows) == ['a_good.jpg', 'gone.jpg', 'loop.png', 'pipe.jpg', 'z_good.jpg']
+    assert rows['gone.jpg']['error'] == f'broken symbolic link -> {src / "missing.jpg"}'
+    assert rows['loop.png']['error'] == 'symbolic link loop -> loop.png'
+    assert rows['pipe.jpg']['error'] == 'not a regular file: a FIFO (named pipe)'
+    for name in ('a_good.jpg', 'z_good.jpg'):
+      assert rows[name]['error'] == '' and 0 <= float(rows[name]['prob_defective']) <= 1
+    assert 'summary: 2/5 scored' in printed.out and '3 failed' in printed.out
+    assert f'failed: {src / "gone.jpg"}: broken symbolic link' in printed.out
+    assert 'note:' not in printed.out
+  out = tmp_path / 'one.csv'
+  assert predict.main([f'--workdir={run_dir}', f'--input={src / "gone.jpg"}',
+                       f'--output={out}']) == 1
+  assert [r['error'] for r in _rows(out)] == [f'broken symbolic link -> {src / "missing.jpg"}']
+  assert 'summary: 0/1 scored' in capsys.readouterr().out
+
+
+def test_list_inputs_keeps_every_entry_but_folders(tmp_path):
+  (tmp_path / 'a.jpg').write_bytes(b'x')
+  (tmp_path / 'notes.txt').write_text('x')
+  _odd_entries(tmp_path)
+  names = ['a.jpg', 'gone.jpg', 'loop.png', 'pipe.jpg']
+  assert inference.list_inputs(str(tmp_path)) == [str(tmp_path / n) for n in names]
+  assert inference.list_inputs(f'{tmp_path}/*') == sorted(
+      str(tmp_path / n) for n in names + ['notes.txt'])
+  assert inference.list_inputs(str(tmp_path / 'gone.jpg')) == [str(tmp_path / 'gone.jpg')]
+  assert inference.list_inputs(str(tmp_path / 'missing.jpg')) == []
+  assert inference.input_problem(str(tmp_path / 'a.jpg')) is None
+  assert inference.input_problem(str(tmp_path / 'sub.jpg')) == 'not a regular file: a directory'
+
+
 def test_roi_none_scores_ready_rois(run_dir, frames, tmp_path):
   _, paths = frames
   src = tmp_path / 'rois'
@@ -289,8 +342,8 @@ def test_huge_images_are_refused_from_the_header(frames, tmp_path, monkeypatch):
   struct.pack_into('>II', png, 16, 30000, 30000)
   (tmp_path / 'bomb.png').write_bytes(bytes(png))
   cv2.imwrite(str(tmp_path / 'small.bmp'), np.zeros((20, 30, 3), np.uint8))
-  assert inference.image_header(str(frames[1][0])) == ('jpeg', 480, 270)
-  assert inference.image_header(str(tmp_path / 'small.bmp')) == ('bmp', 30, 20)
+  assert preprocess.image_header(pathlib.Path(frames[1][0]).read_bytes()) == ('jpeg', 480, 270)
+  assert preprocess.image_header((tmp_path / "small.bmp").read_bytes()) == ('bmp', 30, 20)
 
   def no_decoding(*args, **kwargs):
     raise AssertionError('decoded a refused image')
@@ -304,12 +357,12 @@ def test_truncation_checks_accept_whole_files():
   image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
   for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]):
     data = cv2.imencode('.jpg', image, params)[1].tobytes()
-    assert inference._jpeg_complete(data)  # pylint: disable=protected-access
+    assert preprocess._jpeg_complete(data)  # pylint: disable=protected-access
     for cut in (len(data) - 1, len(data) // 2, 700):
-      assert not inference._jpeg_complete(data[:cut])  # pylint: disable=protected-access
+      assert not preprocess._jpeg_complete(data[:cut])  # pylint: disable=protected-access
   data = cv2.imencode('.png', image)[1].tobytes()
-  assert inference._png_complete(data)  # pylint: disable=protected-access
-  assert not inference._png_complete(data[:-5])  # pylint: disable=protected-access
+  assert preprocess._png_complete(data)  # pylint: disable=protected-access
+  assert not preprocess._png_complete(data[:-5])  # pylint: disable=protected-access
 
 
 # ------------------------------------------------------------------ real frames

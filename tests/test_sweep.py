@@ -218,3 +218,143 @@ def test_pca_2d_finds_the_main_direction():
   proj, share = report.pca_2d(x)
   assert proj.shape == (50, 2) and share[0] > 0.9
   np.testing.assert_allclose(np.abs(proj[:, 0]), np.abs(x[:, 0] - x[:, 0].mean()), atol=0.5)
+
+
+# ------------------------------------------------------------------ hand-made sweeps
+
+
+def _metrics(auroc, balanced_accuracy):
+  m = {k: 0.5 for k in report.METRICS}
+  m.update(auroc=auroc, balanced_accuracy=balanced_accuracy, accuracy=balanced_accuracy)
+  return {**m, 'tp': 2, 'fp': 1, 'tn': 3, 'fn': 2, 'num_examples': 8,
+          'num_defective': 4, 'num_good': 4}
+
+
+def _fake_run(out, variant, beta, fold, auroc, bacc, health=None, seed=0):
+  """A finished run directory as launch/sweep.py and train.py leave it."""
+  workdir = out / f'{variant}_s{seed}_f{fold}'
+  workdir.mkdir(parents=True)
+  (workdir / 'sweep.json').write_text(json.dumps(
+      {'variant': variant, 'seed': seed, 'fold': fold, 'args': []}))
+  (workdir / 'config.json').write_text(json.dumps({'config': {'loss': {'beta': beta}}}))
+  ev = {'step': 10, 'checkpoint': 'best', 'threshold_rule': 'best_f1', 'threshold': 0.4,
+        'val': _metrics(auroc, bacc), 'test': _metrics(auroc, bacc)}
+  if health:
+    ev['health'] = health
+  (workdir / 'eval.json').write_text(json.dumps(ev))
+
+
+BASE_AUROC = (0.60, 0.70, 0.80, 0.90, 0.75)
+BASE_BACC = (0.55, 0.65, 0.50, 0.80, 0.70)
+COLLAPSED = {'status': 'collapsed', 'reasons': ['constant predictions on val']}
+
+
+@pytest.fixture
+def hand_sweep(tmp_path):
+  """beta_a and beta_c on 5 folds: beta_c's test AUROC is beta_a's + 0.1 on
+  every fold, its balanced accuracy the same; beta_c fold 2 collapsed."""
+  out = tmp_path / 'sweep'
+  for fold, (auc, bacc) in enumerate(zip(BASE_AUROC, BASE_BACC)):
+    _fake_run(out, 'beta_a', 0.0, fold, auc, bacc, {'status': 'ok', 'reasons': []})
+    _fake_run(out, 'beta_c', 0.01, fold, auc + 0.1, bacc,
+              COLLAPSED if fold == 2 else None)
+  return out
+
+
+def _floors_json(path, test_auroc=(0.5, 0.6, 0.7, 0.4, 0.55)):
+  rows = []
+  for model in ('pixel', 'hog'):
+    for fold, auc in enumerate(test_auroc):
+      rows.append({'model': model, 'fold': fold, 'threshold_rule': 'best_f1',
+                   'threshold': 0.5, 'lambda': 10.0, 'num_features': 4,
+                   'train': {'auroc': 1.0}, 'val': _metrics(0.6, 0.6),
+                   'test': _metrics(auc, 0.5)})
+  path.write_text(json.dumps({'data': {'name': 'msd_screens', 'builder_config': 'default',
+                                       'kfold': 5},
+                              'options': {'threshold_rule': 'best_f1'}, 'rows': rows}))
+
+
+def test_rows_carry_health_unknown_without_it(hand_sweep):
+  table = report.rows(report.load_runs(str(hand_sweep)))
+  health = {(r['variant'], r['fold']): (r['health'], r['health_reasons'])
+            for r in table if r['split'] == 'test'}
+  assert health[('beta_a', 0)] == ('ok', '')
+  assert health[('beta_c', 2)] == ('collapsed', 'constant predictions on val')
+  assert health[('beta_c', 0)] == ('unknown', '')
+
+
+def test_paired_verdicts_of_a_constant_shift_and_of_no_change(hand_sweep):
+  table = report.rows(report.load_runs(str(hand_sweep)))
+  assert report.baseline_variant(table) == 'beta_a'
+  auc, bacc = report.paired(table)
+  assert (auc['variant'], auc['metric'], auc['n']) == ('beta_c', 'auroc', 5)
+  assert auc['mean'] == pytest.approx(0.1)
+  assert auc['ci_low'] == pytest.approx(0.1) and auc['ci_high'] == pytest.approx(0.1)
+  assert auc['p'] == pytest.approx(2 / 32) and auc['verdict'] == 'better'
+  assert bacc['mean'] == 0.0 and bacc['p'] == 1.0
+  assert bacc['verdict'] == 'not distinguishable'
+  text = report.markdown(table)
+  assert ('| beta_c | test AUROC | 5 | +0.100 | [+0.100, +0.100] | 0.062 | better |'
+          in text)
+  assert ('| beta_c | test balanced acc. (points) | 5 | +0.0 | [+0.0, +0.0] | 1.000 '
+          '| not distinguishable |' in text)
+
+
+def test_markdown_counts_collapsed_runs_per_variant(hand_sweep):
+  text = report.markdown(report.rows(report.load_runs(str(hand_sweep))))
+  lines = text.splitlines()
+  row_a = next(line for line in lines if line.startswith('| beta_a | 0.0 | 5 |'))
+  row_c = next(line for line in lines if line.startswith('| beta_c | 0.01 | 5 |'))
+  assert row_a.endswith('| 0/5 |')
+  assert row_c.endswith('| 1/5, 4 unknown |')
+  assert 'Collapsed runs: beta_c_s0_f2 (constant predictions on val).' in text
+
+
+def test_no_baseline_says_so():
+  table = [_row('beta_b', 'test', 0)]
+  assert report.paired(table) == []
+  assert 'No baseline variant' in report.markdown(table)
+
+
+def test_aggregate_puts_the_floors_beside_the_variants(hand_sweep):
+  _floors_json(hand_sweep / 'floors.json')
+  assert sweep.main([f'--out={hand_sweep}', '--aggregate_only']) == 0
+  rows = report.read_csv(hand_sweep / 'results.csv')
+  floors = [r for r in rows if r['variant'].startswith('floor:')]
+  assert len(floors) == 2 * 5 * 2  # 2 models x 5 folds x (val, test).
+  assert {r['run'] for r in floors if r['variant'] == 'floor:hog'} == {
+      f'floor:hog_f{i}' for i in range(5)}
+  text = (hand_sweep / 'results.md').read_text()
+  # Test AUROC 0.5, 0.6, 0.7, 0.4, 0.55: mean 0.55, sample std 0.112; AP as is.
+  assert ('| floor:pixel | test | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 '
+          '| 50.0 ± 0.0 | 50.0 ± 0.0 | 0.550 ± 0.112 | 0.500 ± 0.000 |') in text
+  # No beta, paper value or health for a floor.
+  assert '| floor:hog | – | 5 | 60.0 ± 0.0 | 50.0 ± 0.0 | – | – | 50.0 ± 0.0 | – |' in text
+  assert 'data `msd_screens`' in text
+  # Floors are not paired against beta = 0: only beta_c is.
+  assert 'floor:pixel | test AUROC' not in text
+
+
+def test_aggregate_refuses_a_missing_floors_file(hand_sweep, capsys):
+  assert sweep.main([f'--out={hand_sweep}', '--aggregate_only',
+                     f'--floors={hand_sweep}/nope.json']) == 2
+  assert 'nope.json' in capsys.readouterr().err
+
+
+def test_floors_command_follows_the_sweep(tmp_path):
+  args = _args('--kfold=5', '--data=msd_screens', '--builder_config=default',
+               '--manual_dir=data/msd', '--override=data.image_size=(64,128)',
+               '--override=num_epochs=2', '--run_floors')
+  cmd = sweep.floors_command(args, str(tmp_path))
+  assert cmd[1].endswith('launch/floors.py')
+  assert cmd[2:7] == ['--model=all', '--kfold=5', f'--out={tmp_path}/floors.json',
+                      '--data=msd_screens', '--builder_config=default']
+  assert cmd[7].startswith('--manual_dir=/') and cmd[7].endswith('data/msd')
+  assert cmd[8:] == ['--set=image_size=(64,128)']  # data.* overrides only.
+
+
+def test_dry_run_prints_the_floors_command(tmp_path, capsys):
+  assert sweep.main([f'--out={tmp_path / "new"}', '--configs=beta_a', '--kfold=3',
+                     '--dry_run', '--run_floors']) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 4 and 'launch/floors.py --model=all --kfold=3' in lines[-1]

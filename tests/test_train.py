@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -41,6 +42,15 @@ def test_train_and_evaluate_writes_the_run(quick_config, tmp_path):
     assert key in keys, key
   assert [r['step'] for r in records if 'train/loss' in r] == [1, 2]
   assert 0.0 <= result['test/accuracy'] <= 1.0
+  test_row = next(r for r in records if 'test/accuracy' in r)
+  for key in ('test/tp', 'test/fp', 'test/tn', 'test/fn', 'test/num_examples',
+              'test/checkpoint_step'):
+    assert type(test_row[key]) is int, key
+  ev = json.load(open(os.path.join(workdir, 'eval.json')))
+  assert type(ev['test']['tp']) is int and type(ev['val']['num_good']) is int
+  # A normal run is not flagged (the detector does not cry wolf).
+  assert ev['health'] == {'status': 'ok', 'reasons': []}
+  assert isinstance(ev['undefined'], dict)
   assert checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     max_to_keep=3).all_steps() == [2]
   scalars = metric_writers.read_tensorboard_scalars(workdir)
@@ -163,3 +173,117 @@ def test_classification_summary_on_a_hand_made_case():
   assert s['recall_defective'] == pytest.approx(0.5)
   assert s['overkill_rate'] == pytest.approx(1 / 3)
   assert s['balanced_accuracy'] == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+# ------------------------------------------------------------------ best checkpoint ties
+
+
+def _best(workdir, *tie_breakers, metric='val/balanced_accuracy', mode='max'):
+  return train.BestCheckpoint(str(workdir), ml_collections.ConfigDict(
+      {'best_metric': metric, 'best_mode': mode, 'best_tie_breakers': tie_breakers}))
+
+
+def test_a_tie_in_the_best_metric_goes_to_the_tie_breakers(tmp_path):
+  state = {'w': np.zeros(3, np.float32)}
+  best = _best(tmp_path, 'val/auroc:max', 'val/cross_entropy:min')
+  try:
+    m = lambda ba, auroc, ce: {'val/balanced_accuracy': ba, 'val/auroc': auroc,
+                               'val/cross_entropy': ce}
+    assert best.update(2, state, m(0.75, 0.60, 0.70))
+    assert best.update(4, state, m(0.75, 0.80, 0.90))  # Tie: the higher AUROC.
+    assert not best.update(6, state, m(0.75, 0.70, 0.10))  # Tie, lower AUROC.
+    assert best.update(8, state, m(0.75, 0.80, 0.50))  # Tie twice: the lower CE.
+    assert not best.update(10, state, m(0.75, 0.80, 0.50))  # A full tie: the earlier.
+    assert not best.update(12, state, m(float('nan'), 0.99, 0.01))  # Undefined loses.
+    # Float noise is a tie (lost here on AUROC), not a better balanced accuracy.
+    assert not best.update(14, state, m(0.7500000000000001, 0.5, 0.9))
+  finally:
+    best.close()
+  saved = json.loads((tmp_path / 'best.json').read_text())
+  assert saved == {'step': 8, 'metric': 'val/balanced_accuracy', 'value': 0.75,
+                   'tie_breakers': {'val/auroc': 0.8, 'val/cross_entropy': 0.5}}
+  assert sorted(os.listdir(tmp_path / 'checkpoints_best')) == ['8']
+  resumed = _best(tmp_path, 'val/auroc:max', 'val/cross_entropy:min')
+  try:  # A resumed run breaks ties against the saved tie-breaker values.
+    assert not resumed.update(16, state, m(0.75, 0.80, 0.60))
+    assert resumed.update(18, state, m(0.75, 0.80, 0.40))
+  finally:
+    resumed.close()
+
+
+def test_an_undefined_first_best_does_not_block_later_ones(tmp_path):
+  best = _best(tmp_path)
+  try:
+    assert best.update(1, {'w': np.zeros(2)}, {'val/balanced_accuracy': float('nan')})
+    assert json.loads((tmp_path / 'best.json').read_text())['value'] is None
+    assert best.update(2, {'w': np.zeros(2)}, {'val/balanced_accuracy': 0.5})
+  finally:
+    best.close()
+
+
+def test_a_bad_tie_breaker_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="'val/auroc' has mode 'up'"):
+    _best(tmp_path, 'val/auroc:up')
+  with pytest.raises(ValueError, match="'val/auroc' should be 'metric:max'"):
+    _best(tmp_path, 'val/auroc')
+
+
+# ------------------------------------------------------------------ metrics.jsonl
+
+
+def test_metrics_jsonl_keeps_counts_integer_and_writes_null_with_a_reason(tmp_path):
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  writer.write(3, {'test/tp': np.int64(3), 'test/precision': float('nan'),
+                   'test/accuracy': np.float32(0.75), 'test/checkpoint_step': 2},
+               {'test/precision': 'no image predicted defective'})
+  writer.write(4, {'train/l2_grads': np.float32(np.inf)})
+  writer.close()
+  text = (tmp_path / 'metrics.jsonl').read_text()
+  assert 'NaN' not in text and 'Infinity' not in text
+  first, second = metric_writers.read_metrics(str(tmp_path))
+  assert first == {'step': 3, 'test/tp': 3, 'test/precision': None, 'test/accuracy': 0.75,
+                   'test/checkpoint_step': 2,
+                   'undefined': {'test/precision': 'no image predicted defective'}}
+  assert type(first['test/tp']) is int and '"test/tp": 3,' in text
+  assert second['undefined'] == {'train/l2_grads': 'not a finite number (inf)'}
+
+
+def test_drop_records_after_a_step(tmp_path):
+  rows = [{'step': 1, 'train/loss': 1.0}, {'step': 2, 'train/loss': 0.9},
+          {'step': 2, 'val/accuracy': 0.5}, {'step': 2, 'test/accuracy': 0.4},
+          {'step': 3, 'train/loss': 0.8}, {'step': 4, 'val/accuracy': 0.6}]
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"step": 5, "train/lo')
+  # The final test row at the restored step goes too: the rerun writes it again.
+  assert metric_writers.drop_records_after(str(tmp_path), 2) == 4
+  assert metric_writers.read_metrics(str(tmp_path)) == rows[:3]
+  assert os.listdir(tmp_path) == ['metrics.jsonl']  # The temporary file was renamed.
+  assert metric_writers.drop_records_after(str(tmp_path), 2) == 0
+  assert metric_writers.drop_records_after(str(tmp_path), 0) == 3
+
+
+def test_after_a_kill_and_resume_metrics_jsonl_holds_each_step_once_in_order(
+    quick_config, tmp_path):
+  """Killed at step 4 after its metrics were written, before its checkpoint
+  (nor that of step 3) landed, mid-line: the rerun restores step 2."""
+  workdir = tmp_path / 'run'
+  config = two_step_config(quick_config, epochs=2)
+  config.checkpoint.every_steps = 1
+  config.checkpoint.max_to_keep = 5
+  train.train_and_evaluate(config.copy_and_resolve_references(), str(workdir))
+  for step in ('3', '4'):
+    shutil.rmtree(workdir / 'checkpoints' / step)
+  with open(workdir / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 5, "train/loss": 0.6')  # Cut short by the kill.
+  before = metric_writers.read_metrics(str(workdir))
+  train.train_and_evaluate(config, str(workdir))
+  records = metric_writers.read_metrics(str(workdir))
+  steps = [r['step'] for r in records]
+  assert steps == sorted(steps), steps  # Never backwards.
+  seen = [(r['step'], k) for r in records for k in r if k not in ('step', 'undefined')]
+  assert len(seen) == len(set(seen)), steps  # No step's metric written twice.
+  assert [r['step'] for r in records if 'train/loss' in r] == [1, 2, 3, 4]
+  assert [r['step'] for r in records if 'val/accuracy' in r] == [2, 4]
+  assert [r['step'] for r in records if 'test/accuracy' in r] == [4]
+  assert records[:3] == before[:3]  # Up to the checkpoint: kept as written.
+  assert not [p for p in os.listdir(workdir) if '.tmp' in p]

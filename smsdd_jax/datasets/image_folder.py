@@ -27,7 +27,12 @@ Builder configs:
   * `roi`: raw camera frames: `smsdd_jax.roi` finds the phone (Hough, with its
     contour fallback) and warps it to 110 x 230; frames with no screen are
     skipped with the reason.
-  * `none`: images already cropped: plain resize (no aspect kept) to 110 x 230.
+  * `none`: images already cropped: the whole image to 110 x 230 by the
+    aspect policy (`config.data.aspect`: stretch, letterbox or rotate).
+Every image goes through `smsdd_jax.preprocess` (the same code `predict`
+uses); `config.data.channels` picks RGB or gray. The build is tied to its
+source folder (`smsdd_jax.datasets.source`: another folder never reads this
+build) and writes a dataset card (`smsdd_jax.datasets.card`).
 
 Features: `image` (110, 230, 3) uint8 RGB; `label` good/defective;
 `defect_type` (text); `file_name` (path relative to the manual dir);
@@ -36,9 +41,10 @@ image (the whole image for `none`); `roi_method` ('hough', 'contour' or
 'none'); `group` (near-duplicate group id).
 
 Splits (all builders here): `train`/`validation`/`test` (80/10/10) and
-`fold_0` ... `fold_{k-1}` (k = 5), both stratified by label and grouped: all
-near-duplicates of one group land in one split and one fold
-(`smsdd_jax.datasets.splits`). For k-fold training read test = fold_i,
+`fold_0` ... `fold_{k-1}` (k = 5), both stratified by label and defect type
+and grouped: all near-duplicates of one group land in one split and one fold,
+groups placed in a seeded random order (`smsdd_jax.datasets.splits`). Grouped
+5-fold is the protocol for the small public sets. For k-fold training read test = fold_i,
 validation = fold_{(i+1) % k}, train = the rest joined with '+'
 (`splits.kfold_splits(k, i)` returns those split strings).
 
@@ -60,6 +66,9 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from smsdd_jax import preprocess
+from smsdd_jax.datasets import card as card_lib
+from smsdd_jax.datasets import source as source_lib
 from smsdd_jax.datasets import splits
 
 log = logging.getLogger(__name__)
@@ -68,7 +77,7 @@ _MODULE_DOC = __doc__
 
 LABEL_NAMES = ('good', 'defective')
 GOOD, DEFECTIVE = 0, 1
-ROI_SIZE = (110, 230)  # (height, width), as the paper.
+ROI_SIZE = preprocess.ROI_SIZE
 IMAGE_EXTS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'})
 GOOD_NAMES = frozenset({'good', 'ok', 'normal', 'pass', 'passed', 'free', 'mt_free',
                         'defect_free', 'defect-free', 'no_defect', 'nodefect',
@@ -77,10 +86,7 @@ IGNORED_DIRS = frozenset({'mask', 'masks', 'annotation', 'annotations', 'ground_
                           'groundtruth', 'gt', 'label', 'labels', 'segmentationclass',
                           'segmentationobject', 'imagesets', '__macosx'})
 CLASSES_FILE = 'classes.json'
-
-
-class BadInput(ValueError):
-  """A source file that cannot become an example; the message is the reason."""
+BadInput = preprocess.BadImage  # A source file that cannot become an example.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,51 +107,16 @@ def in_ignored_dir(rel_parts: Sequence[str]) -> bool:
 
 
 def image_files(root: pathlib.Path) -> list[pathlib.Path]:
-  """Image files under root (recursive, sorted), minus hidden/annotation dirs."""
+  """Image files under root (recursive, sorted), minus hidden/annotation dirs.
+  A broken link with an image name is kept: reading it gives the reason."""
   out = []
   for p in root.rglob('*'):
     rel = p.relative_to(root).parts
     if is_hidden(rel) or in_ignored_dir(rel) or p.suffix.lower() not in IMAGE_EXTS:
       continue
-    if p.is_file():
+    if p.is_file() or (p.is_symlink() and not p.exists()):
       out.append(p)
   return sorted(out, key=lambda p: p.relative_to(root).as_posix())
-
-
-def read_bytes(path: pathlib.Path) -> bytes:
-  try:
-    data = path.read_bytes()
-  except OSError as e:
-    raise BadInput(f'unreadable file ({e.strerror or e})') from None
-  if not data:
-    raise BadInput('empty file (0 bytes)')
-  return data
-
-
-def decode(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-  """Decodes image bytes (BGR for IMREAD_COLOR); BadInput when it cannot.
-
-  OpenCV decodes a truncated JPEG without complaint (the missing part comes
-  out gray), so a JPEG must also end with its end-of-image marker.
-  """
-  if data[:2] == b'\xff\xd8' and b'\xff\xd9' not in data[-4096:]:
-    raise BadInput('truncated JPEG (no end-of-image marker)')
-  try:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-  except cv2.error as e:
-    raise BadInput(f'not a decodable image ({str(e).strip().splitlines()[-1]})') from None
-  if image is None or image.size == 0:
-    raise BadInput('not a decodable image')
-  return image
-
-
-def resize_to(image: np.ndarray, size: Sequence[int] = ROI_SIZE) -> np.ndarray:
-  """Plain resize to (height, width): area when shrinking, linear when growing."""
-  h, w = image.shape[:2]
-  out_h, out_w = int(size[0]), int(size[1])
-  shrink = out_w * out_h <= w * h
-  return cv2.resize(image, (out_w, out_h),
-                    interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def png_bytes(image: np.ndarray, shape: Sequence[int]) -> bytes:
@@ -161,53 +132,54 @@ def png_bytes(image: np.ndarray, shape: Sequence[int]) -> bytes:
   return buf.tobytes()
 
 
-def whole_image_corners(image: np.ndarray) -> np.ndarray:
-  h, w = image.shape[:2]
-  return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
-
-
-def screen_roi(image_bgr: np.ndarray, size: Sequence[int] = ROI_SIZE):
-  """(roi RGB, corners, method) through smsdd_jax.roi; BadInput if no screen."""
-  from smsdd_jax import roi  # pylint: disable=import-outside-toplevel
-  try:
-    corners, info = roi.find_screen_with_info(image_bgr)
-  except roi.ScreenNotFoundError as e:
-    raise BadInput(f'no screen found: {e}') from None
-  except (cv2.error, ValueError) as e:
-    raise BadInput(f'screen search failed: {str(e).strip().splitlines()[-1]}') from None
-  corners = np.asarray(corners, np.float32).reshape(4, 2)
-  warped = roi.rectify(image_bgr, corners, size=tuple(size))
-  return cv2.cvtColor(warped, cv2.COLOR_BGR2RGB), corners, str(info.method)
-
-
 # --------------------------------------------------------------------------
 # The shared builder.
 
 
 @dataclasses.dataclass(eq=False)
 class FolderConfig(tfds.core.BuilderConfig):
-  """How to split (and group) a folder-built data set."""
+  """How to preprocess, split and group a folder-built data set.
+
+  The named configs of a builder hold its defaults; `smsdd_jax.datasets.
+  builder` derives the config a build really uses from one of them, the
+  run's `config.data` and the source fingerprint."""
   seed: int = 0  # Split and fold assignment.
   num_folds: int = 5  # fold_0 ... fold_{k-1}.
   fractions: tuple[float, float, float] = splits.DEFAULT_FRACTIONS  # train/val/test.
   near_dup_threshold: int = splits.NEAR_DUP_THRESHOLD  # Hash bits; < 0: no grouping.
+  roi: str = 'none'  # preprocess.Spec.roi: 'hough' (raw frames) | 'none' (crops).
+  aspect: str = 'stretch'  # preprocess.Spec.aspect (whole images only).
+  channels: str = 'rgb'  # preprocess.Spec.channels.
+  source_root: str = ''  # The folder this build is made from ('' = not resolved).
+  source_fingerprint: str = ''  # source.fingerprint(...).digest of that folder.
+
+  @property
+  def preprocessing(self) -> preprocess.Spec:
+    return preprocess.Spec(roi=self.roi, aspect=self.aspect, channels=self.channels)
 
 
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Builds from a root of image files: read, skip bad input, group, split.
 
   Subclasses say where the files are (`_root`), what each one is
-  (`_find_sources`), how one becomes an example (`_make_example`, raising
-  BadInput to skip it) and their extra features (`_extra_features`).
+  (`_find_sources`), and may add features (`_extra_features`, filled by
+  `_extra_example`), known near-duplicate links (`_extra_pairs`) or files to
+  leave out (`_exclusion`). Every image goes through `smsdd_jax.preprocess`.
   Everything is read once in `_split_generators`; the split generators then
-  yield from memory (ROIs are small).
+  yield from memory (the images are small).
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '2.0.0': 'One preprocessing path (smsdd_jax.preprocess), aspect and channel '
+               'policies, groups placed in seeded random order and stratified by '
+               'defect type, source fingerprint, dataset card.',
+  }
   DESCRIPTION = ''
   DEFECT_TYPES: Sequence[str] | None = None  # None: free text.
   LAYOUT_HINT = 'good/ and defective/ folders'
+  NEEDS_MANUAL_DIR = True  # False: a builder that can download its files.
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
@@ -220,33 +192,38 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # Hooks. -----------------------------------------------------------------
 
   def _extra_features(self) -> dict:
-    return {}
-
-  def _root(self, dl_manager) -> pathlib.Path:
-    try:
-      return pathlib.Path(dl_manager.manual_dir)
-    except AssertionError as e:
-      first = str(e).splitlines()[0]
-      raise ValueError(f'{self.name}: needs its images in a manual dir holding '
-                       f'{self.LAYOUT_HINT} (DownloadConfig(manual_dir=...), '
-                       f'config.data.manual_dir): {first}') from None
+    return {'corners': tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
+            'roi_method': tfds.features.Text()}
 
   def _find_sources(self, root: pathlib.Path) -> list[Source]:
     raise NotImplementedError
 
-  def _make_example(self, source: Source, data: bytes) -> dict:
-    """Features other than label/defect_type/file_name/group; BadInput skips."""
-    raise NotImplementedError
+  def _extra_example(self, source: Source, image: np.ndarray, corners: np.ndarray,
+                     method: str) -> dict:
+    """Features besides image/label/defect_type/file_name/group (BadInput skips)."""
+    del source, image
+    return {'corners': corners, 'roi_method': method}
 
   def _extra_pairs(self, sources: Sequence[Source]) -> list[tuple[int, int]]:
     """Known near-duplicate links (indices into sources) besides the hash."""
     del sources
     return []
 
+  def _exclusion(self, source: Source) -> str:
+    """Why a file is left out (a known bad label), or '' to keep it."""
+    del source
+    return ''
+
   # Machinery. -------------------------------------------------------------
 
+  def _log_download_bytes(self) -> None:
+    pass  # Nothing is downloaded from a folder: TFDS' "Downloading..." misleads.
+
+  def _log_download_done(self) -> None:
+    pass  # The caller prints the dataset card's line instead.
+
   def _skip(self, rel: str, reason: str) -> None:
-    log.warning('%s: skipped %s: %s', self.name, rel, reason)
+    log.info('%s: skipped %s: %s', self.name, rel, reason)
     self.skipped.append([rel, reason])
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -269,42 +246,71 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         metadata=tfds.core.MetadataDict(),
     )
 
-  def _split_generators(self, dl_manager):
+  def _root(self, dl_manager) -> pathlib.Path:
     cfg = self.builder_config
-    root = self._root(dl_manager)
-    self.skipped = []
-    sources = self._find_sources(root)
-    found = np.bincount([s.label for s in sources], minlength=2)
-    kept_sources, examples, seen = [], [], {}
+    if not cfg.source_root:
+      # Plain TFDS use (tfds.builder + manual_dir): works, but TFDS will
+      # reuse this build for any other folder; smsdd_jax.datasets.builder
+      # ties each build to its source.
+      try:
+        return pathlib.Path(dl_manager.manual_dir)
+      except AssertionError as e:
+        raise ValueError(f'{self.name}: needs its images in a manual dir holding '
+                         f'{self.LAYOUT_HINT} (config.data.manual_dir): '
+                         f'{str(e).splitlines()[0]}') from None
+    root = source_lib.check_root(cfg.source_root)
+    # The folder may have changed since the build's name was chosen.
+    if cfg.source_fingerprint and \
+        source_lib.fingerprint(root).digest != cfg.source_fingerprint:
+      raise ValueError(f'{self.name}: {root} changed while its build was being set up; '
+                       'run again')
+    return root
+
+  def _read_all(self, sources: Sequence[Source]):
+    """(kept sources, examples, source sizes, number of gray files)."""
+    spec = self.builder_config.preprocessing
+    kept, examples, sizes, num_gray, seen = [], [], [], 0, {}
     for src in sources:
       try:
-        data = read_bytes(src.path)
+        if self._exclusion(src):
+          raise BadInput(self._exclusion(src))
+        data = preprocess.read_bytes(src.path)
         digest = splits.content_hash(data)
         if digest in seen:
           raise BadInput(f'exact duplicate of {seen[digest]}')
-        ex = self._make_example(src, data)
+        image = preprocess.decode(data)
+        rgb, corners, method = preprocess.to_model_input(image, spec)
+        extra = self._extra_example(src, image, corners, method)
         seen[digest] = src.rel
       except BadInput as e:
         self._skip(src.rel, str(e))
         continue
-      kept_sources.append(src)
-      examples.append({**ex, 'label': src.label, 'defect_type': src.defect_type,
-                       'file_name': src.rel})
-    labels = [ex['label'] for ex in examples]
-    counts = np.bincount(labels, minlength=2) if labels else np.zeros(2, np.int64)
+      kept.append(src)
+      sizes.append(image.shape[:2])
+      num_gray += image.ndim == 2
+      examples.append({'image': rgb, **extra, 'label': src.label,
+                       'defect_type': src.defect_type, 'file_name': src.rel})
+    return kept, examples, sizes, num_gray
+
+  def _check_classes(self, sources, examples, root) -> np.ndarray:
+    found = np.bincount([s.label for s in sources], minlength=2)
+    counts = np.bincount([ex['label'] for ex in examples], minlength=2)
     for c, name in enumerate(LABEL_NAMES):
       if counts[c] == 0:
         raise ValueError(
             f"{self.name}: class '{name}' is empty: {found[c]} file(s) found for it "
             f'under {root}, {found[c] - counts[c]} of them skipped ({self.num_skipped} '
             f'skipped in all; expected {self.LAYOUT_HINT})')
-    groups = splits.near_duplicate_groups(
-        [ex['image'] for ex in examples], threshold=cfg.near_dup_threshold,
-        extra_pairs=self._extra_pairs(kept_sources))
-    for ex, g in zip(examples, groups):
-      ex['group'] = np.int32(g)
-    split_of = splits.stratified_split(labels, cfg.fractions, cfg.seed, groups)
-    fold_of = splits.stratified_kfold(labels, cfg.num_folds, cfg.seed, groups)
+    return counts
+
+  def _assign(self, examples, groups) -> tuple[dict[str, list[int]], list[str]]:
+    """Split and fold members (indices), stratified by label and defect type,
+    and a line for each split or fold that misses its class targets."""
+    cfg = self.builder_config
+    labels = [ex['label'] for ex in examples]
+    types = [ex['defect_type'] for ex in examples]
+    split_of = splits.stratified_split(labels, cfg.fractions, cfg.seed, groups, types)
+    fold_of = splits.stratified_kfold(labels, cfg.num_folds, cfg.seed, groups, types)
     members = {name: [i for i, s in enumerate(split_of) if s == name]
                for name in splits.SPLIT_NAMES}
     for k, name in enumerate(splits.kfold_split_names(cfg.num_folds)):
@@ -315,21 +321,51 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             f'{self.name}: split {name!r} would be empty ({len(examples)} examples '
             f'in {max(groups) + 1} near-duplicate groups are too few for fractions '
             f'{tuple(cfg.fractions)} and {cfg.num_folds} folds)')
-    log.info('%s: %d examples (%d good, %d defective) in %d groups; %d files skipped',
-             self.name, len(examples), counts[GOOD], counts[DEFECTIVE], max(groups) + 1,
-             self.num_skipped)
+    names = [LABEL_NAMES[l] for l in labels]
+    warnings = splits.imbalance(names, fold_of, [1 / cfg.num_folds] * cfg.num_folds,
+                                splits.kfold_split_names(cfg.num_folds))
+    warnings += splits.imbalance(names, [splits.SPLIT_NAMES.index(s) for s in split_of],
+                                 cfg.fractions, splits.SPLIT_NAMES)
+    return members, warnings
+
+  def _source_line(self, sizes, num_gray: int) -> str:
+    hw = np.asarray(sizes)
+    lo, hi = hw.min(0), hw.max(0)
+    size = (f'{hi[1]}x{hi[0]}' if (lo == hi).all()
+            else f'{lo[1]}-{hi[1]} x {lo[0]}-{hi[0]}')
+    kind = 'gray' if num_gray == len(sizes) else 'RGB' if not num_gray else 'mixed'
+    return f'{len(sizes)} files, {size} {kind}'
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    root = self._root(dl_manager)
+    self.skipped = []
+    sources = self._find_sources(root)
+    kept, examples, sizes, num_gray = self._read_all(sources)
+    counts = self._check_classes(sources, examples, root)
+    groups = splits.near_duplicate_groups(
+        [ex['image'] for ex in examples], threshold=cfg.near_dup_threshold,
+        extra_pairs=self._extra_pairs(kept))
+    for ex, g in zip(examples, groups):
+      ex['group'] = np.int32(g)
+    members, warnings = self._assign(examples, groups)
+    line = cfg.preprocessing.describe(self._source_line(sizes, num_gray), num_gray,
+                                      len(sizes))
+    card = card_lib.make(
+        name=f'{self.name}/{cfg.name}', preprocessing=line, members=members,
+        source={'root': str(root), 'fingerprint': cfg.source_fingerprint,
+                'num_files': len(sources)},
+        labels=[LABEL_NAMES[ex['label']] for ex in examples],
+        defect_types=[ex['defect_type'] for ex in examples],
+        files=[ex['file_name'] for ex in examples], groups=groups,
+        skipped=self.skipped, warnings=warnings)
     md = self.info.metadata
-    md['skipped'] = self.skipped
-    md['num_skipped'] = self.num_skipped
-    md['num_examples'] = {n: int(c) for n, c in zip(LABEL_NAMES, counts)}
-    md['num_groups'] = int(max(groups) + 1)
-    md['near_dup_threshold'] = int(cfg.near_dup_threshold)
-    md['seed'] = int(cfg.seed)
-    md['num_folds'] = int(cfg.num_folds)
-    md['fractions'] = [float(f) for f in cfg.fractions]
-    md['split_counts'] = {
-        name: {n: int(sum(labels[i] == c for i in idx)) for c, n in enumerate(LABEL_NAMES)}
-        for name, idx in members.items()}
+    md.update(card=card, skipped=self.skipped, num_skipped=self.num_skipped,
+              num_examples={n: int(c) for n, c in zip(LABEL_NAMES, counts)},
+              num_groups=int(max(groups) + 1), preprocessing=cfg.preprocessing.to_dict(),
+              near_dup_threshold=int(cfg.near_dup_threshold), seed=int(cfg.seed),
+              num_folds=int(cfg.num_folds), fractions=[float(f) for f in cfg.fractions])
+    md['split_counts'] = card['classes']
     return {name: self._generate_examples([examples[i] for i in idx])
             for name, idx in members.items()}
 
@@ -392,11 +428,6 @@ def folder_classes(root: pathlib.Path) -> dict[str, tuple[int, str] | None]:
   return out
 
 
-@dataclasses.dataclass(eq=False)
-class ImageFolderConfig(FolderConfig):
-  roi: bool = True  # Search the screen (smsdd_jax.roi) or just resize.
-
-
 class ImageFolder(FolderBuilder):
   """A user's folder of class sub-folders (see the module doc)."""
 
@@ -409,17 +440,16 @@ class ImageFolder(FolderBuilder):
       'ok/, normal/, pass/, free/) for defect-free ones, any other name for '
       f'defective ones; {CLASSES_FILE} may map folder names explicitly.')
   BUILDER_CONFIGS = [
-      ImageFolderConfig(name='roi', roi=True,
-                        description='Raw camera frames: find the screen (Hough) and '
-                                    'rectify it to 110 x 230.'),
-      ImageFolderConfig(name='none', roi=False,
-                        description='Already-cropped images: plain resize to 110 x 230.'),
+      FolderConfig(name='roi', roi='hough',
+                   description='Raw camera frames: find the screen (Hough) and '
+                               'rectify it to 110 x 230.'),
+      # Near-duplicate threshold 22 was tuned on screen ROIs; on other crops it
+      # chained hundreds of images into one group, so crops use 6.
+      FolderConfig(name='none', roi='none', near_dup_threshold=6,
+                   description='Already-cropped images: the whole image to 110 x 230 '
+                               'by the aspect policy.'),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'roi'
-
-  def _extra_features(self) -> dict:
-    return {'corners': tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
-            'roi_method': tfds.features.Text()}
 
   def _find_sources(self, root: pathlib.Path) -> list[Source]:
     classes = folder_classes(root)
@@ -434,12 +464,3 @@ class ImageFolder(FolderBuilder):
         continue  # An ignored folder.
       sources.append(Source(p, rel.as_posix(), *cls))
     return sources
-
-  def _make_example(self, source: Source, data: bytes) -> dict:
-    image = decode(data, cv2.IMREAD_COLOR)
-    if self.builder_config.roi:
-      rgb, corners, method = screen_roi(image)
-    else:
-      rgb = cv2.cvtColor(resize_to(image), cv2.COLOR_BGR2RGB)
-      corners, method = whole_image_corners(image), 'none'
-    return {'image': rgb, 'corners': corners, 'roi_method': method}

@@ -30,7 +30,7 @@ Features: `image` (110, 230, 3) uint8 RGB; `label` good/defective;
 'hough' or 'contour'; `group` near-duplicate group id.
 
 Splits: `train`/`validation`/`test` (80/10/10) and `fold_0`..`fold_4`, all
-stratified by label and grouped by near-duplicates (perceptual hash of the
+stratified by label and defect type and grouped by near-duplicates (perceptual hash of the
 ROI, 22 of 127 bits: runs like `Scr_0003`..`Scr_0023` are one group), see
 `smsdd_jax.datasets.splits` and `image_folder`. Skipped files (unreadable,
 not an image, truncated, exact duplicates, no screen found) are logged and
@@ -41,9 +41,6 @@ from __future__ import annotations
 import pathlib
 import re
 
-import cv2
-import numpy as np
-import tensorflow_datasets as tfds
 
 from smsdd_jax.datasets import image_folder
 from smsdd_jax.datasets import splits
@@ -100,8 +97,6 @@ def classify(rel: pathlib.PurePath) -> tuple[int, str] | None:
 class MsdScreens(image_folder.FolderBuilder):
   """Real MSD phone-screen frames, screen-found and rectified to 110 x 230."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   DESCRIPTION = __doc__
   DEFECT_TYPES = DEFECT_TYPES
   LAYOUT_HINT = 'good/ and defective/ (or Oil/, Scr/, Sta/) folders of raw frames'
@@ -111,15 +106,11 @@ class MsdScreens(image_folder.FolderBuilder):
       'type (Oil/, Scr/, Sta/, good/). Source: github jianzhang96/MSD.')
   BUILDER_CONFIGS = [
       image_folder.FolderConfig(
-          name='default',
+          name='default', roi='hough',
           description='80/10/10 and 5 folds, seed 0, near-duplicate threshold '
                       f'{splits.NEAR_DUP_THRESHOLD} bits.'),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
-
-  def _extra_features(self) -> dict:
-    return {'corners': tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
-            'roi_method': tfds.features.Text()}
 
   def _find_sources(self, root: pathlib.Path) -> list[Source]:
     sources = []
@@ -132,9 +123,3 @@ class MsdScreens(image_folder.FolderBuilder):
         continue
       sources.append(Source(p, rel.as_posix(), *cls))
     return sources
-
-  def _make_example(self, source: Source, data: bytes) -> dict:
-    image = image_folder.decode(data, cv2.IMREAD_COLOR)
-    rgb, corners, method = image_folder.screen_roi(image)
-    return {'image': rgb, 'corners': corners, 'roi_method': method}
-

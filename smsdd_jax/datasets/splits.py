@@ -10,8 +10,9 @@ of such a run land in both train and test, the test measures memory. So:
   log-gray 64 x 32 thumbnail) differ in at most `threshold` bits are linked,
   and groups are the connected components (union-find).
 * `stratified_split` (train/validation/test) and `stratified_kfold` (fold
-  index) assign WHOLE groups, greedily, so that each split's per-class counts
-  come as close as possible to their targets. Without groups (or with
+  index) assign WHOLE groups, in a seeded random order, each greedily to the
+  split that brings per-class (and per-stratum, e.g. defect type) counts
+  closest to their targets; `imbalance` names what still misses. Without groups (or with
   singleton groups) every split holds each class exactly at its target up to
   rounding (largest remainder: |count - fraction * n_class| < 1).
 
@@ -180,16 +181,29 @@ def _group_index(n: int, groups) -> np.ndarray:
   return np.array([ids.setdefault(g, len(ids)) for g in groups], np.int64)
 
 
+def _bin_targets(cls: np.ndarray, num_classes: int, fractions: np.ndarray) -> np.ndarray:
+  """(bins, classes) target counts: fraction_b * n_class, largest remainder."""
+  per_class = np.bincount(cls, minlength=num_classes)
+  if not num_classes:
+    return np.zeros((len(fractions), 0), np.int64)
+  return np.stack([_largest_remainder(int(m), fractions) for m in per_class], 1)
+
+
 def assign_bins(labels: Sequence[Hashable], fractions: Sequence[float], *, seed: int,
-                groups: Sequence[Hashable] | None = None, salt: int = 0) -> np.ndarray:
+                groups: Sequence[Hashable] | None = None, salt: int = 0,
+                strata: Sequence[Hashable] | None = None) -> np.ndarray:
   """Bin index per item: whole groups to bins, per-class counts near targets.
 
   Targets: per class, fraction_b * n_class rounded by largest remainder.
-  Groups are visited largest first (ties in a seeded random order) and each
-  goes to the bin where it lowers the squared shortfall most, summed over
-  classes with weight 1 / n_class (so the rare class counts as much as the
-  common one); ties go to the bin furthest below its targets, then the
-  earlier bin. With singleton groups this hits every target exactly.
+  Groups are visited in a seeded random order (NOT largest first: that sent
+  every complete capture run to the first bin and left the fragments of
+  broken runs, which differ in shape, to fill the others) and each goes to
+  the bin where it lowers the squared shortfall most, summed over classes
+  with weight 1 / n_class (the rare class counts as much as the common one);
+  `strata` (e.g. defect types) are balanced the same way at a fifth of
+  their class's weight. Ties go to the bin furthest below its targets, then the earlier
+  bin. Then groups move or swap between bins while that lowers the cost
+  (`_improve`). With singleton groups every class hits its targets exactly.
   """
   fractions = np.asarray(fractions, np.float64)
   if fractions.ndim != 1 or len(fractions) < 1 or np.any(fractions < 0) or \
@@ -199,35 +213,126 @@ def assign_bins(labels: Sequence[Hashable], fractions: Sequence[float], *, seed:
   n = len(cls)
   grp = _group_index(n, groups)
   num_groups = int(grp.max()) + 1 if n else 0
-  per_class = np.bincount(cls, minlength=num_classes)
-  targets = np.stack([_largest_remainder(int(m), fractions) for m in per_class], 1) \
-      if num_classes else np.zeros((len(fractions), 0), np.int64)  # (bins, classes)
-  weight = 1.0 / np.maximum(per_class, 1)
-  gcount = np.zeros((num_groups, num_classes), np.int64)
+  sub, num_sub = _class_index(strata) if strata is not None else (np.zeros(n, np.int64), 0)
+  if strata is not None and len(sub) != n:
+    raise ValueError(f'strata has {len(sub)} entries for {n} labels')
+  # Columns: classes, then strata; each with its target and weight.
+  targets = np.concatenate([_bin_targets(cls, num_classes, fractions),
+                            _bin_targets(sub, num_sub, fractions)], 1)
+  counts = np.concatenate([np.bincount(cls, minlength=num_classes),
+                           np.bincount(sub, minlength=num_sub)[:num_sub]]).astype(np.float64)
+  # A stratum's term weighs a fifth of its class's: classes first, then types.
+  class_of_sub = np.zeros(num_sub, np.int64)
+  if num_sub:
+    class_of_sub[sub] = cls
+  weight = np.concatenate([1.0 / np.maximum(counts[:num_classes], 1),
+                           0.2 / np.maximum(counts[:num_classes][class_of_sub], 1)])
+  gcount = np.zeros((num_groups, num_classes + num_sub), np.int64)
   np.add.at(gcount, (grp, cls), 1)
+  if num_sub:
+    np.add.at(gcount, (grp, num_classes + sub), 1)
   rng = np.random.default_rng([int(seed), 0x5B17, int(salt)])
-  order = rng.permutation(num_groups)
-  order = order[np.argsort(-gcount[order].sum(1), kind='stable')]
+  live = fractions > 0
+  # A few random orders (fewer for many groups), the best kept: with groups
+  # of several items one order can end where no single move or swap helps.
+  best = None
+  for _ in range(max(1, min(8, 2000 // max(num_groups, 1)))):
+    bins, assigned = _greedy(rng.permutation(num_groups), gcount, targets, weight, live)
+    _improve(bins, assigned, gcount, targets, weight, live, rng)
+    cost = float(((assigned - targets) ** 2 * weight).sum())
+    if best is None or cost < best[0] - 1e-12:
+      best = (cost, bins)
+  bin_of_group = best[1]
+  return bin_of_group[grp]
+
+
+def _greedy(order, gcount, targets, weight, live):
+  """Each group in `order` to the bin where it lowers the cost most."""
   assigned = np.zeros_like(targets)
-  bin_of_group = np.zeros(num_groups, np.int64)
+  bin_of_group = np.zeros(len(gcount), np.int64)
   for g in order:
     before = ((assigned - targets) ** 2 * weight).sum(1)
     after = ((assigned + gcount[g] - targets) ** 2 * weight).sum(1)
     gain = after - before  # Lower is better.
     shortfall = ((targets - assigned) * weight).sum(1)
-    live = fractions > 0
     keys = [(not live[b], round(float(gain[b]), 12), -float(shortfall[b]), b)
-            for b in range(len(fractions))]
+            for b in range(len(live))]
     b = min(keys)[3]
     bin_of_group[g] = b
     assigned[b] += gcount[g]
-  return bin_of_group[grp]
+  return bin_of_group, assigned
+
+
+def _improve(bin_of_group, assigned, gcount, targets, weight, live, rng,
+             max_passes: int = 20, swap_candidates: int = 64) -> None:
+  """Moves a group to another bin, or swaps two groups of different bins,
+  while that lowers the weighted squared shortfall (in place). A group
+  placed late in the random order can leave a bin far off (one 28-frame run
+  among 143 frames did); moves fix that without reordering by size, which
+  would bring back the size bias. Swaps are tried with a seeded sample of
+  `swap_candidates` groups, so a pass stays linear in the number of groups."""
+  row_cost = lambda row, b: float(((row - targets[b]) ** 2 * weight[None]).sum())
+  num_bins, num_groups = len(assigned), len(bin_of_group)
+  for _ in range(max_passes):
+    moved = False
+    for g in rng.permutation(num_groups):
+      a = int(bin_of_group[g])
+      base_a = row_cost(assigned[a], a)
+      best, choice = -1e-12, None
+      for b in range(num_bins):  # Single moves.
+        if b != a and live[b]:
+          d = (row_cost(assigned[a] - gcount[g], a) + row_cost(assigned[b] + gcount[g], b)
+               - base_a - row_cost(assigned[b], b))
+          if d < best:
+            best, choice = d, (b, None)
+      for h in rng.choice(num_groups, min(swap_candidates, num_groups), replace=False):
+        b = int(bin_of_group[h])
+        if b == a:
+          continue
+        diff = gcount[g] - gcount[h]
+        d = (row_cost(assigned[a] - diff, a) + row_cost(assigned[b] + diff, b)
+             - base_a - row_cost(assigned[b], b))
+        if d < best:
+          best, choice = d, (b, h)
+      if choice is None:
+        continue
+      b, h = choice
+      if h is None:
+        assigned[a] -= gcount[g]
+        assigned[b] += gcount[g]
+      else:
+        assigned[a] += gcount[h] - gcount[g]
+        assigned[b] += gcount[g] - gcount[h]
+        bin_of_group[h] = a
+      bin_of_group[g] = b
+      moved = True
+    if not moved:
+      return
+
+
+def imbalance(labels: Sequence[Hashable], bins: Sequence[int],
+              fractions: Sequence[float], bin_names: Sequence[str] | None = None
+              ) -> list[str]:
+  """Lines naming each (bin, class) whose count misses its target by more
+  than max(2, 10%); [] when every bin is balanced."""
+  cls, num_classes = _class_index(labels)
+  names = {k: l for l, k in zip(labels, cls)}
+  fractions = np.asarray(fractions, np.float64)
+  targets = _bin_targets(cls, num_classes, fractions)
+  got = np.zeros_like(targets)
+  np.add.at(got, (np.asarray(bins, np.int64), cls), 1)
+  out = []
+  for b, c in zip(*np.nonzero(np.abs(got - targets) > np.maximum(2, 0.1 * targets))):
+    name = bin_names[b] if bin_names else f'bin {b}'
+    out.append(f'{name}: {got[b, c]} of class {names[c]!r}, target {targets[b, c]}')
+  return out
 
 
 def stratified_split(labels: Sequence[Hashable],
                      fractions: Sequence[float] = DEFAULT_FRACTIONS,
                      seed: int = 0,
-                     groups: Sequence[Hashable] | None = None) -> list[str]:
+                     groups: Sequence[Hashable] | None = None,
+                     strata: Sequence[Hashable] | None = None) -> list[str]:
   """'train' / 'validation' / 'test' per item, stratified by label.
 
   Deterministic in (labels, fractions, seed, groups). With `groups`, all
@@ -236,16 +341,18 @@ def stratified_split(labels: Sequence[Hashable],
   if len(fractions) != len(SPLIT_NAMES):
     raise ValueError(f'fractions must have {len(SPLIT_NAMES)} entries (train, '
                      f'validation, test), got {fractions}')
-  bins = assign_bins(labels, fractions, seed=seed, groups=groups, salt=1)
+  bins = assign_bins(labels, fractions, seed=seed, groups=groups, salt=1, strata=strata)
   return [SPLIT_NAMES[int(b)] for b in bins]
 
 
 def stratified_kfold(labels: Sequence[Hashable], k: int, seed: int = 0,
-                     groups: Sequence[Hashable] | None = None) -> list[int]:
+                     groups: Sequence[Hashable] | None = None,
+                     strata: Sequence[Hashable] | None = None) -> list[int]:
   """Fold index 0 .. k-1 per item, stratified by label, groups kept whole."""
   if int(k) < 2:
     raise ValueError(f'k must be >= 2, got {k}')
-  bins = assign_bins(labels, [1.0 / k] * int(k), seed=seed, groups=groups, salt=2)
+  bins = assign_bins(labels, [1.0 / k] * int(k), seed=seed, groups=groups, salt=2,
+                     strata=strata)
   return [int(b) for b in bins]
 
 

@@ -39,6 +39,8 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from smsdd_jax import preprocess
+
 log = logging.getLogger(__name__)
 
 DEFECT_TYPES = ('none', 'scratch', 'spot', 'stain', 'oil')
@@ -46,7 +48,7 @@ DEFECT_KINDS = DEFECT_TYPES[1:]
 LABEL_NAMES = ('good', 'defective')
 PHONES = ('black', 'white')
 SPLIT_NAMES = ('train', 'validation', 'test')
-ROI_SIZE = (110, 230)  # (height, width), as the paper.
+ROI_SIZE = preprocess.ROI_SIZE
 
 _NOISE_PAD = 32  # Noise banks are this much larger than a frame (random crops).
 _LOWRES = 8  # Smooth fields (mat, shading, lighting) are drawn at 1/8 size.
@@ -669,6 +671,7 @@ class SyntheticScreens(tfds.core.GeneratorBasedBuilder):
           num_frames=160, num_defective=40, frame_size=(540, 960), seed=0),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
+  QUICK_CONFIG_NAME = 'small'  # What configs/*.py:quick builds.
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
@@ -705,27 +708,27 @@ class SyntheticScreens(tfds.core.GeneratorBasedBuilder):
     splits = stratified_split([int(d) for _, d, _ in plan], seed=cfg.seed)
     self.skipped = {}
     self.info.metadata['skipped'] = {}
+    self.info.metadata['preprocessing'] = preprocess.Spec(roi='hough').to_dict()
     return {name: self._generate_examples(
         [p for p, s in zip(plan, splits) if s == name], name) for name in SPLIT_NAMES}
 
   def _generate_examples(self, items, split):
-    from smsdd_jax import roi  # pylint: disable=import-outside-toplevel
     cfg = self.builder_config
+    spec = preprocess.Spec(roi='hough')
     skipped = self.skipped.setdefault(split, [])
     self.info.metadata['skipped'][split] = skipped
     for index, defective, dtype in items:
       frame = render_frame(index, seed=cfg.seed, frame_size=cfg.frame_size,
                            defective=defective, defect_type=dtype if defective else None)
-      try:
-        found = np.asarray(roi.find_screen(frame.image), np.float32).reshape(4, 2)
-      except roi.ScreenNotFoundError as e:
+      try:  # The same path as every builder and predict.
+        rgb, found, _ = preprocess.to_model_input(frame.image, spec)
+      except preprocess.BadImage as e:
         log.warning('synthetic_screens/%s: frame %d skipped (%s split): %s',
                     cfg.name, index, split, e)
         skipped.append([int(index), str(e)])
         continue
-      roi_bgr = roi.rectify(frame.image, found, size=ROI_SIZE)
       yield int(index), {
-          'image': cv2.cvtColor(roi_bgr, cv2.COLOR_BGR2RGB),
+          'image': rgb,
           'label': frame.label,
           'defect_type': frame.defect_type,
           'corners_true': frame.corners.astype(np.float32),

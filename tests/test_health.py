@@ -1,0 +1,160 @@
+"""Dead or collapsed models: the detector on hand-made numbers, then a real
+tiny run driven to collapse by a huge learning rate."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from smsdd_jax import health
+from smsdd_jax import metric_writers
+from smsdd_jax import train
+
+
+def val_row(step, spread=0.3, frac=0.4, zero=0.0, auroc=0.8):
+  return {'step': step, 'val/prob_spread': spread, 'val/predicted_defective_fraction': frac,
+          'val/zero_embedding_fraction': zero, 'val/auroc': auroc}
+
+
+def train_row(step, grads, loss=0.69):
+  return {'step': step, 'train/l2_grads': grads, 'train/loss': loss}
+
+
+def kinds(records, final=None, step=None):
+  return {f.kind: (f.severity, f.since) for f in health.findings(records)} | (
+      {f.kind: (f.severity, f.since) for f in health.final_findings(final, step)}
+      if final else {})
+
+
+def test_eval_stats_of_crafted_outputs():
+  emb = np.array([[0.0, 0.0], [0.0, 0.2], [0.0, 0.0], [1.0, 0.0]])
+  s = health.eval_stats([0.2, 0.7, 0.5, 0.1], emb, threshold=0.5)
+  assert s['prob_spread'] == pytest.approx(0.6)
+  assert s['predicted_defective_fraction'] == 0.5  # .7 and .5 (>= threshold).
+  assert s['zero_embedding_fraction'] == 0.5
+  constant = health.eval_stats(np.full(8, 0.31), np.zeros((8, 4)))
+  assert constant == {'prob_spread': 0.0, 'predicted_defective_fraction': 0.0,
+                      'zero_embedding_fraction': 1.0}
+
+
+def test_a_healthy_history_is_ok():
+  records = [train_row(s, g) for s, g in ((1, 1.0), (5, 2.0), (10, 0.5), (15, 0.3))]
+  records += [val_row(8, auroc=0.61), val_row(16, frac=0.0, auroc=0.7), val_row(24, auroc=0.9)]
+  assert health.diagnose(records) == {'status': 'ok', 'reasons': []}
+
+
+def test_constant_predictions_are_collapse_since_the_step_they_began():
+  # Constant at 8, recovered at 16, constant again from 24 on: "since 24".
+  records = [val_row(8, spread=0.0), val_row(16), val_row(24, spread=0.0, auroc=0.5),
+             val_row(32, spread=2e-7, auroc=0.5)]
+  report = health.diagnose(records)
+  assert report['status'] == 'collapsed'
+  assert any('constant predictions on val' in r and 'since step 24' in r
+             for r in report['reasons']), report
+  assert health.diagnose(records[:2])['status'] == 'ok'  # Recovered: nothing now.
+
+
+@pytest.mark.parametrize('flat,status', [(1, 'ok'), (2, 'suspect'), (3, 'collapsed'),
+                                         (5, 'collapsed')])
+def test_flat_auroc_across_evaluations(flat, status):
+  # A spread above the floor: only the flat AUROC can tell.
+  records = [val_row(8, auroc=0.5), val_row(16, auroc=0.75)]
+  records += [val_row(24 + 8 * i, auroc=0.5 + 0.004 * (-1) ** i) for i in range(flat)]
+  report = health.diagnose(records)
+  assert report['status'] == status
+  if flat >= 2:
+    assert kinds(records)['flat_auroc'] == (status, 24)
+
+
+def test_all_zero_features_are_dead_relus():
+  assert kinds([val_row(8), val_row(16, zero=1.0), val_row(24, zero=1.0)])[
+      'zero_features'] == ('collapsed', 16)
+  assert kinds([val_row(8, zero=0.6)])['zero_features'] == ('suspect', 8)
+  assert 'zero_features' not in kinds([val_row(8, zero=0.4)])
+
+
+def test_every_image_one_class_in_evaluations_in_a_row_is_suspect():
+  records = [val_row(8), val_row(16, frac=1.0), val_row(24, frac=1.0)]
+  assert kinds(records)['one_class'] == ('suspect', 16)
+  assert 'one_class' not in kinds(records[:2])  # Once is an early epoch.
+
+
+def test_vanishing_gradients_relative_to_early_ones():
+  grads = [1.0, 3.0, 2.0, 0.5, 2e-4, 1e-5, 2e-5, 1e-6]  # Floor: 1e-4 x 3.0.
+  records = [train_row(5 * (i + 1), g) for i, g in enumerate(grads)]
+  assert kinds(records)['vanishing_gradients'] == ('suspect', 25)
+  report = health.diagnose(records)
+  assert report['status'] == 'suspect' and 'since step 25' in report['reasons'][0]
+  # Two tiny points are not yet a trend.
+  assert 'vanishing_gradients' not in kinds(records[:-2])
+  # A fitted batch: the gradients vanish because the loss did.
+  fitted = [train_row(r['step'], r['train/l2_grads'], loss=1e-3 if i >= 4 else 0.7)
+            for i, r in enumerate(records)]
+  assert 'vanishing_gradients' not in kinds(fitted)
+
+
+def test_vanishing_gradients_below_the_absolute_floor_from_the_start():
+  records = [train_row(s, 1e-12) for s in (1, 2, 3)]
+  assert kinds(records)['vanishing_gradients'] == ('suspect', 1)
+
+
+def test_the_evaluated_checkpoint_is_checked_too():
+  const = health.eval_stats(np.full(16, 0.9), np.ones((16, 3)))
+  fine = health.eval_stats(np.linspace(0, 1, 16), np.ones((16, 3)))
+  one_class = health.eval_stats(np.linspace(0.1, 0.4, 16), np.ones((16, 3)), 0.5)
+  report = health.diagnose([val_row(8)], {'val': fine, 'test': const}, step=8)
+  assert report['status'] == 'collapsed'
+  assert report['reasons'] == ['collapsed: constant predictions on test (probability '
+                               'spread 0.0e+00 < 1e-06) at the evaluated checkpoint '
+                               '(step 8)']
+  report = health.diagnose([val_row(8)], {'val': fine, 'test': one_class}, step=8)
+  assert report['status'] == 'suspect' and 'every test image predicted good' in \
+      report['reasons'][0]
+  assert health.diagnose([val_row(8)], {'val': fine, 'test': fine}, 8)['status'] == 'ok'
+
+
+def test_the_monitor_warns_when_a_condition_sets_in_not_at_every_step():
+  monitor = health.Monitor([val_row(8)])
+  assert monitor.observe(16, val_row(16, spread=0.0)) != []
+  assert monitor.observe(24, val_row(24, spread=0.0)) == []  # Still the same onset.
+  assert monitor.observe(32, val_row(32)) == []  # Recovered.
+  again = monitor.observe(40, val_row(40, spread=0.0))
+  assert [(f.kind, f.since) for f in again] == [('constant_predictions', 40)]
+
+
+# ------------------------------------------------------------------ a real collapse
+
+
+def test_a_run_driven_to_collapse_says_so(quick_config, tmp_path, caplog):
+  """lr 1000 (clipped to global norm 10, so the loss stays finite): one step
+  saturates the softmax, a couple more kill every ReLU of the tower."""
+  config = quick_config
+  config.batch_size = 32  # 2 steps an epoch: 3 evaluations in 6 steps.
+  config.num_epochs = 3
+  config.log_every_steps = 1
+  config.optimizer.learning_rate = 1000.0
+  workdir = tmp_path / 'collapsed'
+  with caplog.at_level(logging.INFO, logger='smsdd_jax'):
+    result = train.train_and_evaluate(config, str(workdir))
+  ev = json.loads((workdir / 'eval.json').read_text())
+  assert ev['health']['status'] == 'collapsed', ev['health']
+  assert set(ev['health']) == {'status', 'reasons'}
+  reasons = ' | '.join(ev['health']['reasons'])
+  assert 'constant predictions on val' in reasons and 'since step 2' in reasons, reasons
+  assert 'val AUROC flat at 0.5' in reasons and 'embeddings all zero' in reasons, reasons
+  assert result['health'] == ev['health']
+  # Said in the log as it happened, naming the step, and in the final summary.
+  log = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith('WARNING health: collapsed: constant predictions on val')
+             and m.endswith('since step 2') for m in log), log
+  assert any(m.startswith('WARNING health: the run is COLLAPSED') for m in log), log
+  # Nothing flagged defective: precision is null with its reason, never NaN.
+  assert ev['test']['precision'] is None
+  assert ev['undefined']['test/precision'] == 'no image predicted defective'
+  assert any('test/precision=null (no image predicted defective)' in m for m in log)
+  assert not any('=nan' in m for m in log)
+  text = (workdir / 'metrics.jsonl').read_text()
+  assert 'NaN' not in text and 'Infinity' not in text
+  test_row = [r for r in metric_writers.read_metrics(str(workdir)) if 'test/precision' in r]
+  assert test_row[0]['test/precision'] is None
+  assert test_row[0]['undefined']['test/precision'] == 'no image predicted defective'

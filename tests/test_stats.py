@@ -1,0 +1,101 @@
+"""smsdd_jax.stats against answers computed by hand or by enumeration."""
+import itertools
+
+import numpy as np
+import pytest
+
+from smsdd_jax import stats
+
+
+def _units(values):
+  return {(0, fold): v for fold, v in enumerate(values)}
+
+
+def _enumerated_p(diffs):
+  """Two-sided signed-rank p by listing all 2^n sign patterns of the ranks."""
+  d = np.asarray([x for x in diffs if x != 0], float)
+  a = np.abs(d)
+  ranks = np.array([np.mean([1 + j for j, y in enumerate(sorted(a)) if y == x]) for x in a])
+  w = ranks[d > 0].sum()
+  sums = [sum(r for r, s in zip(ranks, signs) if s)
+          for signs in itertools.product((0, 1), repeat=len(d))]
+  low = np.mean([s <= w + 1e-9 for s in sums])
+  high = np.mean([s >= w - 1e-9 for s in sums])
+  return min(1.0, 2 * min(low, high))
+
+
+def test_identical_inputs_differ_by_zero_and_are_not_distinguishable():
+  a = _units([0.81, 0.92, 0.47, 0.84, 0.78])
+  r = stats.compare(a, dict(a))
+  assert r['n'] == 5 and r['mean'] == 0.0
+  assert (r['ci_low'], r['ci_high']) == (0.0, 0.0)
+  assert r['p'] == 1.0 and r['verdict'] == 'not distinguishable'
+
+
+@pytest.mark.parametrize('shift,word', [(0.05, 'better'), (-0.25, 'worse')])
+def test_a_constant_shift_has_the_shift_as_its_interval(shift, word):
+  base = _units([0.6, 0.7, 0.8, 0.9])
+  r = stats.compare({u: v + shift for u, v in base.items()}, base)
+  assert r['mean'] == pytest.approx(shift)
+  assert r['ci_low'] == pytest.approx(shift) and r['ci_high'] == pytest.approx(shift)
+  assert r['verdict'] == word
+  # Four positive (or negative) differences, all ranks on one side: p = 2 / 2^4.
+  assert r['p'] == pytest.approx(2 / 16)
+
+
+def test_too_few_pairs_are_never_distinguishable():
+  base = _units([0.6, 0.7])
+  r = stats.compare({u: v + 0.2 for u, v in base.items()}, base)
+  assert r['ci_low'] == pytest.approx(0.2) and r['verdict'] == 'not distinguishable'
+  assert stats.compare({u: v + 0.2 for u, v in base.items()}, base,
+                       min_pairs=2)['verdict'] == 'better'
+
+
+def test_lower_is_better_flips_the_verdict():
+  assert stats.verdict(0.1, 0.2, higher_is_better=False) == 'worse'
+  assert stats.verdict(-0.2, -0.1, higher_is_better=False) == 'better'
+  assert stats.verdict(-0.1, 0.2) == 'not distinguishable'
+  assert stats.verdict(float('nan'), float('nan')) == 'not distinguishable'
+
+
+def test_signed_rank_exact_p_by_hand():
+  # d = 1, 2, 3, -4, 5: W+ = 1 + 2 + 3 + 5 = 11 of 15; P(W+ >= 11) = 7/32 (the
+  # sign patterns whose negative ranks sum to <= 4: {}, {1}, {2}, {3}, {4},
+  # {1,2}, {1,3}).
+  assert stats.signed_rank_p([1, 2, 3, -4, 5]) == pytest.approx(2 * 7 / 32)
+  assert stats.signed_rank_p([1, 2, 3, 4, 5]) == pytest.approx(2 / 32)
+  assert stats.signed_rank_p([0.0, 0.0]) == 1.0
+
+
+@pytest.mark.parametrize('diffs', [
+    [0.3, -0.1, 0.2, 0.25, 0.05, -0.02, 0.4],
+    [0.1, 0.1, -0.1, 0.2, 0.0, 0.3],          # Ties and a zero.
+    [0.8 - 0.7, 0.9 - 0.8, -0.05, 0.2],        # Ties only after rounding.
+    [-0.5, -0.4, -0.3, 0.1, -0.2, -0.6, 0.05, -0.7, -0.8]])
+def test_signed_rank_matches_enumeration(diffs):
+  rounded = np.round(diffs, 12)
+  assert stats.signed_rank_p(diffs) == pytest.approx(_enumerated_p(rounded))
+
+
+def test_signed_rank_matches_scipy_where_it_is_installed():
+  scipy_stats = pytest.importorskip('scipy.stats')
+  d = np.random.default_rng(0).normal(0.1, 0.3, 12)
+  expected = scipy_stats.wilcoxon(d, method='exact').pvalue
+  assert stats.signed_rank_p(d) == pytest.approx(expected)
+
+
+def test_pairs_only_common_finite_units():
+  a = {(0, 0): 0.9, (0, 1): 0.8, (0, 2): float('nan'), (1, 0): 0.7}
+  b = {(0, 0): 0.5, (0, 1): 0.6, (0, 2): 0.5}
+  units, d = stats.paired_differences(a, b)
+  assert units == [(0, 0), (0, 1)]
+  np.testing.assert_allclose(d, [0.4, 0.2])
+  r = stats.compare({}, b)
+  assert r['n'] == 0 and np.isnan(r['mean']) and r['verdict'] == 'not distinguishable'
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+  d = np.array([0.1, -0.05, 0.2, 0.15, 0.0, 0.3])
+  lo, hi = stats.bootstrap_ci(d)
+  assert (lo, hi) == stats.bootstrap_ci(d)
+  assert d.min() <= lo < d.mean() < hi <= d.max()
