@@ -353,7 +353,7 @@ class Run:
                                                           config.batch_size)
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.stats = _data_stats(self.builder, config, workdir)
-    _save_preprocessing(self.builder, workdir)
+    _save_preprocessing(self.builder, config.data, workdir)
     mesh = make_mesh()
     self.data_sharding = NamedSharding(mesh, P('data'))
     self.replicated = NamedSharding(mesh, P())
@@ -402,7 +402,7 @@ def _check_eval_splits(builder, splits: dict, eval_config) -> None:
     logging.warning('%s: recall, escape rate, AUROC etc. will be undefined (null)', what)
 
 
-def _save_preprocessing(builder, workdir: str) -> None:
+def _save_preprocessing(builder, data_config, workdir: str) -> None:
   """preprocessing.json: how the build turned files into inputs (what
   predict must do to a new file), and which build it was."""
   md = builder.info.metadata or {}
@@ -411,7 +411,8 @@ def _save_preprocessing(builder, workdir: str) -> None:
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, 'preprocessing.json'), {
         **spec, 'dataset': f'{builder.name}/{builder.builder_config.name}',
-        'version': str(builder.version), 'source': card.get('source', {})})
+        'version': str(builder.version), 'manual_dir': data_config.manual_dir,
+        'source_fingerprint': card.get('source', {}).get('fingerprint', '')})
 
 
 def _data_stats(builder, config, workdir: str) -> dict:
