@@ -58,7 +58,9 @@ def get_config(arg=None):
   config.model.embedding = 'flatten_l2'  # 'flatten' | 'flatten_l2' | 'gap' | 'gap_l2'
   config.model.num_classes = 2  # 0 good, 1 defective.
   config.model.dtype = 'float32'  # Compute dtype; params stay float32.
-  config.model.conv_impl = 'custom'  # 'xla' (lax) | 'custom': conv.py's 3x3 conv + 2x2 pool backward.
+  # 'auto' (custom on CPU, xla on GPU/TPU: models.resolve_conv_impl) | 'xla'
+  # (lax) | 'custom' (conv.py's 3x3 conv + 2x2 pool backward).
+  config.model.conv_impl = 'auto'
   config.model.init = ''  # '' = from scratch (the paper); else local VGG16 weights .pth/.safetensors/.h5.
 
   config.loss = ml_collections.ConfigDict()

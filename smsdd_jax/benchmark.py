@@ -61,15 +61,15 @@ def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
-  from smsdd_jax import models, train  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import models, step as step_lib  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   config.model.width_mult, config.model.dtype = width_mult, dtype
   if conv_impl:
     config.model.conv_impl = conv_impl
   model = models.create(config.model)
-  tx = train.make_optimizer(config.optimizer)
-  state = [train.create_train_state(config, model, tx)]
-  step = train.make_train_step(model, tx, config.loss)
+  tx = step_lib.make_optimizer(config.optimizer)
+  state = [step_lib.create_train_state(config, model, tx)]
+  step = step_lib.make_train_step(model, tx, config.loss)
   rng = np.random.default_rng(0)
   h, w = config.data.image_size
   labels = rng.integers(0, 2, (2, pairs)).astype(np.int32)
@@ -85,10 +85,31 @@ def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
 
   median = _median_time(run, steps)
   gflop = train_gflop_per_pair((h, w), width_mult) * pairs
-  return {'impl': 'jax', 'pairs': pairs, 'step_s': round(median, 4),
-          'pairs_per_s': round(pairs / median, 3),
-          'gflop_per_s': round(gflop / median, 1), 'dtype': dtype,
-          'conv_impl': config.model.conv_impl}
+  out = {'impl': 'jax', 'pairs': pairs, 'step_s': round(median, 4),
+         'pairs_per_s': round(pairs / median, 3),
+         'gflop_per_s': round(gflop / median, 1), 'dtype': dtype,
+         'conv_impl': models.resolve_conv_impl(config.model.conv_impl)}
+  peak = peak_tflops(jax.devices()[0], dtype)
+  if peak:  # Model-FLOP utilisation: the convolutions' FLOPs over the chip's peak.
+    out['mfu'] = round(gflop / median / 1e3 / peak, 4)
+    out['peak_tflops'] = peak
+  return out
+
+
+# Dense peaks (TFLOP/s) from the vendors' datasheets, by device kind and
+# compute dtype; float32 on these GPUs runs XLA's convolutions as TF32.
+PEAK_TFLOPS = {('H100', 'bfloat16'): 989.0, ('H100', 'float32'): 494.5,
+               ('H200', 'bfloat16'): 989.0, ('H200', 'float32'): 494.5,
+               ('A100', 'bfloat16'): 312.0, ('A100', 'float32'): 156.0}
+
+
+def peak_tflops(device, dtype: str) -> float | None:
+  """The chip's dense peak for `dtype`, or None where not listed (CPUs)."""
+  kind = getattr(device, 'device_kind', '')
+  for (name, dt), peak in PEAK_TFLOPS.items():
+    if name in kind and dt == dtype:
+      return peak
+  return None
 
 
 def bench_torch(script: str, pairs: int, steps: int, width_mult: float) -> dict:
@@ -214,13 +235,16 @@ def main(argv=None) -> None:
   if args.cores:  # Before JAX starts its thread pools.
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
   parts = set(args.only.split(','))
-  summary = {'cores': len(os.sched_getaffinity(0)), 'width_mult': args.width_mult}
+  import jax  # pylint: disable=import-outside-toplevel
+  summary = {'cores': len(os.sched_getaffinity(0)), 'width_mult': args.width_mult,
+             'platform': jax.default_backend(), 'device': jax.devices()[0].device_kind}
   if 'train' in parts:
     for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
       r = bench_train_step(pairs, args.steps, args.width_mult, args.dtype,
                            args.conv_impl)
       line = f'jax   train step, {pairs} pairs: {r["pairs_per_s"]} pairs/s ' \
-             f'({r["step_s"]} s/step, {r["gflop_per_s"]} GFLOP/s)'
+             f'({r["step_s"]} s/step, {r["gflop_per_s"]} GFLOP/s' + \
+             (f', MFU {r["mfu"]:.1%})' if 'mfu' in r else ')')
       if args.compare_torch:
         t = bench_torch(args.compare_torch, pairs, args.steps, args.width_mult)
         r['torch_pairs_per_s'] = t['pairs_per_s']

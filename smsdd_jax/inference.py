@@ -253,7 +253,7 @@ class Predictor:
     self.run = resolve_run(workdir, step)
     # pylint: disable=import-outside-toplevel
     import ml_collections
-    from smsdd_jax import checkpointing, models, train
+    from smsdd_jax import checkpointing, models, step
     self.config = run_config(self.run.config)
     self.model = models.create(self.config.model)
     self.image_size = tuple(int(v) for v in self.config.data.image_size)
@@ -266,8 +266,8 @@ class Predictor:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        jax.eval_shape(lambda: train.create_train_state(
-            self.config, self.model, train.make_optimizer(self.config.optimizer))))
+        jax.eval_shape(lambda: step.create_train_state(
+            self.config, self.model, step.make_optimizer(self.config.optimizer))))
     ckpt = checkpointing.Checkpointer(self.run.checkpoint_dir, max_to_keep=1)
     try:
       state = ckpt.restore(target, self.run.step)

@@ -29,15 +29,12 @@ import sys
 import threading
 import time
 from importlib import metadata
-from typing import Any, Iterator
+from typing import Iterator
 
 import logging
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -49,6 +46,8 @@ from smsdd_jax import metric_writers
 from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import models
 from smsdd_jax import pretrained
+from smsdd_jax.step import (RetraceError, TrainState, create_train_state, eval_step,  # noqa: F401
+                            make_optimizer, make_train_step, train_step)
 
 
 # The package's own logger: main.py shows it at INFO while third-party absl
@@ -58,15 +57,6 @@ logging = logging.getLogger('smsdd_jax')
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  model_state: Any  # BatchNorm statistics ({} without batch norm).
-  opt_state: Any
-  rng: jax.Array  # Raw uint32 key data, so checkpoints hold a plain array.
 
 
 # ------------------------------------------------------------------ set-up
@@ -98,105 +88,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f'{n} devices of the data mesh')
 
 
-def make_optimizer(opt_config) -> optax.GradientTransformation:
-  """SGD with constant learning rate (the paper), optional global-norm clip."""
-  sgd = optax.sgd(opt_config.learning_rate, momentum=opt_config.momentum or None,
-                  nesterov=opt_config.nesterov)
-  if opt_config.grad_clip_norm:
-    return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), sgd)
-  return sgd
-
-
-def create_train_state(config, model, tx) -> TrainState:
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  params, model_state = models.init(model, init_rng, (*config.data.image_size, 3))
-  # Not under jax.eval_shape (inference's restore target): a checkpoint
-  # overwrites the values there, and the weights file need not exist.
-  if config.model.init and not isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):
-    params, model_state = jax.tree.map(
-        jnp.asarray, pretrained.load(config.model, params, model_state))
-  return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                    model_state=model_state, opt_state=tx.init(params),
-                    rng=state_rng)
-
-
 def make_mesh() -> Mesh:
   """A 1-D mesh over all devices; batches are split along its 'data' axis."""
   return jax.make_mesh((jax.device_count(),), ('data',))
-
-
-# ------------------------------------------------------------------ the step
-
-
-def train_step(state: TrainState, batch: dict, *, model, tx, loss_config):
-  """One SGD step on a batch of pairs. Pure; jitted by `make_train_step`."""
-  rng = jax.random.fold_in(state.rng, state.step)
-  labels = jnp.concatenate([batch['label_a'], batch['label_b']])
-
-  def loss_fn(params):
-    logits, out = models.siamese_forward(
-        params, batch['image_a'], batch['image_b'], model=model,
-        model_state=state.model_state, train=True)
-    ctx = {'logits': logits, 'labels': labels, 'emb_a': out['emb_a'],
-           'emb_b': out['emb_b'], 'same': batch['same'], 'rng': rng}
-    loss, terms = losses.combined_loss(ctx, loss_config)
-    return loss, (terms, logits, out)
-
-  (loss, (terms, logits, out)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, **terms,
-             'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
-             'l2_grads': optax.tree.norm(grads),
-             'l2_params': optax.tree.norm(params),
-             **_pair_distances(out['emb_a'], out['emb_b'], batch['same'])}
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            model_state=out['model_state'])
-  return new_state, metrics
-
-
-def _pair_distances(emb_a, emb_b, same) -> dict:
-  """Mean embedding distance of same- and different-class pairs (shows
-  whether the margin is on the embedding's scale)."""
-  d = losses.pairwise_distance(emb_a, emb_b)
-  return {'distance_same': jnp.sum(d * same) / jnp.maximum(jnp.sum(same), 1.0),
-          'distance_different': jnp.sum(d * (1 - same)) /
-                                jnp.maximum(jnp.sum(1 - same), 1.0)}
-
-
-class RetraceError(RuntimeError):
-  """The train step was traced (so compiled) more than once."""
-
-
-def make_train_step(model, tx, loss_config, *, max_traces: int = 1):
-  """The jitted step. It donates the state and must compile exactly once: a
-  changed shape, dtype or weak type that forces a retrace (and a multi-second
-  recompile, silently, every time) raises RetraceError instead."""
-  traces = 0
-
-  def step(state, batch):
-    nonlocal traces
-    traces += 1  # Runs only while tracing, never per executed step.
-    if traces > max_traces:
-      raise RetraceError(
-          f'train step traced {traces} times (max {max_traces}): the inputs '
-          f'changed shape or dtype; batch shapes: '
-          f'{jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), batch)}')
-    return train_step(state, batch, model=model, tx=tx, loss_config=loss_config)
-
-  return jax.jit(step, donate_argnums=0)
-
-
-def eval_step(params, model_state, batch, *, model):
-  """Per-example defect probability, cross-entropy and embedding (padding
-  included)."""
-  logits, out = models.forward(params, batch['image'], model=model,
-                               model_state=model_state, train=False)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  return {'prob_defective': jax.nn.softmax(logits)[:, 1], 'cross_entropy': ce,
-          'embedding': out['embedding']}
 
 
 # ------------------------------------------------------------------ evaluation

@@ -83,3 +83,14 @@ def test_too_small_image_and_bad_fields_are_refused():
   cfg.embedding = 'pooled'
   with pytest.raises(ValueError, match='config.model.embedding'):
     models.create(cfg)
+
+
+def test_conv_impl_auto_per_platform():
+  # Measured: the custom backward wins on CPU; on GPU/TPU cuDNN/XLA's own do.
+  assert models.resolve_conv_impl('auto', 'cpu') == 'custom'
+  assert models.resolve_conv_impl('auto', 'gpu') == 'xla'
+  assert models.resolve_conv_impl('auto', 'tpu') == 'xla'
+  assert models.resolve_conv_impl('xla', 'cpu') == 'xla'
+  config = default.get_config('quick')
+  assert config.model.conv_impl == 'auto'
+  assert models.create(config.model).conv_impl == models.resolve_conv_impl('auto')
