@@ -114,6 +114,13 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def repo_path(path: str) -> str:
+  """A path as the runs (cwd = the repo) see it: relative to the repo, so
+  the small files a sweep keeps (sweep.json, config.json) hold no path of
+  this machine and a copy of the sweep resumes on another."""
+  return os.path.relpath(os.path.abspath(path), REPO)
+
+
 def config_path(name: str) -> tuple[str, str]:
   """(variant name, config file path relative to the repo when inside it)."""
   path = name if name.endswith('.py') else os.path.join('configs', f'{name}.py')
@@ -138,8 +145,8 @@ def plan(args) -> list[dict]:
   folds = list(range(args.kfold)) if args.kfold else [None]
   data = [(f'--config.data.{key}', value) for key, value in (
       ('name', args.data), ('builder_config', args.builder_config),
-      ('manual_dir', args.manual_dir and os.path.abspath(args.manual_dir)),
-      ('data_dir', args.data_dir and os.path.abspath(args.data_dir))) if value]
+      ('manual_dir', args.manual_dir and repo_path(args.manual_dir)),
+      ('data_dir', args.data_dir and repo_path(args.data_dir))) if value]
   overrides = []
   for item in args.override:
     key, sep, value = item.partition('=')
@@ -277,7 +284,7 @@ def floors_command(args, out: str) -> list[str]:
     value = getattr(args, key)
     if value is not None:
       if key.endswith('_dir') and value:
-        value = os.path.abspath(value)
+        value = repo_path(value)
       cmd.append(f'--{key}={value}')
   for item in args.override:
     key, _, value = item.partition('=')

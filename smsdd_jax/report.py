@@ -338,9 +338,10 @@ def _paired_lines(table) -> list[str]:
           f'Each variant minus `{comparisons[0]["baseline"]}` on the same seeds and folds '
           '(the units both finished): the mean difference, its 95% bootstrap interval '
           '(10000 resamples of the units, seed 0) and the exact Wilcoxon signed-rank p. '
-          'Verdict: better or worse when the interval excludes 0, else not '
-          f'distinguishable (always with fewer than {stats.MIN_PAIRS} pairs). Collapsed '
-          'runs count as they came out.', '',
+          'Verdict: better or worse when the interval excludes 0 and p <= '
+          f'{stats.ALPHA}, else not distinguishable (always with fewer than '
+          f'{stats.MIN_PAIRS} pairs; with 5 pairs the smallest exact p is 0.0625, so 5 '
+          'folds of one seed cannot decide). Collapsed runs count as they came out.', '',
           '| variant | metric | pairs | mean difference | 95% interval | p | verdict |',
           '|---|---|---|---|---|---|---|'] + [
               '| ' + ' | '.join(_paired_cells(r)) + ' |' for r in comparisons]

@@ -10,9 +10,12 @@ variant against a baseline (beta = 0):
   signed_rank_p(diffs)                  Wilcoxon signed-rank two-sided p, exact
   compare(values, baseline)             all of it and a verdict word
 
-The verdict reads the interval only: 'better' or 'worse' when it excludes 0,
-'not distinguishable' otherwise (and always below MIN_PAIRS units). The
-p-value is given beside it, not mixed in.
+The verdict needs both: 'better' or 'worse' when the interval excludes 0 AND
+the signed-rank p is at most ALPHA; 'not distinguishable' otherwise (and
+always below MIN_PAIRS units). A percentile bootstrap of five differences is
+too narrow to trust alone (it called a p = 0.125 gap 'better'); note that
+with 5 pairs the smallest exact two-sided p is 0.0625, so one seed over 5
+folds can never give a verdict: that takes 6 pairs or more.
 Pure numpy, no project imports.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 BETTER, WORSE, SAME = 'better', 'worse', 'not distinguishable'
 MIN_PAIRS = 3  # Fewer paired units give no verdict but SAME.
+ALPHA = 0.05  # The signed-rank p a verdict needs besides the interval.
 
 
 def paired_differences(values: Mapping[Hashable, float], baseline: Mapping[Hashable, float]
@@ -99,16 +103,16 @@ def verdict(low: float, high: float, higher_is_better: bool = True) -> str:
 
 def compare(values: Mapping[Hashable, float], baseline: Mapping[Hashable, float], *,
             higher_is_better: bool = True, resamples: int = 10000, level: float = 0.95,
-            seed: int = 0, min_pairs: int = MIN_PAIRS) -> dict:
+            seed: int = 0, min_pairs: int = MIN_PAIRS, alpha: float = ALPHA) -> dict:
   """values vs baseline over their common units: {'n', 'units', 'mean' (of the
   differences), 'ci_low', 'ci_high', 'p', 'verdict'}. Fewer than `min_pairs`
   units are never distinguishable: the bootstrap of one or two differences
   is an interval of no width, not evidence."""
   units, d = paired_differences(values, baseline)
   low, high = bootstrap_ci(d, resamples=resamples, level=level, seed=seed)
+  p = signed_rank_p(d) if d.size else float('nan')
+  decided = len(units) >= min_pairs and p <= alpha
   return {'n': len(units), 'units': units,
           'mean': float(d.mean()) if d.size else float('nan'),
-          'ci_low': low, 'ci_high': high,
-          'p': signed_rank_p(d) if d.size else float('nan'),
-          'verdict': verdict(low, high, higher_is_better) if len(units) >= min_pairs
-                     else SAME}
+          'ci_low': low, 'ci_high': high, 'p': p,
+          'verdict': verdict(low, high, higher_is_better) if decided else SAME}

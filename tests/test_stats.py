@@ -34,13 +34,17 @@ def test_identical_inputs_differ_by_zero_and_are_not_distinguishable():
 
 @pytest.mark.parametrize('shift,word', [(0.05, 'better'), (-0.25, 'worse')])
 def test_a_constant_shift_has_the_shift_as_its_interval(shift, word):
-  base = _units([0.6, 0.7, 0.8, 0.9])
+  base = _units([0.6, 0.7, 0.8, 0.9, 0.65, 0.75])
   r = stats.compare({u: v + shift for u, v in base.items()}, base)
   assert r['mean'] == pytest.approx(shift)
   assert r['ci_low'] == pytest.approx(shift) and r['ci_high'] == pytest.approx(shift)
   assert r['verdict'] == word
-  # Four positive (or negative) differences, all ranks on one side: p = 2 / 2^4.
-  assert r['p'] == pytest.approx(2 / 16)
+  # Six differences of one sign, all ranks on one side: p = 2 / 2^6.
+  assert r['p'] == pytest.approx(2 / 64)
+  # Five of them: the interval still excludes 0, but p = 2 / 2^5 > 0.05.
+  five = dict(list(base.items())[:5])
+  r5 = stats.compare({u: v + shift for u, v in five.items()}, five)
+  assert r5['p'] == pytest.approx(2 / 32) and r5['verdict'] == 'not distinguishable'
 
 
 def test_too_few_pairs_are_never_distinguishable():
@@ -48,7 +52,7 @@ def test_too_few_pairs_are_never_distinguishable():
   r = stats.compare({u: v + 0.2 for u, v in base.items()}, base)
   assert r['ci_low'] == pytest.approx(0.2) and r['verdict'] == 'not distinguishable'
   assert stats.compare({u: v + 0.2 for u, v in base.items()}, base,
-                       min_pairs=2)['verdict'] == 'better'
+                       min_pairs=2, alpha=1.0)['verdict'] == 'better'
 
 
 def test_lower_is_better_flips_the_verdict():

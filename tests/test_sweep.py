@@ -3,6 +3,7 @@ rules, and the tables and figures of smsdd_jax.report."""
 import csv
 import importlib.util
 import json
+import os
 import math
 import pathlib
 import subprocess
@@ -349,7 +350,8 @@ def test_floors_command_follows_the_sweep(tmp_path):
   assert cmd[1].endswith('launch/floors.py')
   assert cmd[2:7] == ['--model=all', '--kfold=5', f'--out={tmp_path}/floors.json',
                       '--data=msd_screens', '--builder_config=default']
-  assert cmd[7].startswith('--manual_dir=/') and cmd[7].endswith('data/msd')
+  # Relative to the repo (the runs' cwd): no path of this machine is kept.
+  assert cmd[7] == '--manual_dir=' + os.path.relpath(os.path.abspath('data/msd'), sweep.REPO)
   assert cmd[8:] == ['--set=image_size=(64,128)']  # data.* overrides only.
 
 
