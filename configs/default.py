@@ -6,14 +6,22 @@ config file takes an optional argument after a colon:
   --config=configs/beta_c.py          the paper's setting
   --config=configs/beta_c.py:quick    same program, tiny width and data, runs
                                       end to end in well under a minute on CPU
+  --config=configs/beta_c.py:learn    the second training recipe (apply_learn:
+                                      batch norm, warm-up + cosine, weight decay,
+                                      augmentation); ':quick,learn' combines both
 """
 import ml_collections
 
 QUICK = 'quick'
+LEARN = 'learn'
 
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
+  # Which training recipe made this run: 'paper' (the literal recipe: VGG16
+  # from scratch, no batch norm, SGD at a constant 0.01) or 'learn' (`:learn`,
+  # apply_learn below). Every result records it through config.json.
+  config.recipe = 'paper'
   config.seed = 0  # Seeds init, pair sampling, shuffling and dropout-free RNG.
 
   config.data = ml_collections.ConfigDict()
@@ -73,7 +81,11 @@ def get_config(arg=None):
   config.loss.extra = ml_collections.ConfigDict()  # More terms: {'name': weight}.
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 0.01  # Constant, "0.01 in all epochs" (paper).
+  config.optimizer.name = 'sgd'  # 'sgd' (paper) | 'adamw'.
+  config.optimizer.learning_rate = 0.01  # Peak rate; "0.01 in all epochs" (paper).
+  config.optimizer.schedule = 'constant'  # 'constant' (paper) | 'warmup_cosine'.
+  config.optimizer.warmup_steps = 0  # Linear warm-up of 'warmup_cosine'.
+  config.optimizer.weight_decay = 0.0  # Decoupled; biases and BN scales exempt.
   config.optimizer.momentum = 0.9  # SGD momentum (paper: unstated).
   config.optimizer.nesterov = False
   # Global-norm gradient clipping (0 = off). With the init in models.py the
@@ -109,10 +121,11 @@ def get_config(arg=None):
   # uses, so threshold.json fits it) | 'final' = the last step.
   config.eval.checkpoint = 'best'
 
-  if arg == QUICK:
-    apply_quick(config)
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: expected nothing or {QUICK!r}')
+  for part in [a.strip() for a in (arg or '').split(',') if a.strip()]:
+    if part not in MODES:
+      raise ValueError(f'unknown config argument {part!r} (in {arg!r}): expected nothing '
+                       f'or a comma-separated list of {tuple(MODES)}')
+    MODES[part](config)
   return config
 
 
@@ -125,3 +138,32 @@ def apply_quick(config):
   config.eval_batch_size = 16
   config.log_every_steps = 5
   return config
+
+
+def apply_learn(config):
+  """The second recipe (':learn', combinable: ':quick,learn'): what a VGG16
+  from scratch needs to train dependably on small sets nobody tuned it to.
+
+  - batch norm: without it the quick recipe collapsed to a constant model on
+    a 2200-crop set (val balanced accuracy 0.5 at every evaluation); with it
+    alone the same run reached test AUROC 0.80 (issue "A model that learns
+    dependably");
+  - warm-up then cosine decay of SGD's rate, so the first steps of a
+    batch-norm network at 0.01 do not throw it into a dead region and the
+    last ones settle;
+  - weight decay 5e-4 (VGG's own), biases and BN scales exempt;
+  - flips and brightness/contrast jitter: a screen or tile with a defect is
+    still defective upside down, and a few hundred images need the variety.
+  The paper's configs stay exactly reproducible without ':learn'.
+  """
+  config.recipe = LEARN
+  config.model.batch_norm = True
+  config.optimizer.schedule = 'warmup_cosine'
+  config.optimizer.warmup_steps = 50
+  config.optimizer.weight_decay = 5e-4
+  config.data.augment_flips = True
+  config.data.augment_jitter = 0.1
+  return config
+
+
+MODES = {QUICK: apply_quick, LEARN: apply_learn}

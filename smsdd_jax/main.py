@@ -50,7 +50,7 @@ def init_distributed(jax) -> None:
 
 def default_workdir(config_path: str) -> str:
   name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
-  suffix = config_path.split(':')[1] if ':' in config_path else ''
+  suffix = config_path.split(':')[1].replace(',', '_') if ':' in config_path else ''
   return os.path.join('runs', f'{name}_{suffix}' if suffix else name)
 
 

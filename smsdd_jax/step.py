@@ -33,13 +33,44 @@ class TrainState:
 
 
 
-def make_optimizer(opt_config) -> optax.GradientTransformation:
-  """SGD with constant learning rate (the paper), optional global-norm clip."""
-  sgd = optax.sgd(opt_config.learning_rate, momentum=opt_config.momentum or None,
-                  nesterov=opt_config.nesterov)
+OPTIMIZERS = ('sgd', 'adamw')
+SCHEDULES = ('constant', 'warmup_cosine')
+
+
+def learning_rate(opt_config, total_steps: int | None = None):
+  """The paper's constant rate, or linear warm-up then cosine decay to 0
+  over `total_steps` (the run's length; needed only for the schedule)."""
+  lr = opt_config.learning_rate
+  if opt_config.schedule == 'constant':
+    return lr
+  if opt_config.schedule != 'warmup_cosine':
+    raise ValueError(f'config.optimizer.schedule={opt_config.schedule!r}: expected one '
+                     f'of {SCHEDULES}')
+  total = max(int(total_steps or 0), 1)
+  warmup = min(int(opt_config.warmup_steps), total - 1)
+  return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 0) or 1, total)
+
+
+def make_optimizer(opt_config, total_steps: int | None = None
+                   ) -> optax.GradientTransformation:
+  """SGD with momentum (the paper's, constant rate) or AdamW, with the
+  schedule of `learning_rate` and optional global-norm clipping. Weight decay
+  is decoupled (AdamW's, or added to SGD's gradient) and skips biases and
+  batch-norm scales (1-D parameters), which it would only pull to zero."""
+  lr = learning_rate(opt_config, total_steps)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  if opt_config.name == 'sgd':
+    opt = optax.sgd(lr, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov)
+    if opt_config.weight_decay:
+      opt = optax.chain(optax.add_decayed_weights(opt_config.weight_decay, decay_mask), opt)
+  elif opt_config.name == 'adamw':
+    opt = optax.adamw(lr, weight_decay=opt_config.weight_decay, mask=decay_mask)
+  else:
+    raise ValueError(f'config.optimizer.name={opt_config.name!r}: expected one of '
+                     f'{OPTIMIZERS}')
   if opt_config.grad_clip_norm:
-    return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), sgd)
-  return sgd
+    return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), opt)
+  return opt
 
 
 def create_train_state(config, model, tx) -> TrainState:
