@@ -8,5 +8,6 @@ Module map (imports only point down):
   models.py         VGG16 tower + 2-way classifier, pure forward()
   losses.py         cross-entropy, contrastive and extra loss terms (registry)
   checkpointing.py  Orbax save / restore / resume
-  roi.py            Hough-based screen finder and perspective rectification
+  rundir.py         the workdir's files: names, atomic writes, readers, resolve_run
+  roi/              Hough-based screen finder and perspective rectification
 """

@@ -1,6 +1,7 @@
 """Screen finder and rectification: synthetic ground truth, bad input,
 real frames."""
 import collections
+import importlib.util
 import pathlib
 
 import cv2
@@ -8,6 +9,11 @@ import numpy as np
 import pytest
 
 from smsdd_jax import roi
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location('roi_sheet', REPO / 'launch' / 'roi_sheet.py')
+roi_sheet = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(roi_sheet)
 
 N_SYNTHETIC = 20
 
@@ -225,7 +231,7 @@ def test_grayscale_image():
   _raises(np.zeros((1080, 1920), np.uint8), 'expected a 3-channel BGR image')
 
 
-# --- CLI ------------------------------------------------------------------
+# --- launch/roi_sheet.py (the contact sheet) ---------------------------
 
 
 def test_cli_writes_a_sheet_and_lists_failures(tmp_path, capsys, synthetic):
@@ -237,7 +243,7 @@ def test_cli_writes_a_sheet_and_lists_failures(tmp_path, capsys, synthetic):
   cv2.imwrite(str(tmp_path / 'blank.jpg'), np.full((540, 960, 3), 90, np.uint8))
   (tmp_path / 'broken.jpg').write_bytes(b'not a jpeg')
   sheet = tmp_path / 'out' / 'sheet.png'
-  assert roi.main([f'--input={tmp_path}', f'--sheet={sheet}']) == 0
+  assert roi_sheet.main([f'--input={tmp_path}', f'--sheet={sheet}']) == 0
   out = capsys.readouterr().out
   assert cv2.imread(str(sheet)) is not None
   assert 'sub/f0.png: hough' in out and 'sub/f1.png: hough' in out
