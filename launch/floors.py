@@ -45,7 +45,7 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from configs import default  # pylint: disable=wrong-import-position
-from smsdd_jax import input_pipeline, metrics  # pylint: disable=wrong-import-position
+from smsdd_jax import input_pipeline, metrics, rundir  # pylint: disable=wrong-import-position
 
 MODELS = ('pixel', 'anomaly', 'hog')
 LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)  # L2 strength of the logistic models.
@@ -399,8 +399,7 @@ def main(argv=None) -> int:
   text = json.dumps(result)
   if args.out:
     path = os.path.join(args.out, 'floors.json') if os.path.isdir(args.out) else args.out
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(text + '\n')
+    rundir.write_text(path, text + '\n')
     print(f'wrote {path}', file=sys.stderr)
   print(text)
   return 0

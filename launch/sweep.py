@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -55,7 +54,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from smsdd_jax import report  # pylint: disable=wrong-import-position
+from smsdd_jax import report, rundir  # pylint: disable=wrong-import-position
 
 DEFAULT_CONFIGS = ('beta_a', 'beta_b', 'beta_c', 'beta_d', 'beta_e')
 _print_lock = threading.Lock()
@@ -92,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
                  help='K > 0: run every fold 0..K-1 of a K-fold split (each seed)')
   p.add_argument('--quick', action='store_true',
                  help="the configs' :quick variant (tiny model and data, minutes on a CPU)")
+  p.add_argument('--learn', action='store_true',
+                 help="the configs' :learn recipe (batch norm, warm-up + cosine, weight "
+                 'decay, augmentation; configs/default.py apply_learn) instead of the paper\'s')
   p.add_argument('--workers', type=int, default=1,
                  help='runs at once, each its own process (default 1; a 2-core CPU '
                  'gains little from more; on one GPU each gets 1/N of its memory)')
@@ -164,7 +166,8 @@ def plan(args) -> list[dict]:
     for seed in seeds:
       for fold in folds:
         run = f'{variant}_s{seed}' + ('' if fold is None else f'_f{fold}')
-        flags = [f'--config={path}{":quick" if args.quick else ""}',
+        modes = ','.join(m for m, on in (('quick', args.quick), ('learn', args.learn)) if on)
+        flags = [f'--config={path}{":" + modes if modes else ""}',
                  f'--config.seed={seed}']
         if fold is not None:
           flags += [f'--config.data.kfold={args.kfold}', f'--config.data.fold={fold}']
@@ -180,17 +183,16 @@ def state_of(out: str, run: dict) -> str:
   """'finished', 'partial' (resume it), 'new', or raises UsageError if the
   directory belongs to other arguments."""
   workdir = os.path.join(out, run['run'])
-  meta_path = os.path.join(workdir, 'sweep.json')
+  meta_path = os.path.join(workdir, rundir.SWEEP)
   if not os.path.isdir(workdir) or not os.listdir(workdir):
     return 'new'
   if not os.path.isfile(meta_path):
     raise UsageError(f'{workdir} exists but was not made by this launcher (no sweep.json)')
-  with open(meta_path, encoding='utf-8') as f:
-    recorded = json.load(f).get('args')
+  recorded = rundir.read_json(meta_path, 'sweep record').get('args')
   if recorded != run['args']:
     raise UsageError(f'{workdir} was run with other arguments:\n  there: {recorded}\n'
                      f'  now:   {run["args"]}\nuse another --out (or remove it)')
-  return 'finished' if os.path.isfile(os.path.join(workdir, 'eval.json')) else 'partial'
+  return 'finished' if os.path.isfile(os.path.join(workdir, rundir.EVAL)) else 'partial'
 
 
 def child_env(workers: int) -> dict:
@@ -215,10 +217,7 @@ def execute(out: str, run: dict, env: dict, state: str,
   workdir = os.path.join(out, run['run'])
   os.makedirs(workdir, exist_ok=True)
   meta = {k: run[k] for k in ('variant', 'seed', 'fold', 'args')}
-  tmp = os.path.join(workdir, f'sweep.json.tmp{os.getpid()}')
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, 'sweep.json'))
+  rundir.write_json(os.path.join(workdir, rundir.SWEEP), meta)
   cmd = [sys.executable, '-m', 'smsdd_jax.main', *run['args'], f'--workdir={workdir}']
   _say(f'start {run["run"]} ({state})')
   t0 = time.time()
@@ -230,7 +229,7 @@ def execute(out: str, run: dict, env: dict, state: str,
       proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                               env=env, stdin=subprocess.DEVNULL)
       if first:
-        stats = os.path.join(workdir, 'data_stats.json')
+        stats = os.path.join(workdir, rundir.DATA_STATS)
         while proc.poll() is None and not os.path.exists(stats):
           time.sleep(0.5)
         data_ready.set()
@@ -269,10 +268,7 @@ def aggregate(out: str, meta: dict, floors: Optional[str] = None) -> tuple[str, 
   report.write_csv(csv_path, table + report.floor_rows(floor_json))
   missing = [r['run'] for r in runs if not r['finished']]
   text = report.markdown(table, meta, missing, floor_json)
-  tmp = f'{md_path}.tmp{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, md_path)
+  rundir.write_text(md_path, text)
   return csv_path, md_path, len(table)
 
 
@@ -317,7 +313,7 @@ def run_floors(args, out: str, env: dict) -> bool:
 
 
 def _meta(args) -> dict:
-  meta = {'configs': args.configs, 'quick': args.quick,
+  meta = {'configs': args.configs, 'quick': args.quick, 'learn': args.learn,
           'seeds': ','.join(map(str, _seeds(args)))}
   if args.kfold:
     meta['kfold'] = args.kfold
@@ -357,9 +353,8 @@ def main(argv=None) -> int:
       print(' '.join(floors_command(args, out)))
     return 0
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'sweep.json'), 'w', encoding='utf-8') as f:
-    json.dump({'argv': sys.argv[1:] if argv is None else list(argv), **_meta(args)}, f,
-              indent=2)
+  rundir.write_json(os.path.join(out, 'sweep.json'),
+                    {'argv': sys.argv[1:] if argv is None else list(argv), **_meta(args)})
   _say(f'{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run '
        f'with {args.workers} worker(s); logs in {out}/<run>/log.txt')
   env = child_env(args.workers)

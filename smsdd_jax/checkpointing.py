@@ -10,7 +10,6 @@ so a process killed mid-save leaves the previous step restorable.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
@@ -18,6 +17,8 @@ import flax.serialization
 import flax.traverse_util
 import jax
 import orbax.checkpoint as ocp
+
+from smsdd_jax import rundir
 
 
 class CheckpointMismatchError(ValueError):
@@ -99,10 +100,8 @@ def _flat_shapes(tree) -> dict[str, tuple]:
 
 def _saved_model_hint(directory: str) -> str:
   """'; that run used model.width_mult=..., ...' from the run's config.json."""
-  path = os.path.join(os.path.dirname(directory.rstrip('/')), 'config.json')
   try:
-    with open(path, encoding='utf-8') as f:
-      model = json.load(f)['config']['model']
+    model = rundir.read_config(os.path.dirname(directory.rstrip('/')))['model']
   except (OSError, KeyError, ValueError):
     return ''
   fields = ', '.join(f'model.{k}={model[k]}' for k in ('width_mult', 'batch_norm')

@@ -9,7 +9,8 @@ What a workdir must hold (written by `train.train_and_evaluate`):
 config.json, data_stats.json (optional when config.data.normalize is 'fixed'),
 checkpoints_best/<step>/ + best.json and/or checkpoints/<step>/, and
 optionally threshold.json ({"threshold": t}; the decision threshold on the
-defect probability, 0.5 when absent).
+defect probability, 0.5 when absent). rundir.py names and reads them
+(`resolve_run`, `RunFiles` and `run_config` live there).
 
 Which checkpoint: the best one (checkpoints_best/, the step best.json names)
 unless a step is asked for; without a best checkpoint, the latest periodic
@@ -36,10 +37,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import pathlib
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import cv2
 import jax
@@ -47,8 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from smsdd_jax import preprocess
+from smsdd_jax import rundir
 
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = rundir.DEFAULT_THRESHOLD
 DEFAULT_MAX_PIXELS = preprocess.DEFAULT_MAX_PIXELS
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 ROI_METHODS = ('auto',) + preprocess.ROI_MODES  # 'auto': as the run's build did.
@@ -58,169 +59,10 @@ FrameError = preprocess.BadImage  # One input file cannot be scored; one-line re
 
 # ------------------------------------------------------------------ the run
 
-
-@dataclasses.dataclass(frozen=True)
-class RunFiles:
-  """What inference reads from a workdir (resolved without loading arrays).
-
-  source: 'best', 'periodic' (asked for by step) or 'latest periodic' (no
-  best checkpoint); note: one line saying which checkpoint and why.
-  """
-  workdir: str
-  config: dict
-  stats: dict
-  stats_source: str
-  checkpoint_dir: str
-  step: int
-  source: str
-  note: str
-  threshold: float
-  threshold_source: str
-  preprocessing: preprocess.Spec  # What the run's build did to each file.
-
-
-def run_config(saved: dict):
-  """A run's saved config on top of today's defaults: a run saved before a
-  field existed gets the field's default (which reproduces the old behaviour:
-  new fields default to what the code did before they existed)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  try:
-    from configs import default  # pylint: disable=import-outside-toplevel
-  except ImportError:  # Outside the repository: the saved config alone.
-    return ml_collections.ConfigDict(saved)
-  config = default.get_config()
-  flat = ml_collections.ConfigDict(saved).to_dict()
-
-  def merge(base, values, prefix):
-    for key, value in values.items():
-      if key not in base:
-        raise ValueError(f'saved config field {prefix}{key} is unknown to this '
-                         'version of smsdd_jax')
-      if isinstance(value, dict) and isinstance(base[key], ml_collections.ConfigDict) \
-          and key != 'extra':
-        merge(base[key], value, f'{prefix}{key}.')
-      else:
-        base[key] = value
-
-  merge(config, flat, 'config.')
-  return config
-
-
-def _steps(directory: str) -> list[int]:
-  """Finished Orbax steps in `directory` (unfinished saves have other names)."""
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
-
-
-def _read_json(path: str, what: str) -> Any:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'cannot read {what} {path}: {e}') from None
-
-
-def _preprocessing(workdir: str, config: dict) -> preprocess.Spec:
-  """The run's preprocessing.json; a run older than it used the screen
-  search on every builder but magnetic_tile and image_folder/none, and the
-  stretch of its aspect (the only policy then)."""
-  path = os.path.join(workdir, 'preprocessing.json')
-  if os.path.isfile(path):
-    try:
-      return preprocess.Spec.from_dict(_read_json(path, 'preprocessing record'))
-    except (TypeError, ValueError) as e:
-      raise ValueError(f'{path}: {e}') from None
-  data = config.get('data', {})
-  crops = data.get('name') == 'magnetic_tile' or data.get('builder_config') == 'none'
-  return preprocess.Spec(roi='none' if crops else 'hough', aspect='stretch',
-                         channels='rgb', size=tuple(data.get('image_size', (110, 230))))
-
-
-def resolve_run(workdir: str, step: Optional[int] = None) -> RunFiles:
-  """Finds config, stats, threshold and the checkpoint to use in `workdir`.
-
-  Raises FileNotFoundError (missing/empty workdir, no checkpoints) or
-  ValueError (unreadable files, no such step), each with a one-line message
-  naming the path.
-  """
-  workdir = os.path.abspath(workdir)
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir} does not exist')
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(config_path):
-    what = 'is empty' if not os.listdir(workdir) else 'has no config.json'
-    raise FileNotFoundError(f'workdir {workdir} {what}: not a training run')
-  info = _read_json(config_path, 'run config')
-  if not isinstance(info, dict) or not isinstance(info.get('config'), dict):
-    raise ValueError(f'run config {config_path} has no "config" entry')
-  config = info['config']
-
-  stats_path = os.path.join(workdir, 'data_stats.json')
-  if os.path.isfile(stats_path):
-    stats = _read_json(stats_path, 'normalisation stats')
-    stats_source = f'{stats.get("normalize", "?")} ({stats_path})'
-  elif config.get('data', {}).get('normalize', 'fixed') == 'fixed':
-    stats, stats_source = FIXED_STATS, 'fixed (no data_stats.json; config says fixed)'
-  else:
-    raise FileNotFoundError(
-        f'{stats_path} is missing and the run normalised with '
-        f'{config["data"]["normalize"]!r} stats: cannot reproduce its input')
-  for key in ('mean', 'std'):
-    if len(np.asarray(stats.get(key, []), np.float64).reshape(-1)) != 3:
-      raise ValueError(f'{stats_path}: "{key}" must be 3 numbers, got {stats.get(key)!r}')
-
-  threshold_path = os.path.join(workdir, 'threshold.json')
-  if os.path.isfile(threshold_path):
-    entry = _read_json(threshold_path, 'threshold file')
-    try:
-      threshold = float(entry['threshold'])
-    except (KeyError, TypeError, ValueError):
-      raise ValueError(f'{threshold_path}: expected {{"threshold": <number>}}, '
-                       f'got {entry!r}') from None
-    if not 0.0 <= threshold <= 1.0:
-      raise ValueError(f'{threshold_path}: threshold {threshold} is not in [0, 1]')
-    threshold_source = threshold_path
-  else:
-    threshold, threshold_source = DEFAULT_THRESHOLD, 'default (no threshold.json)'
-
-  spec = _preprocessing(workdir, config)
-  periodic_dir = os.path.join(workdir, 'checkpoints')
-  best_dir = os.path.join(workdir, 'checkpoints_best')
-  periodic, best_steps = _steps(periodic_dir), _steps(best_dir)
-  best = None  # (step, description)
-  if best_steps:
-    best_step, desc = best_steps[-1], 'best checkpoint'
-    best_json = os.path.join(workdir, 'best.json')
-    if os.path.isfile(best_json):
-      entry = _read_json(best_json, 'best checkpoint record')
-      if entry.get('step') in best_steps:
-        best_step = int(entry['step'])
-        desc = f'best checkpoint ({entry.get("metric")}={entry.get("value")})'
-    best = (best_step, desc)
-
-  def files(directory, chosen, source, note):
-    return RunFiles(workdir, config, stats, stats_source, directory, chosen, source,
-                    note, threshold, threshold_source, spec)
-
-  if step is not None:
-    if step in periodic:
-      return files(periodic_dir, step, 'periodic',
-                   f'periodic checkpoint step {step} (asked for)')
-    if best is not None and step == best[0]:
-      return files(best_dir, step, 'best', f'{best[1]} step {step} (asked for)')
-    raise ValueError(
-        f'no checkpoint for step {step} in {workdir}: periodic steps '
-        f'{periodic or "none"}, best step {best[0] if best else "none"}')
-  if best is not None:
-    return files(best_dir, best[0], 'best', f'{best[1]} step {best[0]}')
-  if periodic:
-    return files(periodic_dir, periodic[-1], 'latest periodic',
-                 f'latest periodic checkpoint step {periodic[-1]} (no best '
-                 f'checkpoint in {best_dir})')
-  raise FileNotFoundError(f'no checkpoints in {workdir} (looked in checkpoints_best/ '
-                          'and checkpoints/)')
+# The workdir's files are read by rundir.py; these names stay here for callers.
+RunFiles = rundir.RunFiles
+resolve_run = rundir.resolve_run
+run_config = rundir.run_config
 
 
 # ------------------------------------------------------------------ the model

@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from smsdd_jax import rundir
+
 # tf.summary.scalar lives in the `tensorboard` package, which tensorflow-cpu
 # does not install. The low-level tf.summary.write with the scalars plugin's
 # metadata writes the identical event, so TensorBoard reads it as a scalar.
@@ -40,8 +42,8 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     if resume_step is not None:
       drop_records_after(workdir, resume_step)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-    self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+    self._jsonl = open(os.path.join(workdir, rundir.METRICS), 'a', encoding='utf-8')
+    self._tb = tf.summary.create_file_writer(os.path.join(workdir, rundir.TENSORBOARD))
 
   def write(self, step: int, scalars: Mapping[str, float],
             undefined: Optional[Mapping[str, str]] = None) -> None:
@@ -84,7 +86,7 @@ def drop_records_after(workdir: str, step: int) -> int:
   and without a line cut short by a kill. Atomic: a temporary file renamed
   over the old one, so a second kill leaves the old file or the new one.
   Returns the number of lines dropped."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, rundir.METRICS)
   if not os.path.exists(path):
     return 0
   with open(path, encoding='utf-8') as f:
@@ -101,31 +103,17 @@ def drop_records_after(workdir: str, step: int) -> int:
     keep.append(line if line.endswith('\n') else line + '\n')
   if len(keep) == len(lines):
     return 0
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  rundir.write_text(path, ''.join(keep))
   return len(lines) - len(keep)
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """All records of a run's metrics.jsonl, in order (a last line cut short
-  by a kill is skipped)."""
-  records = []
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:
-        if line.strip() and line.endswith('\n'):
-          raise  # Not a cut-short last line: a broken file.
-  return records
+read_metrics = rundir.read_metrics  # The reader needs no TensorFlow: it lives there.
 
 
 def read_tensorboard_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
   """Scalars from a run's TensorBoard event files: {tag: [(step, value)]}."""
   out: dict[str, list[tuple[int, float]]] = {}
-  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, 'tensorboard', 'events.*'))):
+  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, rundir.TENSORBOARD, 'events.*'))):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
         out.setdefault(value.tag, []).append(

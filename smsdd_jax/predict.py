@@ -52,6 +52,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from smsdd_jax import rundir  # Light: no JAX, TensorFlow or Orbax.
+
 CSV_COLUMNS = ('file', 'prob_defective', 'decision', 'threshold', 'roi_method',
                'corners', 'error')
 SHEET_MAX_TILES = 600
@@ -259,7 +261,7 @@ def _run(args) -> int:
   _check_args(args)
   from smsdd_jax import inference  # pylint: disable=import-outside-toplevel
   try:  # Cheap checks first: no TensorFlow or Orbax loaded yet.
-    run = inference.resolve_run(args.workdir, args.step)
+    rundir.resolve_run(args.workdir, args.step)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
   paths = inference.list_inputs(args.input)
@@ -294,7 +296,7 @@ def _run(args) -> int:
 def _score(args, predictor, paths, out_file, inference) -> int:
   print(f'model: {predictor.describe()}')
   if predictor.run.threshold_source.startswith('default'):
-    print(f'threshold: {predictor.threshold:g} (default: no threshold.json in '
+    print(f'threshold: {predictor.threshold:g} (default: no {rundir.THRESHOLD} in '
           f'{predictor.run.workdir})')
   else:
     print(f'threshold: {predictor.threshold:g} ({predictor.run.threshold_source})')

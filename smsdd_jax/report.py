@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from smsdd_jax import rundir
 from smsdd_jax import stats
 
 # The paper's Table 2: accuracy (%) on its private set, (validation, test).
@@ -64,20 +65,20 @@ def run_dirs(sweep: str) -> list[str]:
   if not os.path.isdir(sweep):
     raise FileNotFoundError(f'sweep directory {sweep} does not exist')
   return sorted(os.path.join(sweep, d) for d in os.listdir(sweep)
-                if os.path.isfile(os.path.join(sweep, d, 'sweep.json')))
+                if os.path.isfile(os.path.join(sweep, d, rundir.SWEEP)))
 
 
 def load_run(path: str) -> dict:
   """What a run directory says about itself: name, variant, seed, fold,
   beta, finished (eval.json present) and eval (its contents)."""
-  meta = _read_json(os.path.join(path, 'sweep.json'))
+  meta = _read_json(os.path.join(path, rundir.SWEEP))
   run = {'run': os.path.basename(path), 'path': path, 'variant': meta['variant'],
          'seed': meta['seed'], 'fold': meta.get('fold'), 'beta': None,
          'finished': False, 'eval': None}
-  config_path = os.path.join(path, 'config.json')
+  config_path = os.path.join(path, rundir.CONFIG)
   if os.path.isfile(config_path):
     run['beta'] = _read_json(config_path)['config']['loss']['beta']
-  eval_path = os.path.join(path, 'eval.json')
+  eval_path = os.path.join(path, rundir.EVAL)
   if os.path.isfile(eval_path):
     run['eval'] = _read_json(eval_path)
     run['finished'] = True
@@ -191,14 +192,12 @@ def paired(table: Sequence[dict], baseline: Optional[str] = None,
 
 
 def write_csv(path: str, table: Sequence[dict]) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', newline='', encoding='utf-8') as f:
+  with rundir.atomic_file(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in table:
       writer.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)
                        for k, v in row.items()})
-  os.replace(tmp, path)
 
 
 def read_csv(path: str) -> list[dict]:
@@ -390,7 +389,7 @@ def read_curves(path: str, keys: Sequence[str]) -> dict:
   """{key: (steps, values)} from a run's metrics.jsonl; a step logged twice
   (a run resumed from an older checkpoint) keeps its last value."""
   out = {k: {} for k in keys}
-  metrics_path = os.path.join(path, 'metrics.jsonl')
+  metrics_path = os.path.join(path, rundir.METRICS)
   if not os.path.isfile(metrics_path):
     return {k: (np.zeros(0), np.zeros(0)) for k in keys}
   with open(metrics_path, encoding='utf-8') as f:
@@ -454,7 +453,7 @@ def plot_loss_curves(runs: Sequence[dict], path: str) -> str:
 
 
 def _load_npz(run: dict, split: str) -> Optional[dict]:
-  path = os.path.join(run['path'], f'eval_{split}.npz')
+  path = os.path.join(run['path'], rundir.eval_npz(split))
   if not os.path.isfile(path):
     return None
   with np.load(path) as z:

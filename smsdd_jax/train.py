@@ -20,7 +20,6 @@ are null in the files, with the reason under "undefined".
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import signal
@@ -46,6 +45,8 @@ from smsdd_jax import metric_writers
 from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import models
 from smsdd_jax import pretrained
+from smsdd_jax import rundir
+from smsdd_jax.rundir import write_json  # noqa: F401  (callers use train.write_json)
 from smsdd_jax.step import (RetraceError, TrainState, create_train_state, eval_step,  # noqa: F401
                             make_optimizer, make_train_step, train_step)
 
@@ -96,15 +97,6 @@ def make_mesh() -> Mesh:
 # ------------------------------------------------------------------ evaluation
 
 
-def classification_summary(labels: np.ndarray, prob: np.ndarray,
-                           threshold: float = 0.5) -> dict:
-  """Accuracy plus the numbers accuracy hides on an imbalanced set (see
-  `metrics.summary`: balanced accuracy, precision, recall, F1, escape and
-  overkill rates, AUROC, average precision, the confusion counts). Metrics a
-  missing class makes undefined are NaN, with a MissingClassWarning."""
-  return metrics_lib.summary(labels, prob, threshold)
-
-
 def to_global(local_batch: dict, sharding) -> dict:
   """This process's rows -> one global array per key, split over the mesh.
   With one process, local and global are the same batch."""
@@ -144,18 +136,13 @@ def predict_split(eval_fn, state: TrainState, batches: Iterator[dict],
 
 
 def summarize(outputs: dict, threshold: float = 0.5) -> dict:
-  """predict_split's arrays -> classification_summary + mean cross-entropy +
+  """predict_split's arrays -> metrics.summary (accuracy and the numbers it
+  hides on an imbalanced set) + mean cross-entropy +
   the numbers the health checks read (health.eval_stats: probability spread,
   share predicted defective, share of all-zero embeddings)."""
-  return {**classification_summary(outputs['label'], outputs['prob'], threshold),
+  return {**metrics_lib.summary(outputs['label'], outputs['prob'], threshold),
           'cross_entropy': float(np.mean(outputs['cross_entropy'])),
           **health.eval_stats(outputs['prob'], outputs['embedding'], threshold)}
-
-
-def evaluate(eval_fn, state: TrainState, batches: Iterator[dict], sharding,
-             threshold: float = 0.5) -> dict:
-  """Metrics of one split at `threshold` (see classification_summary)."""
-  return summarize(predict_split(eval_fn, state, batches, sharding), threshold)
 
 
 # ------------------------------------------------------------------ the loop
@@ -178,16 +165,7 @@ def write_run_info(config, workdir: str) -> None:
   if config.model.init:  # The input convention the pretrained weights fixed.
     info['init_convention'] = pretrained.stats(config.model)['convention']
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, 'config.json'), info)
-
-
-def write_json(path: str, obj) -> None:
-  """Writes to a temporary file and renames it: a reader (or a rerun after a
-  kill) sees the old file or the new one, never half of one."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
+    write_json(os.path.join(workdir, rundir.CONFIG), info)
 
 
 def _git_commit() -> str:
@@ -252,9 +230,9 @@ class Run:
     self.data_sharding = NamedSharding(mesh, P('data'))
     self.replicated = NamedSharding(mesh, P())
     self.model = models.create(config.model)
-    self.tx = make_optimizer(config.optimizer)
+    self.tx = make_optimizer(config.optimizer, self.total_steps)
     self.checkpoints = checkpointing.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), max_to_keep=config.checkpoint.max_to_keep)
+        os.path.join(workdir, rundir.CHECKPOINTS), max_to_keep=config.checkpoint.max_to_keep)
     self.best = BestCheckpoint(workdir, config.checkpoint)
     self.eval_fn = jax.jit(functools.partial(eval_step, model=self.model))
 
@@ -303,7 +281,7 @@ def _save_preprocessing(builder, data_config, workdir: str) -> None:
   spec = md.get('preprocessing') or {'roi': 'hough'}  # Synthetic frames: screen search.
   card = md.get('card') or {}
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, 'preprocessing.json'), {
+    write_json(os.path.join(workdir, rundir.PREPROCESSING), {
         **spec, 'dataset': f'{builder.name}/{builder.builder_config.name}',
         'version': str(builder.version), 'manual_dir': data_config.manual_dir,
         'source_fingerprint': card.get('source', {}).get('fingerprint', '')})
@@ -313,10 +291,9 @@ def _data_stats(builder, config, workdir: str) -> dict:
   """Normalisation stats, saved beside the checkpoints for inference; a
   resumed run reuses the saved ones. Pretrained weights (config.model.init)
   fix them to the convention they were trained with."""
-  path = os.path.join(workdir, 'data_stats.json')
+  path = os.path.join(workdir, rundir.DATA_STATS)
   if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return rundir.read_json(path, 'normalisation stats')
   if config.model.init:  # Also refuses a file that does not fit the model.
     stats = pretrained.stats(config.model)
     if config.data.normalize != 'fixed':
@@ -350,13 +327,12 @@ class BestCheckpoint:
       if mode not in ('max', 'min'):
         raise ValueError(f'config.checkpoint: {name!r} has mode {mode!r}: expected '
                          'max or min')
-    self.path = os.path.join(workdir, 'best.json')
+    self.path = os.path.join(workdir, rundir.BEST)
     self.checkpoints = checkpointing.Checkpointer(
-        os.path.join(workdir, 'checkpoints_best'), max_to_keep=1)
+        os.path.join(workdir, rundir.CHECKPOINTS_BEST), max_to_keep=1)
     self.values = None  # Of self.keys, for the step held now.
     if os.path.exists(self.path):
-      with open(self.path, encoding='utf-8') as f:
-        saved = json.load(f)
+      saved = rundir.read_json(self.path, 'best checkpoint record')
       ties = saved.get('tie_breakers', {})
       self.values = [_float(saved['value'])] + [_float(ties.get(name))
                                                 for name, _ in self.keys[1:]]
@@ -481,6 +457,7 @@ def _train_loop(run: Run, state: TrainState) -> dict:
       logging.info('process %d/%d: final params fingerprint %.10e', jax.process_index(),
                    jax.process_count(), params_fingerprint(state.params))
       _log_health(report)
+      _log_summary(run, test, report)
       return {**last, **test, 'health': report}
     except KeyboardInterrupt:
       if interrupt.requested:  # A clean stop between steps: save it.
@@ -497,9 +474,9 @@ def _train_loop(run: Run, state: TrainState) -> dict:
 def _records_up_to(workdir: str, step: int) -> list[dict]:
   """The metrics.jsonl records of steps <= `step` (what a resumed run's
   health history starts from)."""
-  if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+  if not os.path.exists(os.path.join(workdir, rundir.METRICS)):
     return []
-  return [r for r in metric_writers.read_metrics(workdir) if r.get('step', 0) <= step]
+  return [r for r in rundir.read_metrics(workdir) if r.get('step', 0) <= step]
 
 
 def _record(writer, monitor: health.Monitor, step: int, scalars: dict,
@@ -511,6 +488,19 @@ def _record(writer, monitor: health.Monitor, step: int, scalars: dict,
   for finding in monitor.observe(step, scalars):
     logging.warning('WARNING health: %s: %s', finding.severity, finding.reason())
   return undefined
+
+
+def _log_summary(run: Run, test: dict, report: dict) -> None:
+  """The few numbers a person reads at the end, and where the rest is."""
+  def num(key, fmt='.3f'):
+    v = test.get(f'test/{key}')
+    return 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+  logging.info('result: test AUROC %s, balanced accuracy %s, escape %s, overkill %s at '
+               'threshold %s (checkpoint step %s); health %s', num('auroc'),
+               num('balanced_accuracy'), num('escape_rate'), num('overkill_rate'),
+               num('threshold', '.4g'), test.get('test/checkpoint_step'), report['status'])
+  logging.info('written: %s (all metrics), %s (best checkpoint, used by predict)',
+               os.path.join(run.workdir, rundir.EVAL), run.best.checkpoints.directory)
 
 
 def _log_health(report: dict) -> None:
@@ -556,28 +546,22 @@ def final_evaluation(run: Run, state: TrainState,
   if jax.process_index() == 0:
     base = {'threshold': threshold, 'threshold_rule': cfg.threshold_rule,
             'max_escape_rate': cfg.max_escape_rate, 'checkpoint': which, 'step': step}
-    write_json(os.path.join(run.workdir, 'threshold.json'),
+    write_json(os.path.join(run.workdir, rundir.THRESHOLD),
                {**base, 'val': metrics_lib.nan_to_none(
                    metrics_lib.threshold_report(val['label'], val['prob'], threshold))})
     for name, arrays in (('val', val), ('test', test)):
-      _save_npz(os.path.join(run.workdir, f'eval_{name}.npz'), step=step,
-                threshold=threshold, prob=arrays['prob'], label=arrays['label'],
-                embedding=arrays['embedding'])
+      rundir.write_npz(os.path.join(run.workdir, rundir.eval_npz(name)), step=step,
+                       threshold=threshold, prob=arrays['prob'], label=arrays['label'],
+                       embedding=arrays['embedding'])
     undefined = {f'{name}/{k}': why for name, m in (('val', val_m), ('test', test_m))
                  for k, why in metrics_lib.undefined_reasons(m).items()}
     # Last: a finished eval.json marks a finished run (launch/sweep.py).
-    write_json(os.path.join(run.workdir, 'eval.json'),
+    write_json(os.path.join(run.workdir, rundir.EVAL),
                {**base, 'val': metrics_lib.nan_to_none(val_m),
                 'test': metrics_lib.nan_to_none(test_m), 'undefined': undefined,
                 'health': report})
   return {**{f'test/{k}': v for k, v in test_m.items()},
           'test/checkpoint_step': step}, report
-
-
-def _save_npz(path: str, **arrays) -> None:
-  tmp = f'{path}.tmp{os.getpid()}.npz'
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
 
 
 class _DeferredInterrupt:

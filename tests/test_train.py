@@ -16,6 +16,7 @@ from smsdd_jax import input_pipeline
 from smsdd_jax import losses
 from smsdd_jax import metric_writers
 from smsdd_jax import models
+from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import train
 
 
@@ -165,10 +166,10 @@ def test_bad_config_is_refused_before_training(quick_config, field, value, match
   assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')
 
 
-def test_classification_summary_on_a_hand_made_case():
+def test_summary_on_a_hand_made_case():
   labels = np.array([0, 0, 0, 1, 1])
   prob = np.array([0.1, 0.6, 0.2, 0.9, 0.4])
-  s = train.classification_summary(labels, prob)
+  s = metrics_lib.summary(labels, prob)
   assert s['accuracy'] == pytest.approx(3 / 5)
   assert s['recall_defective'] == pytest.approx(0.5)
   assert s['overkill_rate'] == pytest.approx(1 / 3)
