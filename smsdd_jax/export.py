@@ -160,12 +160,21 @@ def _versions() -> dict:
   return out
 
 
+class _UsageError(Exception):
+  """A usage error: one line on stderr, exit status 2."""
+
+
 def _usage(message: str) -> int:
   print(f'error: {message}', file=sys.stderr)
   return 2
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else ''
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m smsdd_jax.export',
       description='Export a run (ROI uint8 RGB -> defect probability) with '
@@ -179,31 +188,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--saved_model', default='true', choices=('true', 'false'))
   parser.add_argument('--batch_size', type=int, default=16,
                       help='the fixed batch, only if a symbolic one fails')
-  args = parser.parse_args(argv)
-  platforms = tuple(p.strip() for p in args.platforms.split(',') if p.strip())
-  if not platforms:
-    return _usage('--platforms is empty')
+  return parser.parse_args(argv)
 
+
+def _platforms(arg: str) -> tuple[str, ...]:
+  platforms = tuple(p.strip() for p in arg.split(',') if p.strip())
+  if not platforms:
+    raise _UsageError('--platforms is empty')
+  return platforms
+
+
+def _load_predictor(args: argparse.Namespace):
+  """The run's Predictor (best checkpoint, or --step); _UsageError when the
+  workdir holds no such run."""
   from smsdd_jax import inference  # pylint: disable=import-outside-toplevel
   try:
     inference.resolve_run(args.workdir, args.step)  # Fast, before TF loads.
-    predictor = inference.Predictor(args.workdir, step=args.step,
-                                    batch_size=max(1, args.batch_size))
+    return inference.Predictor(args.workdir, step=args.step,
+                               batch_size=max(1, args.batch_size))
   except (FileNotFoundError, ValueError) as e:
-    return _usage(str(e).splitlines()[0])
-  out = os.path.abspath(args.out or os.path.join(predictor.run.workdir, 'export'))
+    raise _UsageError(str(e).splitlines()[0]) from e
+
+
+def _output_dir(out: Optional[str], predictor) -> str:
+  out = os.path.abspath(out or os.path.join(predictor.run.workdir, 'export'))
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
-    return _usage(f'cannot create --out {out}: {e.strerror or e}')
-  print(f'model: {predictor.describe()}')
+    raise _UsageError(f'cannot create --out {out}: {e.strerror or e}') from e
+  return out
 
-  probe = _probe_batch(predictor.image_size)
-  want = predictor.predict_proba(probe)
-  info = {
+
+def _export_info(predictor) -> dict:
+  """export.json without its artifacts (each export step adds its own)."""
+  return {
       'input': {'name': 'images', 'shape': [None, *predictor.image_size, 3],
                 'dtype': 'uint8', 'channels': 'RGB',
-                'what': 'rectified screen ROIs (roi.rectify output converted BGR->RGB)'},
+                'what': 'model inputs made by smsdd_jax.preprocess.to_model_input with '
+                        'the spec under "preprocessing" (what the run\'s build did)'},
+      'preprocessing': predictor.preprocessing.to_dict(),
       'output': {'name': 'prob_defective', 'shape': [None], 'dtype': 'float32',
                  'what': 'softmax(logits)[:, 1]; defective when >= threshold'},
       'threshold': predictor.threshold,
@@ -214,8 +237,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       'versions': _versions(),
       'artifacts': {},
   }
-  failed = False
 
+
+def _verified(what: str, diff: float) -> bool:
+  """Whether an artifact's max |difference| from the model is within
+  TOLERANCE; says so on stderr when it is not."""
+  if diff <= TOLERANCE:
+    return True
+  print(f'error: {what} differs from the model by {diff:.2e} > {TOLERANCE}',
+        file=sys.stderr)
+  return False
+
+
+def _write_jax_export(predictor, out: str, platforms, probe, want, info: dict
+                      ) -> tuple[bool, Optional[int]]:
+  """Writes, reloads and verifies the jax.export artifact; records it in
+  info. Returns (ok, the fixed batch or None for a symbolic one)."""
   path = os.path.join(out, JAX_EXPORT_NAME)
   fixed = None
   try:
@@ -228,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       fixed = int(batch_note.split()[1])
     diff = _max_diff(lambda x: np.asarray(reloaded.call(x)), probe, want, fixed)
     ok = diff <= TOLERANCE
-    info['input']['shape'][0] = None if fixed is None else fixed
+    info['input']['shape'][0] = fixed
     info['artifacts']['jax_export'] = {
         'path': path, 'bytes': os.path.getsize(path), 'platforms': list(exported.platforms),
         'batch': batch_note, 'max_abs_diff': diff, 'verified': ok,
@@ -236,50 +273,68 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'jax.export: {path} ({os.path.getsize(path) / 1e6:.2f} MB, platforms '
           f'{",".join(exported.platforms)}, batch {batch_note}); max |diff| {diff:.2e}'
           f' on a probe batch ({time.perf_counter() - t0:.1f} s)')
-    if not ok:
-      print(f'error: jax.export artifact differs from the model by {diff:.2e} > '
-            f'{TOLERANCE}', file=sys.stderr)
-      failed = True
+    return _verified('jax.export artifact', diff), fixed
   except Exception as e:  # pylint: disable=broad-except
     info['artifacts']['jax_export'] = {'error': f'{type(e).__name__}: {e}'}
-    print(f'error: jax.export failed: {type(e).__name__}: {str(e).splitlines()[0]}',
+    print(f'error: jax.export failed: {type(e).__name__}: {_first_line(e)}',
           file=sys.stderr)
-    failed = True
+    return False, fixed
 
+
+def _write_saved_model(predictor, out: str, platforms, probe, want, info: dict,
+                       fixed: Optional[int]) -> bool:
+  """Writes, reloads and verifies the SavedModel (batch `fixed`, None =
+  any); records it in info. Returns whether it was written and verified."""
+  sm_dir = os.path.join(out, SAVED_MODEL_NAME)
+  try:
+    t0 = time.perf_counter()
+    export_saved_model(predictor, sm_dir, platforms=platforms, fixed_batch=fixed)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    loaded = tf.saved_model.load(sm_dir)
+    diff = _max_diff(
+        lambda x: loaded.serve(tf.constant(x))['prob_defective'].numpy(),
+        probe, want, fixed)
+    info['artifacts']['saved_model'] = {
+        'path': sm_dir, 'signature': 'serving_default', 'function': 'serve',
+        'converter': 'jax2tf (native serialization)', 'platforms': list(platforms),
+        'max_abs_diff': diff, 'verified': diff <= TOLERANCE}
+    print(f'SavedModel: {sm_dir} (jax2tf, native serialization; signature '
+          f'serving_default(images) -> prob_defective); max |diff| {diff:.2e} '
+          f'({time.perf_counter() - t0:.1f} s)')
+    return _verified('SavedModel', diff)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = f'{type(e).__name__}: {_first_line(e)}'
+    info['artifacts']['saved_model'] = {'error': reason}
+    print(f'error: SavedModel not written: {reason}', file=sys.stderr)
+    return False
+
+
+def _write_info(info: dict, out: str) -> None:
+  path = os.path.join(out, INFO_NAME)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(info, f, indent=2)
+  print(f'wrote {path}')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = _parse_args(argv)
+  try:
+    platforms = _platforms(args.platforms)
+    predictor = _load_predictor(args)
+    out = _output_dir(args.out, predictor)
+  except _UsageError as e:
+    return _usage(str(e))
+  print(f'model: {predictor.describe()}')
+  probe = _probe_batch(predictor.image_size)
+  want = predictor.predict_proba(probe)
+  info = _export_info(predictor)
+  ok, fixed = _write_jax_export(predictor, out, platforms, probe, want, info)
   if args.saved_model == 'true':
-    sm_dir = os.path.join(out, SAVED_MODEL_NAME)
-    try:
-      t0 = time.perf_counter()
-      export_saved_model(predictor, sm_dir, platforms=platforms, fixed_batch=fixed)
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
-      loaded = tf.saved_model.load(sm_dir)
-      diff = _max_diff(
-          lambda x: loaded.serve(tf.constant(x))['prob_defective'].numpy(),
-          probe, want, fixed)
-      ok = diff <= TOLERANCE
-      info['artifacts']['saved_model'] = {
-          'path': sm_dir, 'signature': 'serving_default', 'function': 'serve',
-          'converter': 'jax2tf (native serialization)', 'platforms': list(platforms),
-          'max_abs_diff': diff, 'verified': ok}
-      print(f'SavedModel: {sm_dir} (jax2tf, native serialization; signature '
-            f'serving_default(images) -> prob_defective); max |diff| {diff:.2e} '
-            f'({time.perf_counter() - t0:.1f} s)')
-      if not ok:
-        print(f'error: SavedModel differs from the model by {diff:.2e} > {TOLERANCE}',
-              file=sys.stderr)
-        failed = True
-    except Exception as e:  # pylint: disable=broad-except
-      reason = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
-      info['artifacts']['saved_model'] = {'error': reason}
-      print(f'error: SavedModel not written: {reason}', file=sys.stderr)
-      failed = True
+    ok = _write_saved_model(predictor, out, platforms, probe, want, info, fixed) and ok
   else:
     info['artifacts']['saved_model'] = {'skipped': '--saved_model=false'}
-
-  with open(os.path.join(out, INFO_NAME), 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2)
-  print(f'wrote {os.path.join(out, INFO_NAME)}')
-  return 1 if failed else 0
+  _write_info(info, out)
+  return 0 if ok else 1
 
 
 def run() -> None:

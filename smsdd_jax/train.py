@@ -600,9 +600,17 @@ def params_fingerprint(params) -> float:
                    for x in leaves))
 
 
+# What a person reads on a validation or test line; every metric is in
+# metrics.jsonl and eval.json.
+LOG_KEYS = ('balanced_accuracy', 'auroc', 'escape_rate', 'overkill_rate', 'cross_entropy')
+
+
 def _fmt(metrics: dict, undefined: dict | None = None) -> str:
-  """'k=v ...' for a log line; an undefined metric reads 'k=null (why)'."""
+  """'k=v ...' of the LOG_KEYS for a log line, and any undefined metric as
+  'k=null (why)'."""
   undefined = undefined or {}
+  metrics = {k: v for k, v in metrics.items()
+             if k.split('/')[-1] in LOG_KEYS or k in undefined}
 
   def one(k, v):
     if k in undefined or (isinstance(v, float) and not math.isfinite(v)):

@@ -1,17 +1,22 @@
-"""The synthetic raw-frame generator and its TFDS builder."""
+"""The synthetic raw-frame generator (synthetic_render) and its TFDS builder
+(synthetic_screens)."""
 import collections
 import importlib.util
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
+from smsdd_jax.datasets import synthetic_render as sr
 from smsdd_jax.datasets import synthetic_screens as ss
 
 SMALL = (540, 960)  # Frame size used where full HD is not the point.
 
 
-def _rectify(image, corners, size=ss.ROI_SIZE):
+def _rectify(image, corners, size=sr.ROI_SIZE):
   h, w = size
   m = cv2.getPerspectiveTransform(
       np.float32(corners), np.float32([[0, 0], [w, 0], [w, h], [0, h]]))
@@ -22,9 +27,9 @@ def _rectify(image, corners, size=ss.ROI_SIZE):
 
 
 def test_same_seed_and_index_give_identical_bytes():
-  a = ss.render_frame(7, seed=3, defective=True, defect_type='oil')
-  ss.render_frame(8, seed=3, defective=False)  # Other frames do not matter.
-  b = ss.render_frame(7, seed=3, defective=True, defect_type='oil')
+  a = sr.render_frame(7, seed=3, defective=True, defect_type='oil')
+  sr.render_frame(8, seed=3, defective=False)  # Other frames do not matter.
+  b = sr.render_frame(7, seed=3, defective=True, defect_type='oil')
   assert a.image.shape == (1080, 1920, 3) and a.image.dtype == np.uint8
   assert a.image.tobytes() == b.image.tobytes()
   assert a.corners.tobytes() == b.corners.tobytes()
@@ -33,9 +38,9 @@ def test_same_seed_and_index_give_identical_bytes():
 
 
 def test_different_seeds_and_indices_differ():
-  a = ss.render_frame(4, seed=0, frame_size=SMALL, defective=False)
-  b = ss.render_frame(4, seed=1, frame_size=SMALL, defective=False)
-  c = ss.render_frame(5, seed=0, frame_size=SMALL, defective=False)
+  a = sr.render_frame(4, seed=0, frame_size=SMALL, defective=False)
+  b = sr.render_frame(4, seed=1, frame_size=SMALL, defective=False)
+  c = sr.render_frame(5, seed=0, frame_size=SMALL, defective=False)
   assert not np.array_equal(a.image, b.image)
   assert not np.array_equal(a.corners, b.corners)
   assert not np.array_equal(a.image, c.image)
@@ -43,23 +48,23 @@ def test_different_seeds_and_indices_differ():
 
 def test_same_scene_at_every_frame_size():
   for i in range(6):
-    big = ss.render_frame(i, defective=True, defect_type='scratch')
-    small = ss.render_frame(i, frame_size=SMALL, defective=True, defect_type='scratch')
+    big = sr.render_frame(i, defective=True, defect_type='scratch')
+    small = sr.render_frame(i, frame_size=SMALL, defective=True, defect_type='scratch')
     assert big.phone == small.phone
     np.testing.assert_allclose(small.corners * 2, big.corners, atol=0.01)
 
 
 def test_frame_fields_and_argument_checks():
-  f = ss.render_frame(0, frame_size=SMALL, defective=False)
+  f = sr.render_frame(0, frame_size=SMALL, defective=False)
   assert (f.label, f.defect_type) == (0, 'none')
-  assert f.phone in ss.PHONES
+  assert f.phone in sr.PHONES
   assert f.corners.shape == (4, 2) and f.corners.dtype == np.float32
-  f = ss.render_frame(0, frame_size=SMALL, defective=True)  # Type drawn per frame.
-  assert f.label == 1 and f.defect_type in ss.DEFECT_KINDS
+  f = sr.render_frame(0, frame_size=SMALL, defective=True)  # Type drawn per frame.
+  assert f.label == 1 and f.defect_type in sr.DEFECT_KINDS
   with pytest.raises(ValueError):
-    ss.render_frame(0, frame_size=SMALL, defective=False, defect_type='oil')
+    sr.render_frame(0, frame_size=SMALL, defective=False, defect_type='oil')
   with pytest.raises(ValueError):
-    ss.render_frame(0, frame_size=SMALL, defective=True, defect_type='crack')
+    sr.render_frame(0, frame_size=SMALL, defective=True, defect_type='crack')
 
 
 @pytest.mark.parametrize('frame_size', [SMALL, (1080, 1920)])
@@ -67,7 +72,7 @@ def test_corners_inside_frame_convex_and_phone_shaped(frame_size):
   h, w = frame_size
   phones = set()
   for i in range(24):
-    f = ss.render_frame(i, frame_size=frame_size, defective=False)
+    f = sr.render_frame(i, frame_size=frame_size, defective=False)
     c = f.corners.astype(np.float64)
     phones.add(f.phone)
     assert np.all(c >= 0) and np.all(c[:, 0] < w) and np.all(c[:, 1] < h), c
@@ -84,11 +89,11 @@ def test_corners_inside_frame_convex_and_phone_shaped(frame_size):
   assert phones == {'black', 'white'}
 
 
-@pytest.mark.parametrize('kind', ss.DEFECT_KINDS)
+@pytest.mark.parametrize('kind', sr.DEFECT_KINDS)
 def test_defect_changes_only_the_screen(kind):
   for i in (2, 11):
-    bad = ss.render_frame(i, frame_size=SMALL, defective=True, defect_type=kind)
-    good = ss.render_frame(i, frame_size=SMALL, defective=False)
+    bad = sr.render_frame(i, frame_size=SMALL, defective=True, defect_type=kind)
+    good = sr.render_frame(i, frame_size=SMALL, defective=False)
     np.testing.assert_array_equal(bad.corners, good.corners)
     screen = np.zeros(SMALL, np.uint8)
     cv2.fillPoly(screen, [np.rint(bad.corners).astype(np.int32)], 1)
@@ -102,75 +107,92 @@ def test_defect_changes_only_the_screen(kind):
     assert np.count_nonzero(roi_diff > 15) >= 3, (kind, i)
 
 
-# --- frame_plan, stratified_split, quad_iou ----------------------------------
+# --- frame_plan, frame_splits, quad_iou ------------------------------------
 
 
 @pytest.mark.parametrize('n,n_bad', [(1200, 168), (160, 40), (10, 0), (7, 7)])
 def test_frame_plan_counts_exact_and_deterministic(n, n_bad):
-  plan = ss.frame_plan(n, n_bad, seed=0)
-  assert plan == ss.frame_plan(n, n_bad, seed=0)
+  plan = sr.frame_plan(n, n_bad, seed=0)
+  assert plan == sr.frame_plan(n, n_bad, seed=0)
   assert [p[0] for p in plan] == list(range(n))
   assert sum(d for _, d, _ in plan) == n_bad
   assert all((t == 'none') != d for _, d, t in plan)
   kinds = collections.Counter(t for _, d, t in plan if d)
-  assert set(kinds) <= set(ss.DEFECT_KINDS)
+  assert set(kinds) <= set(sr.DEFECT_KINDS)
   if n_bad >= 4:
-    assert set(kinds) == set(ss.DEFECT_KINDS)
+    assert set(kinds) == set(sr.DEFECT_KINDS)
     assert max(kinds.values()) - min(kinds.values()) <= 1
   if 0 < n_bad < n:
-    assert plan != ss.frame_plan(n, n_bad, seed=1)
+    assert plan != sr.frame_plan(n, n_bad, seed=1)
 
 
 def test_frame_plan_rejects_bad_counts():
   with pytest.raises(ValueError):
-    ss.frame_plan(10, 11)
+    sr.frame_plan(10, 11)
 
 
-def test_stratified_split_proportions_and_determinism():
-  labels = [int(d) for _, d, _ in ss.frame_plan(1200, 168, seed=0)]
-  splits = ss.stratified_split(labels, seed=0)
-  assert splits == ss.stratified_split(labels, seed=0)
-  assert splits != ss.stratified_split(labels, seed=1)
-  assert len(splits) == len(labels) and set(splits) == set(ss.SPLIT_NAMES)
-  count = collections.Counter(zip(splits, labels))
+def test_frame_splits_proportions_types_and_determinism():
+  plan = sr.frame_plan(1200, 168, seed=0)
+  labels = [int(d) for _, d, _ in plan]
+  split_of = ss.frame_splits(plan, seed=0)
+  assert split_of == ss.frame_splits(plan, seed=0)
+  assert split_of != ss.frame_splits(plan, seed=1)
+  assert len(split_of) == len(labels) and set(split_of) == set(ss.SPLIT_NAMES)
+  count = collections.Counter(zip(split_of, labels))
   for c in (0, 1):
     n = labels.count(c)
     for name, frac in zip(ss.SPLIT_NAMES, (0.8, 0.1, 0.1)):
       assert abs(count[name, c] - frac * n) < 1, (name, c, count)
-  assert collections.Counter(splits) == {'train': 960, 'validation': 120, 'test': 120}
-  # Every index is in exactly one split.
-  members = {s: {i for i, x in enumerate(splits) if x == s} for s in ss.SPLIT_NAMES}
-  assert sum(len(m) for m in members.values()) == len(labels)
-  assert set().union(*members.values()) == set(range(len(labels)))
-  # Small config: 120 good, 40 defective.
-  small = ss.stratified_split([0] * 120 + [1] * 40, seed=0)
-  assert collections.Counter(zip(small, [0] * 120 + [1] * 40)) == {
+  assert collections.Counter(split_of) == {'train': 960, 'validation': 120, 'test': 120}
+  # Defect types spread over the splits too (42 of each kind).
+  types = collections.Counter((s, t) for s, (_, d, t) in zip(split_of, plan) if d)
+  for kind in sr.DEFECT_KINDS:
+    for name, frac in zip(ss.SPLIT_NAMES, (0.8, 0.1, 0.1)):
+      assert abs(types[name, kind] - frac * 42) < 1, (name, kind, types)
+  # Small config: 120 good, 40 defective, one of each defect kind in
+  # validation and in test.
+  small_plan = sr.frame_plan(160, 40, seed=0)
+  small = ss.frame_splits(small_plan, seed=0)
+  assert collections.Counter(zip(small, (int(d) for _, d, _ in small_plan))) == {
       ('train', 0): 96, ('validation', 0): 12, ('test', 0): 12,
       ('train', 1): 32, ('validation', 1): 4, ('test', 1): 4}
-
-
-def test_stratified_split_rejects_bad_fractions():
-  with pytest.raises(ValueError):
-    ss.stratified_split([0, 1], fractions=(0.5, 0.6, 0.1))
+  for name in ('validation', 'test'):
+    assert sorted(t for s, (_, d, t) in zip(small, small_plan) if d and s == name) == \
+        sorted(sr.DEFECT_KINDS)
 
 
 def test_quad_iou():
   sq = np.float32([[0, 0], [10, 0], [10, 10], [0, 10]])
-  assert ss.quad_iou(sq, sq) == pytest.approx(1.0)
-  assert ss.quad_iou(sq, sq + [5, 0]) == pytest.approx(50 / 150)
-  assert ss.quad_iou(sq, sq[::-1]) == pytest.approx(1.0)  # Orientation-free.
-  assert ss.quad_iou(sq, sq + [20, 0]) == pytest.approx(0.0)
+  assert sr.quad_iou(sq, sq) == pytest.approx(1.0)
+  assert sr.quad_iou(sq, sq + [5, 0]) == pytest.approx(50 / 150)
+  assert sr.quad_iou(sq, sq[::-1]) == pytest.approx(1.0)  # Orientation-free.
+  assert sr.quad_iou(sq, sq + [20, 0]) == pytest.approx(0.0)
   bowtie = np.float32([[0, 0], [10, 10], [10, 0], [0, 10]])  # Not convex.
-  assert 0.0 <= ss.quad_iou(sq, bowtie) <= 1.0
+  assert 0.0 <= sr.quad_iou(sq, bowtie) <= 1.0
 
 
 def test_write_sample_frames(tmp_path):
-  paths = ss.write_sample_frames(str(tmp_path), 4, seed=0, frame_size=SMALL)
+  paths = sr.write_sample_frames(str(tmp_path), 4, seed=0, frame_size=SMALL)
   assert len(paths) == 4
   assert len(list((tmp_path / 'good').glob('*.jpg'))) == 2
   assert len(list((tmp_path / 'defective').glob('*.jpg'))) == 2
   img = cv2.imread(paths[0])
   assert img is not None and img.shape == (*SMALL, 3)
+
+
+def test_renderer_imports_without_tensorflow():
+  code = ('import sys; import smsdd_jax.datasets.synthetic_render;'
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+          "('tensorflow', 'tensorflow_datasets', 'jax')))")
+  out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True,
+                       text=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+  assert out.strip() == '[]'
+
+
+def test_builder_module_reexports_the_renderer():
+  for name in ('render_frame', 'frame_plan', 'write_sample_frames', 'quad_iou', 'Frame',
+               'DEFECT_TYPES', 'DEFECT_KINDS', 'LABEL_NAMES', 'PHONES', 'ROI_SIZE'):
+    assert getattr(ss, name) is getattr(sr, name), name
 
 
 # --- the TFDS builder --------------------------------------------------------
@@ -196,7 +218,7 @@ def test_builder_is_registered_with_configs():
   assert configs['default'].num_frames == 1200
   assert configs['default'].num_defective == 168
   assert configs['small'].num_frames == 160 and configs['small'].num_defective == 40
-  assert str(ss.SyntheticScreens.VERSION) == '1.0.0'
+  assert str(ss.SyntheticScreens.VERSION) == '1.1.0'
 
 
 @pytest.fixture(scope='module')
