@@ -44,7 +44,7 @@ PAPER_TABLE2 = {'beta_a': (85, 83), 'beta_b': (79, 74), 'beta_c': (96, 93),
 METRICS = ('accuracy', 'balanced_accuracy', 'precision', 'recall', 'specificity', 'f1',
            'auroc', 'average_precision', 'escape_rate', 'overkill_rate')
 COUNTS = ('tp', 'fp', 'tn', 'fn', 'num_examples', 'num_defective', 'num_good')
-CSV_COLUMNS = ('variant', 'beta', 'seed', 'fold', 'split', 'step', 'checkpoint',
+CSV_COLUMNS = ('variant', 'recipe', 'beta', 'seed', 'fold', 'split', 'step', 'checkpoint',
                'threshold_rule', 'threshold', *METRICS, *COUNTS, 'all_good_accuracy',
                'health', 'health_reasons', 'run')
 # Compared against beta = 0, paired on the same seeds and folds (test split).
@@ -74,10 +74,12 @@ def load_run(path: str) -> dict:
   meta = _read_json(os.path.join(path, rundir.SWEEP))
   run = {'run': os.path.basename(path), 'path': path, 'variant': meta['variant'],
          'seed': meta['seed'], 'fold': meta.get('fold'), 'beta': None,
-         'finished': False, 'eval': None}
+         'finished': False, 'eval': None, 'recipe': 'paper'}
   config_path = os.path.join(path, rundir.CONFIG)
   if os.path.isfile(config_path):
-    run['beta'] = _read_json(config_path)['config']['loss']['beta']
+    config = _read_json(config_path)['config']
+    run['beta'] = config['loss']['beta']
+    run['recipe'] = config.get('recipe', 'paper')  # Runs before recipes: the paper's.
   eval_path = os.path.join(path, rundir.EVAL)
   if os.path.isfile(eval_path):
     run['eval'] = _read_json(eval_path)
@@ -112,7 +114,8 @@ def rows(runs: Sequence[dict]) -> list[dict]:
     health, reasons = _health(ev)
     for split in ('val', 'test'):
       m = ev[split]
-      row = {'variant': run['variant'], 'beta': run['beta'], 'seed': run['seed'],
+      row = {'variant': run['variant'], 'recipe': run['recipe'], 'beta': run['beta'],
+             'seed': run['seed'],
              'fold': '' if run['fold'] is None else run['fold'], 'split': split,
              'step': ev['step'], 'checkpoint': ev['checkpoint'],
              'threshold_rule': ev['threshold_rule'], 'threshold': ev['threshold'],
@@ -247,6 +250,10 @@ def _header_lines(table, meta, floors) -> list[str]:
     lines += ['Sweep: ' + ', '.join(f'{k} `{v}`' for k, v in meta.items()) + '.', '']
   rules = sorted({row['threshold_rule'] for row in table})
   checkpoints = sorted({row['checkpoint'] for row in table})
+  recipes = sorted({row.get('recipe', 'paper') for row in table if 'recipe' in row})
+  if recipes:
+    lines += [f'Training recipe: `{", ".join(recipes)}` (configs/default.py: `paper` is the '
+              "literal one, `learn` is `:learn`'s apply_learn).", '']
   lines += [
       f'Decision threshold: chosen on validation by `{", ".join(rules) or "-"}` and '
       'applied unchanged to test; evaluated checkpoint: '

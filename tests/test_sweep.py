@@ -291,12 +291,13 @@ def test_paired_verdicts_of_a_constant_shift_and_of_no_change(hand_sweep):
   assert (auc['variant'], auc['metric'], auc['n']) == ('beta_c', 'auroc', 5)
   assert auc['mean'] == pytest.approx(0.1)
   assert auc['ci_low'] == pytest.approx(0.1) and auc['ci_high'] == pytest.approx(0.1)
-  assert auc['p'] == pytest.approx(2 / 32) and auc['verdict'] == 'better'
+  # The interval excludes 0, but 5 pairs cannot reach p <= 0.05 (2 / 2^5).
+  assert auc['p'] == pytest.approx(2 / 32) and auc['verdict'] == 'not distinguishable'
   assert bacc['mean'] == 0.0 and bacc['p'] == 1.0
   assert bacc['verdict'] == 'not distinguishable'
   text = report.markdown(table)
-  assert ('| beta_c | test AUROC | 5 | +0.100 | [+0.100, +0.100] | 0.062 | better |'
-          in text)
+  assert ('| beta_c | test AUROC | 5 | +0.100 | [+0.100, +0.100] | 0.062 | '
+          'not distinguishable |' in text)
   assert ('| beta_c | test balanced acc. (points) | 5 | +0.0 | [+0.0, +0.0] | 1.000 '
           '| not distinguishable |' in text)
 
