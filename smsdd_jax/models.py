@@ -59,13 +59,16 @@ def feature_shape(image_shape: Sequence[int], width_mult: float) -> tuple[int, i
 
 
 class SiameseVGG16(nn.Module):
-  """VGG16 conv tower + Dense(num_classes). Returns (logits, out)."""
-  width_mult: float = 1.0
-  batch_norm: bool = False
-  num_classes: int = 2
-  embedding: str = 'flatten_l2'
-  dtype: Any = jnp.float32
-  conv_impl: str = 'xla'  # 'xla' | 'custom': conv.py's 3x3 conv and 2x2 pool backward.
+  """VGG16 conv tower + Dense(num_classes). Returns (logits, out).
+
+  No field has a default: `create(config.model)` fills every one from the
+  config, so configs/default.py is the one place a default lives."""
+  width_mult: float
+  batch_norm: bool
+  num_classes: int
+  embedding: str
+  dtype: Any
+  conv_impl: str  # 'xla' | 'custom' (resolved from the config's 'auto' by create).
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False):
