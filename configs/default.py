@@ -155,6 +155,11 @@ def apply_learn(config):
   - flips and brightness/contrast jitter: a screen or tile with a defect is
     still defective upside down, and a few hundred images need the variety.
   The paper's configs stay exactly reproducible without ':learn'.
+
+  Measured so far (docs/results.md): at quick size on magnetic_tile, grouped
+  5-fold, beta = 0, this recipe is WORSE than the paper's on every fold (test
+  AUROC 0.512 vs 0.670). It is a first draft to ablate, not yet the recipe
+  the evidence picks.
   """
   config.recipe = LEARN
   config.model.batch_norm = True
