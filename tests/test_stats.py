@@ -103,3 +103,29 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
   lo, hi = stats.bootstrap_ci(d)
   assert (lo, hi) == stats.bootstrap_ci(d)
   assert d.min() <= lo < d.mean() < hi <= d.max()
+
+
+def test_compare_sweeps_pairs_two_sweeps_by_seed_and_fold(tmp_path, capsys):
+  import csv  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'compare_sweeps.py'
+  spec = importlib.util.spec_from_file_location('compare_sweeps', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  for name, shift in (('base', 0.0), ('other', 0.1)):
+    (tmp_path / name).mkdir()
+    with open(tmp_path / name / 'results.csv', 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=['variant', 'seed', 'fold', 'split', 'auroc',
+                                        'balanced_accuracy'])
+      w.writeheader()
+      for fold in range(6):
+        for split in ('val', 'test'):
+          w.writerow({'variant': 'beta_a', 'seed': 0, 'fold': fold, 'split': split,
+                      'auroc': 0.5 + 0.05 * fold + shift, 'balanced_accuracy': 0.6})
+      w.writerow({'variant': 'floor:hog', 'seed': 0, 'fold': 0, 'split': 'test',
+                  'auroc': 0.9, 'balanced_accuracy': 0.9})
+  assert mod.main([f'--base={tmp_path / "base"}', f'--other={tmp_path / "other"}']) == 0
+  out = capsys.readouterr().out
+  assert '| beta_a | auroc | 6 | +0.100 | [+0.100, +0.100] | 0.031 | better |' in out
+  assert '| beta_a | balanced_accuracy | 6 | +0.000 |' in out and 'floor' not in out
