@@ -163,10 +163,8 @@ class Predictor:
 # ------------------------------------------------------------------ reading files
 
 
-def read_image(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-  """The file as decoded pixels (gray or BGR), or FrameError saying why not
-  (see `preprocess.read_image`: size limit from the header, truncation)."""
-  return preprocess.read_image(path, max_pixels=max_pixels)
+# The file as decoded pixels (gray or BGR), or FrameError saying why not.
+read_image = preprocess.read_image
 
 
 # ------------------------------------------------------------------ frames

@@ -272,8 +272,9 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     kept, examples, sizes, num_gray, seen = [], [], [], 0, {}
     for src in sources:
       try:
-        if self._exclusion(src):
-          raise BadInput(self._exclusion(src))
+        excluded = self._exclusion(src)
+        if excluded:
+          raise BadInput(excluded)
         data = preprocess.read_bytes(src.path)
         digest = splits.content_hash(data)
         if digest in seen:
