@@ -3,7 +3,7 @@
 
   python launch/floors.py --data=msd_screens --builder_config=default \
       --manual_dir=PATH/TO/msd_screens --kfold=5 [--fold=all] \
-      [--model=all|pixel|anomaly|hog[,...]] [--out=SWEEP/floors.json]
+      [--model=all|pixel|anomaly|hog|boosted[,...]] [--out=SWEEP/floors.json]
 
 The splits are those of smsdd_jax.main with the same data settings
 (configs/default.py's config.data with these overrides; --set KEY=VALUE sets
@@ -18,9 +18,14 @@ split_names, fold by fold (--fold=all: every fold of --kfold). Models:
            energy, grey level) -> L2-regularised logistic regression
   hog      histograms of oriented gradients of the grey image (HOG_* below)
            -> L2-regularised logistic regression
+  boosted  the anomaly model's 14 statistics (extracted once for both) ->
+           gradient-boosted trees on the log-loss (BOOST_* below, numpy): can a
+           non-linear look at the same statistics (a threshold on one, an
+           interaction of two) find what the linear one misses?
 
 Features are standardised with the training split's statistics; the logistic
-models' lambda is chosen from LAMBDAS by validation AUROC. The decision
+models' lambda is chosen from LAMBDAS by validation AUROC, boosted's number of
+rounds from BOOST_ROUNDS (its `lambda` is the leaf L2, BOOST_L2). The decision
 threshold is chosen on validation by --threshold_rule (smsdd_jax.metrics, as a
 run chooses its own) and applied unchanged to test. Printed per model and fold:
 train/val/test AUROC, test balanced accuracy at that threshold; then the mean
@@ -36,6 +41,7 @@ import ast
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -47,7 +53,8 @@ if REPO not in sys.path:
 from configs import default  # pylint: disable=wrong-import-position
 from smsdd_jax import input_pipeline, metrics, rundir  # pylint: disable=wrong-import-position
 
-MODELS = ('pixel', 'anomaly', 'hog')
+MODELS = ('pixel', 'anomaly', 'hog', 'boosted')
+FEATURES_OF = {'boosted': 'anomaly'}  # Models reading another model's features.
 LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)  # L2 strength of the logistic models.
 ANOMALY_FEATURES = (
     'residual_p1', 'residual_p5', 'residual_p50', 'residual_p95', 'residual_p99',
@@ -55,6 +62,12 @@ ANOMALY_FEATURES = (
     'gradient_energy', 'gradient_p99', 'laplacian_var', 'grey_mean', 'grey_std')
 ANOMALY_LEVEL = 0.08  # |grey - background| (in [0, 1]) that counts as anomalous.
 HOG_BINS, HOG_BLOCK = 9, 2  # Unsigned orientation bins; cells per block side.
+# Boosted trees: candidate round counts (prefixes of one fit), tree depth,
+# learning rate, leaf L2, least sampled rows per leaf, quantile bins per
+# feature, share of rows each round sees.
+BOOST_ROUNDS = (50, 100, 200, 400)
+BOOST_DEPTH, BOOST_RATE, BOOST_L2, BOOST_MIN_LEAF = 3, 0.1, 1.0, 5
+BOOST_BINS, BOOST_SUBSAMPLE = 32, 0.8
 
 
 # ------------------------------------------------------------------ features
@@ -184,24 +197,161 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, lam: float, iters: int = 100
   return w
 
 
+# ------------------------------------------------------------------ boosted trees
+
+
+class Boosted(NamedTuple):
+  """A fitted booster: the prior log-odds, then per round (R rows) one tree in
+  heap order (node k's children are 2k+1 for x <= threshold and 2k+2 above;
+  threshold +inf: no split, all rows go left) and its leaf values, the
+  learning rate already applied."""
+  base: float
+  feature: np.ndarray  # (R, 2^depth - 1) int
+  threshold: np.ndarray  # (R, 2^depth - 1)
+  leaf: np.ndarray  # (R, 2^depth)
+
+
+def bin_edges(x: np.ndarray, bins: int = BOOST_BINS) -> np.ndarray:
+  """(F, bins - 1) candidate thresholds per feature: the training split's inner
+  quantiles, repeats (ties, discrete features) dropped and the rest padded with
+  +inf, so a split search costs `bins` per feature whatever the row count."""
+  edges = np.full((x.shape[1], bins - 1), np.inf)
+  qs = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+  for f in range(x.shape[1]):
+    u = np.unique(np.quantile(x[:, f], qs))
+    edges[f, :len(u)] = u
+  return edges
+
+
+def bin_codes(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+  """(n, F) bin of each value: how many of its feature's thresholds lie below
+  it, so x > edges[f, j] exactly when code > j (training rows route by code
+  as new rows route by value)."""
+  return np.stack([np.searchsorted(e, x[:, f], side='left') for f, e in enumerate(edges)], 1)
+
+
+def best_splits(codes, node, nodes, g, h, w, edges, l2, min_leaf):
+  """The best split of each of `nodes` nodes of one level: gradient, Hessian
+  and row-count histograms over (node, feature, bin) in three bincounts, their
+  cumulative sums the left sides of every threshold at once. The split
+  maximises the Newton gain GL^2/(HL+l2) + GR^2/(HR+l2) - G^2/(H+l2) with at
+  least min_leaf sampled rows each side. Returns (feature, bin, threshold) per
+  node; a node where nothing gains gets bin = #bins (never right) and +inf."""
+  nf, nb = codes.shape[1], edges.shape[1] + 1
+  idx = ((node[:, None] * nf + np.arange(nf)) * nb + codes).ravel()
+
+  def hist(v):
+    return np.bincount(idx, np.repeat(v, nf), nodes * nf * nb).reshape(nodes, nf, nb).cumsum(2)
+
+  gs, hs, cs = hist(g * w), hist(h * w), hist(w)
+  gl, hl, cl = gs[..., :-1], hs[..., :-1], cs[..., :-1]
+  gt, ht, ct = gs[..., -1:], hs[..., -1:], cs[..., -1:]
+  gain = gl ** 2 / (hl + l2) + (gt - gl) ** 2 / (ht - hl + l2) - gt ** 2 / (ht + l2)
+  ok = np.isfinite(edges)[None] & (cl >= min_leaf) & (ct - cl >= min_leaf)
+  gain = np.where(ok, gain, -np.inf).reshape(nodes, -1)
+  best = gain.argmax(1)
+  feat, j = np.divmod(best, nb - 1)
+  split = gain[np.arange(nodes), best] > 1e-12
+  return feat, np.where(split, j, nb), np.where(split, edges[feat, j], np.inf)
+
+
+def fit_tree(codes, edges, g, h, w, depth, l2, min_leaf):
+  """One regression tree on the Newton step, grown level by level to `depth`
+  (a node that cannot split sends its rows left, so the tree stays complete
+  and routes in fixed steps). Returns (features, thresholds, leaf values
+  -G/(H+l2) over the sampled rows, each row's leaf)."""
+  node = np.zeros(len(g), np.int64)  # Index within the current level.
+  rows, feats, thrs = np.arange(len(g)), [], []
+  for d in range(depth):
+    f, j, t = best_splits(codes, node, 2 ** d, g, h, w, edges, l2, min_leaf)
+    node = 2 * node + (codes[rows, f[node]] > j[node])
+    feats.append(f)
+    thrs.append(t)
+  leaves = 2 ** depth
+  leaf = -np.bincount(node, g * w, leaves) / (np.bincount(node, h * w, leaves) + l2)
+  return np.concatenate(feats), np.concatenate(thrs), leaf, node
+
+
+def fit_boosted(x: np.ndarray, labels: np.ndarray, rounds: int = max(BOOST_ROUNDS),
+                depth: int = BOOST_DEPTH, rate: float = BOOST_RATE, l2: float = BOOST_L2,
+                min_leaf: int = BOOST_MIN_LEAF, bins: int = BOOST_BINS,
+                subsample: float = BOOST_SUBSAMPLE, seed: int = 0) -> Boosted:
+  """Gradient boosting on the log-loss from the prior log-odds: each round a
+  tree fits the Newton step on a `subsample` share of the rows (seeded, so a
+  fit repeats exactly; less overfitting on a few hundred images) and `rate`
+  times it joins the sum. Thresholds come from the training quantiles once."""
+  y = (labels == 1).astype(np.float64)
+  prior = np.clip(y.mean(), 1e-3, 1.0 - 1e-3)
+  base = float(np.log(prior / (1.0 - prior)))
+  edges = bin_edges(x, bins)
+  codes = bin_codes(x, edges)
+  rng = np.random.default_rng(seed)
+  z, trees = np.full(len(y), base), []
+  for _ in range(rounds):
+    p = sigmoid(z)
+    w = (rng.random(len(y)) < subsample).astype(np.float64)
+    feat, thr, leaf, row_leaf = fit_tree(codes, edges, p - y, p * (1.0 - p), w, depth, l2,
+                                         min_leaf)
+    z += rate * leaf[row_leaf]
+    trees.append((feat, thr, rate * leaf))
+  return Boosted(base, *(np.stack(a) for a in zip(*trees)))
+
+
+def boosted_stages(model: Boosted, x: np.ndarray, stages) -> dict:
+  """{r: log-odds of x after the first r rounds} for each r in `stages`, all
+  rounds routed at once and summed cumulatively: every candidate round count
+  costs one pass."""
+  internal, rounds = model.feature.shape[1], model.feature.shape[0]
+  if max(stages) > rounds:
+    raise ValueError(f'stages {stages}: the model has {rounds} rounds')
+  node, cols = np.zeros((rounds, len(x)), np.int64), np.arange(len(x))[None]
+  for _ in range(int(np.log2(internal + 1))):
+    f = np.take_along_axis(model.feature, node, 1)
+    t = np.take_along_axis(model.threshold, node, 1)
+    node = 2 * node + 1 + (x[cols, f] > t)
+  z = model.base + np.cumsum(np.take_along_axis(model.leaf, node - internal, 1), 0)
+  return {r: z[r - 1] for r in stages}
+
+
+def fit_predict_boosted(feats: dict, labels: dict) -> tuple[dict, int]:
+  """({split: defect probability}, rounds): one fit of max(BOOST_ROUNDS)
+  rounds whose prefixes are scored on validation; the best AUROC wins (ties:
+  fewer rounds), 100 when validation has one class."""
+  model = fit_boosted(feats['train'], labels['train'])
+  stages = {n: boosted_stages(model, f, BOOST_ROUNDS) for n, f in feats.items()}
+  val = {r: metrics.auroc(labels['val'], z) for r, z in stages['val'].items()}
+  finite = [r for r in BOOST_ROUNDS if np.isfinite(val[r])]
+  rounds = max(finite, key=lambda r: (val[r], -r)) if finite else 100
+  return {n: sigmoid(s[rounds]) for n, s in stages.items()}, rounds
+
+
+# ------------------------------------------------------------------ model choice
+
+
 def standardise(feats: dict) -> dict:
   """Each split's features with the training split's mean and std."""
   mean, std = feats['train'].mean(0), feats['train'].std(0) + 1e-6
   return {name: (f - mean) / std for name, f in feats.items()}
 
 
-def fit_predict(model: str, feats: dict, labels: dict, ridge: float) -> tuple[dict, float]:
-  """({split: defect probability}, lambda used). pixel: sigmoid of the ridge
-  score (0 -> 0.5); the logistic models: lambda from LAMBDAS with the best
+def fit_predict(model: str, feats: dict, labels: dict, ridge: float) -> tuple[dict, dict]:
+  """({split: defect probability}, {'lambda': used, 'rounds': boosted's or
+  None}). pixel: sigmoid of the ridge score (0 -> 0.5); boosted:
+  fit_predict_boosted; the logistic models: lambda from LAMBDAS with the best
   validation AUROC (ties: the stronger), 10 when validation has one class."""
   if model == 'pixel':
     w = fit_ridge(feats['train'], labels['train'], ridge)
-    return {n: sigmoid(scores(f, w)) for n, f in feats.items()}, ridge
+    probs = {n: sigmoid(scores(f, w)) for n, f in feats.items()}
+    return probs, {'lambda': ridge, 'rounds': None}
+  if model == 'boosted':
+    probs, rounds = fit_predict_boosted(feats, labels)
+    return probs, {'lambda': BOOST_L2, 'rounds': rounds}
   fits = {lam: fit_logistic(feats['train'], labels['train'], lam) for lam in LAMBDAS}
   val = {lam: metrics.auroc(labels['val'], scores(feats['val'], w)) for lam, w in fits.items()}
   finite = [lam for lam in LAMBDAS if np.isfinite(val[lam])]
   lam = max(finite, key=lambda lam: (val[lam], lam)) if finite else 10.0
-  return {n: sigmoid(scores(f, fits[lam])) for n, f in feats.items()}, lam
+  probs = {n: sigmoid(scores(f, fits[lam])) for n, f in feats.items()}
+  return probs, {'lambda': lam, 'rounds': None}
 
 
 # ------------------------------------------------------------------ data and runs
@@ -237,6 +387,7 @@ class Features:
     return self.cache[(piece, model)], self.cache[(piece, 'labels')]
 
   def __call__(self, split: str, model: str) -> tuple[np.ndarray, np.ndarray]:
+    model = FEATURES_OF.get(model, model)  # boosted: anomaly's, extracted once.
     parts = [self._piece(piece, model) for piece in split.split('+')]
     return np.concatenate([f for f, _ in parts]), np.concatenate([y for _, y in parts])
 
@@ -261,9 +412,9 @@ def run_fold(data_config, features: Features, models, opts) -> list[dict]:
     pairs = {n: features(s, model) for n, s in input_pipeline.split_names(data_config).items()}
     labels = {n: y for n, (_, y) in pairs.items()}
     feats = standardise({n: f for n, (f, _) in pairs.items()})
-    probs, lam = fit_predict(model, feats, labels, opts['ridge'])
+    probs, choice = fit_predict(model, feats, labels, opts['ridge'])
     rows.append({'model': model, 'fold': data_config.fold if data_config.kfold else None,
-                 'num_features': int(feats['train'].shape[1]), 'lambda': lam,
+                 'num_features': int(feats['train'].shape[1]), **choice,
                  'threshold_rule': opts['threshold_rule'],
                  **evaluate(labels, probs, opts['threshold_rule'], opts['max_escape_rate'])})
   return rows
@@ -306,9 +457,10 @@ def print_table(result: dict) -> None:
   for r in result['rows']:
     fold = '' if r['fold'] is None else f' fold {r["fold"]}'
     auc = ' '.join(f'{s} {_f(r[s]["auroc"]):.3f}' for s in ('train', 'val', 'test'))
+    rounds = f', {r["rounds"]} rounds' if r.get('rounds') else ''
     print(f'{r["model"]:8s}{fold:8s} AUROC {auc}   test balanced acc. '
           f'{_f(r["test"]["balanced_accuracy"]):.3f} (threshold {r["threshold"]:.3g} by '
-          f'{r["threshold_rule"]} on val, lambda {r["lambda"]:g})')
+          f'{r["threshold_rule"]} on val, lambda {r["lambda"]:g}{rounds})')
   for model in dict.fromkeys(r['model'] for r in result['rows']):
     rows = [r for r in result['rows'] if r['model'] == model]
     print(f'{model:8s} over {len(rows)}: test AUROC {_mean_std(r["test"]["auroc"] for r in rows)}'
@@ -335,7 +487,8 @@ def _pair(text: str, name: str) -> tuple[int, int]:
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python launch/floors.py',
                               description=__doc__.splitlines()[0])
-  p.add_argument('--model', default='all', help='pixel, anomaly, hog, a comma list, or all')
+  p.add_argument('--model', default='all',
+                 help='pixel, anomaly, hog, boosted, a comma list, or all')
   p.add_argument('--data', default=None, help='config.data.name (TFDS builder)')
   p.add_argument('--builder_config', default=None, help="config.data.builder_config "
                  "('' = the builder's default)")

@@ -7,9 +7,12 @@ dict) with `StandardSave`, so a checkpoint can be read without this package:
 
 Orbax writes each step to a temporary directory and renames it when complete,
 so a process killed mid-save leaves the previous step restorable.
+`BestCheckpoint` keeps the best-by-validation state apart from the periodic
+ones, with its rule for ties.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional
 
@@ -18,6 +21,7 @@ import flax.traverse_util
 import jax
 import orbax.checkpoint as ocp
 
+from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import rundir
 
 
@@ -107,3 +111,90 @@ def _saved_model_hint(directory: str) -> str:
   fields = ', '.join(f'model.{k}={model[k]}' for k in ('width_mult', 'batch_norm')
                      if k in model)
   return f'; the checkpoint\'s run used {fields}'
+
+
+class BestCheckpoint:
+  """Keeps the state with the best validation metric in checkpoints_best/,
+  apart from the periodic ones so pruning never removes it; best.json says
+  which step and value it holds.
+
+  A tie in `checkpoint.best_metric` (common: balanced accuracy on a few dozen
+  val images takes few values) goes to the better `checkpoint.best_tie_breakers`
+  ('metric:max' or 'metric:min', in order); a full tie keeps the earlier step.
+  An undefined (NaN) value is worse than any number."""
+
+  def __init__(self, workdir: str, ckpt_config):
+    self.keys = [(ckpt_config.best_metric, ckpt_config.best_mode)] + [
+        _metric_and_mode(t) for t in ckpt_config.best_tie_breakers]
+    self.metric, self.mode = self.keys[0]
+    for name, mode in self.keys:
+      if mode not in ('max', 'min'):
+        raise ValueError(f'config.checkpoint: {name!r} has mode {mode!r}: expected '
+                         'max or min')
+    self.path = os.path.join(workdir, rundir.BEST)
+    self.checkpoints = Checkpointer(
+        os.path.join(workdir, rundir.CHECKPOINTS_BEST), max_to_keep=1)
+    self.values = None  # Of self.keys, for the step held now.
+    if os.path.exists(self.path):
+      saved = rundir.read_json(self.path, 'best checkpoint record')
+      ties = saved.get('tie_breakers', {})
+      self.values = [_float(saved['value'])] + [_float(ties.get(name))
+                                                for name, _ in self.keys[1:]]
+
+  @property
+  def value(self):
+    return None if self.values is None else self.values[0]
+
+  def update(self, step: int, state, metrics: dict) -> bool:
+    for name, _ in self.keys:
+      if name not in metrics:
+        raise ValueError(f'config.checkpoint: best metric {name!r} is not among '
+                         f'the eval metrics {sorted(metrics)}')
+    values = [_float(metrics[name]) for name, _ in self.keys]
+    if self.values is not None and not better(values, self.values,
+                                              [mode for _, mode in self.keys]):
+      return False
+    self.checkpoints.save(step, state)
+    self.checkpoints.wait()  # best.json must never name an unfinished save.
+    self.values = values
+    if jax.process_index() == 0:
+      ties = metrics_lib.nan_to_none(
+          {name: v for (name, _), v in zip(self.keys[1:], values[1:])})
+      rundir.write_json(self.path, metrics_lib.nan_to_none(
+          {'step': step, 'metric': self.metric, 'value': values[0],
+           'tie_breakers': ties}))
+    return True
+
+  def close(self) -> None:
+    self.checkpoints.close()
+
+
+# Values this close count as a tie: the same balanced accuracy reached from
+# different confusion counts can differ in the last bits of a float.
+TIE_REL_TOL = 1e-9
+
+
+def better(new: list[float], old: list[float], modes: list[str]) -> bool:
+  """Whether `new` beats `old`, compared key by key (lexicographically), each
+  by its mode; a NaN loses to any number; a full tie is not better."""
+  for a, b, mode in zip(new, old, modes):
+    if math.isnan(a) or math.isnan(b):
+      if math.isnan(a) and math.isnan(b):
+        continue
+      return math.isnan(b)
+    if math.isclose(a, b, rel_tol=TIE_REL_TOL, abs_tol=0.0):
+      continue
+    return a > b if mode == 'max' else a < b
+  return False
+
+
+def _metric_and_mode(spec: str) -> tuple[str, str]:
+  name, sep, mode = spec.rpartition(':')
+  if not sep:
+    raise ValueError(f'config.checkpoint.best_tie_breakers: {spec!r} should be '
+                     "'metric:max' or 'metric:min'")
+  return name, mode
+
+
+def _float(x) -> float:
+  return float('nan') if x is None else float(x)

@@ -5,7 +5,8 @@
 
 Config keys: every key is declared, each with a one-line comment, in
 configs/default.py; a variant (configs/beta_*.py) overrides only what differs,
-and `:quick` selects the tiny CPU setting. Override any key on the command
+`:quick` selects the tiny CPU setting and `:learn` the second training
+recipe (`:quick,learn` both). Override any key on the command
 line as --config.KEY=VALUE, e.g. --config.loss.beta=0.05 --config.num_epochs=3;
 an unknown key is refused with one line naming it.
 
@@ -25,8 +26,9 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    'config', None, 'Training config file (path[:quick]). Its keys are declared '
-    'in configs/default.py; override one with --config.KEY=VALUE.', lock_config=True)
+    'config', None, 'Training config file (path[:quick|:learn|:quick,learn]). Its keys '
+    'are declared in configs/default.py; override one with --config.KEY=VALUE.',
+    lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory; default runs/<config file name>.')
 flags.DEFINE_bool('distributed', False,
                   'Join a multi-process run via jax.distributed.initialize. The '

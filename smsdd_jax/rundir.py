@@ -150,31 +150,42 @@ def read_config(workdir: str) -> dict:
   return info['config']
 
 
+# The config fields serving reads that were added after the first release,
+# with the value that reproduces what a run saved before the field existed
+# did. Serving needs no other default: every other field it reads is in every
+# config.json ever written, and configs/default.py (the one place defaults
+# live) belongs to the training side, which serving never imports.
+FIELDS_ADDED = {
+    'recipe': 'paper',
+    'model.conv_impl': 'auto',  # Speed only: every implementation computes the same function.
+    'model.init': '',
+    'data.normalize': 'fixed',
+    'data.aspect': 'stretch',
+    'data.channels': 'rgb',
+    # The restore target's optimiser state: plain SGD before these existed.
+    'optimizer.name': 'sgd',
+    'optimizer.schedule': 'constant',
+    'optimizer.warmup_steps': 0,
+    'optimizer.weight_decay': 0.0,
+}
+
+
 def run_config(saved: dict):
-  """A run's saved config on top of today's defaults: a run saved before a
-  field existed gets the field's default (which reproduces the old behaviour:
-  new fields default to what the code did before they existed)."""
+  """A run's saved config as a ConfigDict, with the fields of FIELDS_ADDED
+  that a run saved before they existed lacks filled in. Raises ValueError
+  when a saved group is not a group (a hand-edited or foreign file)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
-  try:
-    from configs import default  # pylint: disable=import-outside-toplevel
-  except ImportError:  # Outside the repository: the saved config alone.
-    return ml_collections.ConfigDict(saved)
-  config = default.get_config()
-  flat = ml_collections.ConfigDict(saved).to_dict()
-
-  def merge(base, values, prefix):
-    for key, value in values.items():
-      if key not in base:
-        raise ValueError(f'saved config field {prefix}{key} is unknown to this '
-                         'version of smsdd_jax')
-      if isinstance(value, dict) and isinstance(base[key], ml_collections.ConfigDict) \
-          and key != 'extra':
-        merge(base[key], value, f'{prefix}{key}.')
-      else:
-        base[key] = value
-
-  merge(config, flat, 'config.')
-  return config
+  config = json.loads(json.dumps(saved))  # A deep copy; tuples as lists, as JSON has them.
+  for dotted, value in FIELDS_ADDED.items():
+    *groups, key = dotted.split('.')
+    node = config
+    for i, group in enumerate(groups):
+      node = node.setdefault(group, {})
+      if not isinstance(node, dict):
+        raise ValueError(f'saved config field config.{".".join(groups[:i + 1])} is '
+                         f'{node!r}, not a group of fields')
+    node.setdefault(key, value)
+  return ml_collections.ConfigDict(config)
 
 
 def read_stats(workdir: str, config: dict) -> tuple[dict, str]:

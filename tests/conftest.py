@@ -9,13 +9,19 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-  """Identical programs (the same tiny step compiled by several tests) are
-  compiled once per test session, through JAX's persistent cache."""
-  cache = config.cache.mkdir('jax_compilation_cache') if config.cache else None
-  if cache is not None:
-    jax.config.update('jax_compilation_cache_dir', str(cache))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+  """Identical programs (the same tiny step compiled by several tests, and by
+  the `python -m smsdd_jax.main` processes tests launch) are compiled once per
+  test session, through JAX's persistent cache: set in this process and, by
+  environment, in every process it starts."""
+  cache = getattr(config, 'cache', None)  # None under -p no:cacheprovider.
+  if cache is None or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  settings = {'jax_compilation_cache_dir': str(cache.mkdir('jax_compilation_cache')),
+              'jax_persistent_cache_min_compile_time_secs': 0.0,
+              'jax_persistent_cache_min_entry_size_bytes': -1}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
 
 
 @pytest.fixture(scope='session')

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,9 +52,9 @@ def test_best_checkpoint_is_kept_apart_from_pruned_periodic_ones(quick_config, t
   assert int(restored.step) == best['step']
 
 
-def test_a_checkpoint_of_another_model_is_refused_by_name(quick_config, tmp_path):
+def test_a_checkpoint_of_another_model_is_refused_by_name(quick_config, trained_run, tmp_path):
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(small_run(quick_config, 1), str(workdir))
+  shutil.copytree(trained_run, workdir)  # A finished 1-epoch run at 1/16 width.
   wider = small_run(quick_config.copy_and_resolve_references(), 2)
   wider.model.width_mult = 1 / 8
   with pytest.raises(checkpointing.CheckpointMismatchError,

@@ -1,4 +1,5 @@
-"""launch/floors.py: the features and linear fits by hand, the command end to end."""
+"""launch/floors.py: the features, linear fits and boosted trees by hand, the
+command end to end."""
 import importlib.util
 import json
 import pathlib
@@ -84,6 +85,94 @@ def test_hog_of_an_edge_and_of_a_flat_image():
   assert floors.hog_features(images, 64, 16).shape == (2, 756)
 
 
+def _xor(n, seed):
+  """Defective when exactly one of x0, x1 is positive: no direction separates
+  it (a linear score is near chance), two levels of splits do."""
+  x = np.random.default_rng(seed).standard_normal((n, 6))
+  return x, ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)
+
+
+def _xor_splits():
+  pairs = {'train': _xor(400, 1), 'val': _xor(200, 2), 'test': _xor(400, 3)}
+  return {n: x for n, (x, _) in pairs.items()}, {n: y for n, (_, y) in pairs.items()}
+
+
+def test_boosted_trees_solve_xor_where_logistic_regression_cannot():
+  feats, labels = _xor_splits()
+  probs, choice = floors.fit_predict('boosted', feats, labels, ridge=10.0)
+  assert floors.metrics.auroc(labels['test'], probs['test']) > 0.9
+  assert choice['rounds'] in floors.BOOST_ROUNDS and choice['lambda'] == floors.BOOST_L2
+  assert np.all((probs['test'] > 0) & (probs['test'] < 1))
+  linear, _ = floors.fit_predict('anomaly', feats, labels, ridge=10.0)
+  assert abs(floors.metrics.auroc(labels['test'], linear['test']) - 0.5) < 0.1
+
+
+def test_boosted_fit_is_deterministic_and_seeded():
+  x, labels = _xor(300, 4)
+  a, b = floors.fit_boosted(x, labels, rounds=60), floors.fit_boosted(x, labels, rounds=60)
+  for field in ('feature', 'threshold', 'leaf'):
+    np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+  sa, sb = floors.boosted_stages(a, x, (60,)), floors.boosted_stages(b, x, (60,))
+  np.testing.assert_array_equal(sa[60], sb[60])
+  # The seed draws the rows each round sees: another seed, another fit.
+  other = floors.fit_boosted(x, labels, rounds=60, seed=1)
+  assert not np.array_equal(other.leaf, a.leaf)
+
+
+def test_boosted_rounds_are_the_best_validation_prefix():
+  feats, labels = _xor_splits()
+  feats = {n: f[:, ::-1] for n, f in feats.items()}  # Same problem, other columns.
+  labels['val'] = labels['val'].copy()
+  labels['val'][:60] = 1 - labels['val'][:60]  # Noisy validation: prefixes differ.
+  probs, rounds = floors.fit_predict_boosted(feats, labels)
+  model = floors.fit_boosted(feats['train'], labels['train'])
+  stages = floors.boosted_stages(model, feats['val'], floors.BOOST_ROUNDS)
+  val = {r: floors.metrics.auroc(labels['val'], z) for r, z in stages.items()}
+  assert rounds in floors.BOOST_ROUNDS
+  assert rounds == min(r for r in floors.BOOST_ROUNDS if val[r] == max(val.values()))
+  np.testing.assert_array_equal(probs['val'], floors.sigmoid(stages[rounds]))
+  # Validation far from the boundary x0 = 0: every prefix ranks it perfectly,
+  # and a tie goes to the fewest rounds.
+  x = np.random.default_rng(5).standard_normal((600, 3))
+  easy = {'train': x[:400], 'val': x[400:][np.abs(x[400:, 0]) > 0.5]}
+  _, rounds = floors.fit_predict_boosted(easy, {n: (f[:, 0] > 0).astype(int)
+                                                for n, f in easy.items()})
+  assert rounds == min(floors.BOOST_ROUNDS)
+  labels['val'][:] = 0  # One class on validation: no AUROC, the default.
+  assert floors.fit_predict_boosted(feats, labels)[1] == 100
+  with pytest.raises(ValueError, match='rounds'):
+    floors.boosted_stages(model, feats['val'], (800,))
+
+
+def test_one_boosting_round_takes_the_newton_step_on_each_side():
+  x, labels = _separable()
+  model = floors.fit_boosted(x, labels, rounds=1, depth=1, subsample=1.0)
+  f, t = model.feature[0, 0], model.threshold[0, 0]
+  assert f == 2 and np.isfinite(t)  # The most informative feature splits first.
+  p = labels.mean()
+  assert model.base == pytest.approx(np.log(p / (1 - p)))
+  left = x[:, f] <= t
+  for side, value in ((left, model.leaf[0, 0]), (~left, model.leaf[0, 1])):
+    newton = -np.sum(p - labels[side]) / (side.sum() * p * (1 - p) + floors.BOOST_L2)
+    assert value == pytest.approx(floors.BOOST_RATE * newton)
+  # New rows route by value as training rows did by bin code.
+  z = floors.boosted_stages(model, x, (1,))[1]
+  np.testing.assert_allclose(z, model.base + np.where(left, *model.leaf[0]))
+
+
+def test_boosted_reads_the_anomaly_features_extracted_once(monkeypatch):
+  images = np.zeros((3, 8, 8, 3), np.uint8)
+  monkeypatch.setattr(floors, 'load_split', lambda builder, split: (images, np.arange(3) % 2))
+  calls = []
+  monkeypatch.setattr(floors, 'anomaly_features',
+                      lambda ims: calls.append(len(ims)) or np.ones((len(ims), 14)))
+  features = floors.Features(None, {})
+  a, ya = features('fold_0+fold_1', 'anomaly')
+  b, yb = features('fold_1+fold_0', 'boosted')
+  assert calls == [3, 3] and a.shape == b.shape == (6, 14)
+  np.testing.assert_array_equal(ya, yb)
+
+
 def test_command_on_the_built_synthetic_set(data_dir, tmp_path, capsys):
   out = tmp_path / 'floors.json'
   assert floors.main([f'--data_dir={data_dir}', '--builder_config=small', '--size=8,16',
@@ -91,7 +180,7 @@ def test_command_on_the_built_synthetic_set(data_dir, tmp_path, capsys):
   printed = capsys.readouterr().out.strip().splitlines()
   result = json.loads(printed[-1])
   assert json.loads(out.read_text()) == result
-  assert [r['model'] for r in result['rows']] == ['pixel', 'anomaly', 'hog']
+  assert [r['model'] for r in result['rows']] == ['pixel', 'anomaly', 'hog', 'boosted']
   for row in result['rows']:
     assert row['fold'] is None and row['threshold_rule'] == 'best_f1'
     assert row['val']['threshold'] == row['test']['threshold'] == row['threshold']
@@ -104,7 +193,13 @@ def test_command_on_the_built_synthetic_set(data_dir, tmp_path, capsys):
   assert pixel['train']['auroc'] > 0.9  # 128 features, a few dozen images.
   assert result['rows'][1]['num_features'] == 14
   assert result['rows'][2]['lambda'] in floors.LAMBDAS
+  assert [r['rounds'] for r in result['rows'][:3]] == [None] * 3
+  boosted = result['rows'][3]
+  assert boosted['num_features'] == 14 and boosted['lambda'] == floors.BOOST_L2
+  assert boosted['rounds'] in floors.BOOST_ROUNDS
   assert any(line.startswith('hog      over 1: test AUROC') for line in printed)
+  assert any(line.startswith('boosted  over 1: test AUROC') for line in printed)
+  assert any(line.startswith('boosted ') and 'rounds)' in line for line in printed)
 
 
 @pytest.mark.parametrize('argv,match', [

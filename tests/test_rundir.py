@@ -184,18 +184,25 @@ def test_not_a_run_is_refused_with_the_path(tmp_path):
 
 
 def test_run_config_fills_fields_an_old_run_lacks():
-  config = rundir.run_config({'loss': {'beta': 0.3}})
-  assert config.loss.beta == 0.3 and config.data.image_size  # The rest: today's defaults.
-  with pytest.raises(ValueError, match='config.loss.nope is unknown'):
-    rundir.run_config({'loss': {'nope': 1}})
+  saved = {'loss': {'beta': 0.3}, 'model': {'width_mult': 0.25}, 'optimizer': {}}
+  config = rundir.run_config(saved)
+  assert config.loss.beta == 0.3 and config.model.width_mult == 0.25
+  # What a run from before these fields did, not today's training defaults.
+  assert config.optimizer.name == 'sgd' and config.optimizer.weight_decay == 0.0
+  assert config.data.aspect == 'stretch' and config.recipe == 'paper'
+  assert saved == {'loss': {'beta': 0.3}, 'model': {'width_mult': 0.25}, 'optimizer': {}}
+  with pytest.raises(ValueError, match='config.optimizer is 3'):
+    rundir.run_config({'optimizer': 3})
 
 
 def test_the_serving_path_and_rundir_stay_light():
-  """rundir loads no TensorFlow, JAX or train; inference/predict no TensorFlow."""
+  """rundir loads no TensorFlow, JAX or train; inference/predict no TensorFlow,
+  and reading a run's config needs no configs/ (the training side's defaults)."""
   code = ('import sys; from smsdd_jax import rundir; a = sorted(m for m in ("jax", '
           '"tensorflow", "orbax", "smsdd_jax.train") if m in sys.modules); '
-          'import smsdd_jax.inference, smsdd_jax.predict; '
-          'print(a, "tensorflow" in sys.modules, "smsdd_jax.train" in sys.modules)')
+          'import smsdd_jax.inference, smsdd_jax.predict; rundir.run_config({}); '
+          'print(a, "tensorflow" in sys.modules, "smsdd_jax.train" in sys.modules, '
+          '"configs" in sys.modules)')
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                        text=True, check=True).stdout.strip()
-  assert out == '[] False False'
+  assert out == '[] False False False'

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from smsdd_jax import figures
 from smsdd_jax import inference
 from smsdd_jax import metrics
 from smsdd_jax import report
@@ -216,7 +217,7 @@ def test_mean_std_formats():
 def test_pca_2d_finds_the_main_direction():
   rng = np.random.default_rng(0)
   x = np.c_[rng.normal(0, 10, 50), rng.normal(0, 1, 50), np.zeros(50)]
-  proj, share = report.pca_2d(x)
+  proj, share = figures.pca_2d(x)
   assert proj.shape == (50, 2) and share[0] > 0.9
   np.testing.assert_allclose(np.abs(proj[:, 0]), np.abs(x[:, 0] - x[:, 0].mean()), atol=0.5)
 
@@ -315,7 +316,9 @@ def test_markdown_counts_collapsed_runs_per_variant(hand_sweep):
 def test_no_baseline_says_so():
   table = [_row('beta_b', 'test', 0)]
   assert report.paired(table) == []
-  assert 'No baseline variant' in report.markdown(table)
+  assert 'no baseline variant' in report.markdown(table)
+  only_a = [_row('beta_a', 'test', 0)]
+  assert 'one variant only' in report.markdown(only_a)
 
 
 def test_aggregate_puts_the_floors_beside_the_variants(hand_sweep):

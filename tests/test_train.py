@@ -181,7 +181,7 @@ def test_summary_on_a_hand_made_case():
 
 
 def _best(workdir, *tie_breakers, metric='val/balanced_accuracy', mode='max'):
-  return train.BestCheckpoint(str(workdir), ml_collections.ConfigDict(
+  return checkpointing.BestCheckpoint(str(workdir), ml_collections.ConfigDict(
       {'best_metric': metric, 'best_mode': mode, 'best_tie_breakers': tie_breakers}))
 
 

@@ -1,0 +1,236 @@
+"""Figures of a sweep (launch/sweep.py's OUT directory), written by
+`python -m smsdd_jax.report --sweep=OUT [--out=OUT/figures]` (see report.py
+for what each PNG shows). Apart from the tables because it needs matplotlib.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from smsdd_jax import rundir
+from smsdd_jax.report import as_float, load_runs, mean_std, variant_names
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _colours(variants):
+  palette = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b',
+             '#e377c2', '#7f7f7f', '#bcbd22', '#17becf']
+  return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+
+
+def _label(variant: str, beta) -> str:
+  return f'{variant} (β={beta:g})' if beta is not None else variant
+
+
+def read_curves(path: str, keys: Sequence[str]) -> dict:
+  """{key: (steps, values)} from a run's metrics.jsonl; a step logged twice
+  (a run resumed from an older checkpoint) keeps its last value."""
+  out = {k: {} for k in keys}
+  metrics_path = os.path.join(path, rundir.METRICS)
+  if not os.path.isfile(metrics_path):
+    return {k: (np.zeros(0), np.zeros(0)) for k in keys}
+  with open(metrics_path, encoding='utf-8') as f:
+    for line in f:
+      if not line.strip():
+        continue
+      record = json.loads(line)
+      for k in keys:
+        if k in record:
+          out[k][record['step']] = as_float(record[k])
+  return {k: (np.asarray(sorted(v), np.float64),
+              np.asarray([v[s] for s in sorted(v)], np.float64)) for k, v in out.items()}
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+  if window <= 1 or len(y) < window:
+    return y
+  kernel = np.ones(window) / window
+  padded = np.r_[np.full(window // 2, y[0]), y, np.full(window - 1 - window // 2, y[-1])]
+  return np.convolve(padded, kernel, mode='valid')
+
+
+def plot_loss_curves(runs: Sequence[dict], path: str) -> str:
+  plt = _pyplot()
+  keys = ('train/loss', 'train/cross_entropy', 'val/balanced_accuracy')
+  titles = ('training loss (CE + β·contrastive)', 'training cross-entropy',
+            'validation balanced accuracy (threshold 0.5)')
+  variants = variant_names(runs)
+  colours = _colours(variants)
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  for v in variants:
+    members = [r for r in runs if r['variant'] == v]
+    curves = [read_curves(r['path'], keys) for r in members]
+    for ax, key in zip(axes, keys):
+      series = [c[key] for c in curves if len(c[key][0])]
+      if not series:
+        continue
+      marker = 'o' if max(len(steps) for steps, _ in series) < 20 else None
+      for steps, values in series:
+        ax.plot(steps, values, color=colours[v], alpha=0.25, lw=0.8, marker=marker, ms=3)
+      common = series[0][0]
+      for steps, _ in series[1:]:
+        common = np.intersect1d(common, steps)
+      if not len(common):
+        continue
+      mean = np.mean([vals[np.searchsorted(steps, common)] for steps, vals in series], 0)
+      window = max(1, len(common) // 25) if key.startswith('train/') else 1
+      ax.plot(common, _smooth(mean, window), color=colours[v], lw=2, marker=marker,
+              label=_label(v, members[0]['beta']) + (f', {len(series)} runs'
+                                                      if len(series) > 1 else ''))
+  for ax, title in zip(axes, titles):
+    ax.set_title(title)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle('Training curves per variant (thin: each run; thick: mean, smoothed)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _load_npz(run: dict, split: str) -> Optional[dict]:
+  path = os.path.join(run['path'], rundir.eval_npz(split))
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
+
+
+def plot_roc_curves(runs: Sequence[dict], path: str) -> str:
+  from smsdd_jax import metrics  # pylint: disable=import-outside-toplevel
+  plt = _pyplot()
+  finished = [r for r in runs if r['finished']]
+  variants = variant_names(finished)
+  colours = _colours(variants)
+  beta_of = {r['variant']: r['beta'] for r in finished}
+  fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+  for ax, split in zip(axes, ('val', 'test')):
+    for v in variants:
+      aucs, labelled = [], False
+      for run in (r for r in finished if r['variant'] == v):
+        arrays = _load_npz(run, split)
+        if arrays is None or metrics.missing_classes(arrays['label']):
+          continue
+        fpr, tpr, _ = metrics.roc_curve(arrays['label'], arrays['prob'])
+        aucs.append(metrics.auroc(arrays['label'], arrays['prob']))
+        ax.plot(fpr, tpr, color=colours[v], alpha=0.6, lw=1.2)
+        m = run['eval'][split]
+        if m.get('overkill_rate') is not None and m.get('escape_rate') is not None:
+          ax.plot(m['overkill_rate'], 1 - m['escape_rate'], 'o', color=colours[v], ms=5)
+        labelled = True
+      if labelled:
+        ax.plot([], [], color=colours[v], label=f'{_label(v, beta_of[v])} AUROC '
+                f'{mean_std(aucs, scale=1.0, digits=3)}')
+    ax.plot([0, 1], [0, 1], ls='--', color='grey', lw=0.8)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel('overkill rate (good rejected)')
+    ax.set_ylabel('1 - escape rate (defective caught)')
+    ax.set_title(f'ROC on {split} (dots: chosen threshold)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def pca_2d(x: np.ndarray):
+  """(n, 2) projection on the first two principal components and the share
+  of variance each explains."""
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  x = x - x.mean(0)
+  u, s, _ = np.linalg.svd(x, full_matrices=False)
+  total = float(np.sum(s ** 2)) or 1.0
+  k = min(2, len(s))
+  proj = np.zeros((len(x), 2))
+  proj[:, :k] = u[:, :k] * s[:k]
+  share = np.zeros(2)
+  share[:k] = s[:k] ** 2 / total
+  return proj, share
+
+
+def embedding_pair(runs: Sequence[dict]) -> list[tuple[dict, str]]:
+  """The runs to project: beta = 0 (else the lowest beta) and the variant
+  with beta > 0 of best mean val balanced accuracy (chosen on val, never on
+  test); the first run (lowest seed / fold) of each. [(run, why)]."""
+  finished = [r for r in runs if r['finished'] and r['beta'] is not None]
+  if not finished:
+    return []
+  by_variant = {}
+  for r in sorted(finished, key=lambda r: (r['seed'], r['fold'] or 0)):
+    by_variant.setdefault(r['variant'], []).append(r)
+  betas = {v: rs[0]['beta'] for v, rs in by_variant.items()}
+  base = min(by_variant, key=lambda v: (betas[v], v))
+  chosen = [(by_variant[base][0], 'cross-entropy only' if betas[base] == 0
+              else 'lowest β in the sweep')]
+
+  def score(v, key='balanced_accuracy'):
+    vals = [as_float(r['eval']['val'].get(key)) for r in by_variant[v]]
+    vals = [x for x in vals if math.isfinite(x)]
+    return float(np.mean(vals)) if vals else -1.0
+
+  others = [v for v in by_variant if v != base and betas[v] > 0]
+  if others:  # Ties: the higher mean val AUROC, then the name.
+    best = max(others, key=lambda v: (score(v), score(v, 'auroc'), v))
+    chosen.append((by_variant[best][0],
+                   f'best β > 0 by mean val balanced acc. ({100 * score(best):.1f}%)'))
+  return chosen
+
+
+def plot_embeddings(runs: Sequence[dict], path: str) -> str:
+  plt = _pyplot()
+  chosen = embedding_pair(runs)
+  fig, axes = plt.subplots(1, max(1, len(chosen)), figsize=(6.5 * max(1, len(chosen)), 5.5),
+                           squeeze=False)
+  for ax, (run, why) in zip(axes[0], chosen):
+    arrays = _load_npz(run, 'test')
+    if arrays is None:
+      ax.set_title(f'{run["run"]}: no eval_test.npz')
+      continue
+    proj, share = pca_2d(arrays['embedding'])
+    labels = arrays['label']
+    for value, name, colour in ((0, 'good', '#1f77b4'), (1, 'defective', '#d62728')):
+      keep = labels == value
+      ax.scatter(proj[keep, 0], proj[keep, 1], s=14, c=colour, alpha=0.7,
+                 label=f'{name} ({int(keep.sum())})')
+    auroc = run['eval']['test'].get('auroc')
+    ax.set_title(f'{run["run"]}: β={run["beta"]:g} ({why})\n'
+                 f'test AUROC {auroc:.3f}' if auroc is not None else run['run'],
+                 fontsize=10)
+    ax.set_xlabel(f'PC 1 ({100 * share[0]:.0f}% of variance)')
+    ax.set_ylabel(f'PC 2 ({100 * share[1]:.0f}% of variance)')
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  if not chosen:
+    axes[0][0].set_title('no finished run')
+  fig.suptitle('Test embeddings, first two principal components (one projection per model)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+FIGURES = {'loss_curves.png': plot_loss_curves, 'roc_curves.png': plot_roc_curves,
+           'embeddings.png': plot_embeddings}
+
+
+def write_figures(sweep: str, out: Optional[str] = None) -> list[str]:
+  """Every figure of FIGURES into `out` (default SWEEP/figures); their paths."""
+  runs = load_runs(sweep)
+  if not any(r['finished'] for r in runs):
+    raise ValueError(f'{sweep}: no finished run (a run directory with sweep.json '
+                     'and eval.json)')
+  out = out or os.path.join(sweep, 'figures')
+  os.makedirs(out, exist_ok=True)
+  return [fn(runs, os.path.join(out, name)) for name, fn in FIGURES.items()]
