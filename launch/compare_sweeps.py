@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Pairs two sweeps of the same folds and seeds (e.g. two recipes) run by run.
+"""Pairs sweeps of the same folds and seeds (e.g. recipes) run by run.
 
   python launch/compare_sweeps.py --base=docs/sweeps/mt_k5_quick \\
-      --other=docs/sweeps/mt_k5_quick_learn [--variant=beta_a]
+      --other=docs/sweeps/mt_k5_quick_learn [--other=...] [--variant=beta_a]
 
-Reads each sweep's results.csv (launch/sweep.py), pairs the test rows by
-(variant, seed, fold) and prints, per variant and metric, other minus base:
+Reads each sweep's results.csv (launch/sweep.py) and prints two markdown
+tables: every sweep's test AUROC and balanced accuracy (mean +- std over its
+runs) with its collapsed runs counted; then, per other sweep, variant and
+metric, other minus base on the test rows paired by (variant, seed, fold):
 the mean difference, the 95% bootstrap interval, the exact signed-rank p and
-the verdict of smsdd_jax/stats.py, as a markdown table.
+the verdict of smsdd_jax/stats.py.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import statistics
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,24 +40,46 @@ def compare(base: dict, other: dict, variant: str, metric: str) -> dict:
   return stats.compare(pick(other), pick(base))
 
 
+def summary_line(sweep: str, rows: dict, variant: str) -> str:
+  """'| sweep | variant | runs | AUROC | balanced acc. | collapsed |' (test)."""
+  mine = [r for k, r in rows.items() if k[0] == variant]
+  cells = []
+  for m in METRICS:
+    values = [float(r[m]) for r in mine]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    cells.append(f'{statistics.fmean(values):.3f} ± {std:.3f}' if values else '–')
+  collapsed = sum(r.get('health') == 'collapsed' for r in mine)
+  return f'| {sweep} | {variant} | {len(mine)} | {cells[0]} | {cells[1]} | {collapsed} |'
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--base', required=True)
-  p.add_argument('--other', required=True)
+  p.add_argument('--other', required=True, action='append',
+                 help='a sweep to pair with --base (repeatable)')
   p.add_argument('--variant', default=None, help='one variant (default: all in both)')
   args = p.parse_args(argv)
-  base, other = test_rows(args.base), test_rows(args.other)
-  variants = sorted({k[0] for k in base} & {k[0] for k in other})
+  base = test_rows(args.base)
+  others = {o: test_rows(o) for o in args.other}
+  variants = sorted({k[0] for k in base}.intersection(*({k[0] for k in o}
+                                                        for o in others.values())))
   if args.variant:
     variants = [v for v in variants if v == args.variant]
-  print(f'{args.other} minus {args.base}, test split, paired by seed and fold\n')
-  print('| variant | metric | pairs | mean difference | 95% interval | p | verdict |')
-  print('|---|---|---|---|---|---|---|')
-  for v in variants:
-    for m in METRICS:
-      r = compare(base, other, v, m)
-      print(f"| {v} | {m} | {r['n']} | {r['mean']:+.3f} | [{r['ci_low']:+.3f}, "
-            f"{r['ci_high']:+.3f}] | {r['p']:.3f} | {r['verdict']} |")
+  print('Test split, every run of each sweep (collapsed: eval.json health)\n')
+  print('| sweep | variant | runs | AUROC | balanced accuracy | collapsed |')
+  print('|---|---|---|---|---|---|')
+  for sweep, rows in {args.base: base, **others}.items():
+    for v in variants:
+      print(summary_line(sweep, rows, v))
+  for name, other in others.items():
+    print(f'\n{name} minus {args.base}, test split, paired by seed and fold\n')
+    print('| variant | metric | pairs | mean difference | 95% interval | p | verdict |')
+    print('|---|---|---|---|---|---|---|')
+    for v in variants:
+      for m in METRICS:
+        r = compare(base, other, v, m)
+        print(f"| {v} | {m} | {r['n']} | {r['mean']:+.3f} | [{r['ci_low']:+.3f}, "
+              f"{r['ci_high']:+.3f}] | {r['p']:.3f} | {r['verdict']} |")
   return 0
 
 

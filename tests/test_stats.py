@@ -113,7 +113,7 @@ def test_compare_sweeps_pairs_two_sweeps_by_seed_and_fold(tmp_path, capsys):
   spec = importlib.util.spec_from_file_location('compare_sweeps', path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  for name, shift in (('base', 0.0), ('other', 0.1)):
+  for name, shift in (('base', 0.0), ('other', 0.1), ('third', -0.1)):
     (tmp_path / name).mkdir()
     with open(tmp_path / name / 'results.csv', 'w', newline='') as f:
       w = csv.DictWriter(f, fieldnames=['variant', 'seed', 'fold', 'split', 'auroc',
@@ -125,7 +125,10 @@ def test_compare_sweeps_pairs_two_sweeps_by_seed_and_fold(tmp_path, capsys):
                       'auroc': 0.5 + 0.05 * fold + shift, 'balanced_accuracy': 0.6})
       w.writerow({'variant': 'floor:hog', 'seed': 0, 'fold': 0, 'split': 'test',
                   'auroc': 0.9, 'balanced_accuracy': 0.9})
-  assert mod.main([f'--base={tmp_path / "base"}', f'--other={tmp_path / "other"}']) == 0
+  assert mod.main([f'--base={tmp_path / "base"}', f'--other={tmp_path / "other"}',
+                   f'--other={tmp_path / "third"}']) == 0
   out = capsys.readouterr().out
   assert '| beta_a | auroc | 6 | +0.100 | [+0.100, +0.100] | 0.031 | better |' in out
+  assert '| beta_a | auroc | 6 | -0.100 | [-0.100, -0.100] | 0.031 | worse |' in out
   assert '| beta_a | balanced_accuracy | 6 | +0.000 |' in out and 'floor' not in out
+  assert f'| {tmp_path / "other"} | beta_a | 6 | 0.725 ± 0.094 | 0.600 ± 0.000 | 0 |' in out

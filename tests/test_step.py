@@ -55,9 +55,11 @@ def test_recipes():
   paper = beta_a.get_config()
   assert paper.recipe == 'paper' and not paper.model.batch_norm
   assert paper.optimizer.schedule == 'constant' and paper.optimizer.learning_rate == 0.01
+  assert paper.optimizer.name == 'sgd' and paper.optimizer.weight_decay == 0.0
   learn = beta_a.get_config('quick,learn')
   assert learn.recipe == 'learn' and learn.model.batch_norm and learn.data.quick
   assert learn.optimizer.schedule == 'warmup_cosine' and learn.loss.beta == 0.0
+  assert learn.optimizer.name == 'adamw' and learn.optimizer.learning_rate == 1e-3
   assert isinstance(step.make_optimizer(learn.optimizer, 100), optax.GradientTransformation)
   with pytest.raises(ValueError, match="unknown config argument 'fast'"):
     default.get_config('quick,fast')
