@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from smsdd_jax import stats  # pylint: disable=wrong-import-position
+from smsdd_jax import report, stats  # pylint: disable=wrong-import-position
 
 METRICS = ('auroc', 'balanced_accuracy')
 
@@ -43,11 +42,7 @@ def compare(base: dict, other: dict, variant: str, metric: str) -> dict:
 def summary_line(sweep: str, rows: dict, variant: str) -> str:
   """'| sweep | variant | runs | AUROC | balanced acc. | collapsed |' (test)."""
   mine = [r for k, r in rows.items() if k[0] == variant]
-  cells = []
-  for m in METRICS:
-    values = [float(r[m]) for r in mine]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    cells.append(f'{statistics.fmean(values):.3f} ± {std:.3f}' if values else '–')
+  cells = [report.mean_std([float(r[m]) for r in mine], scale=1.0, digits=3) for m in METRICS]
   collapsed = sum(r.get('health') == 'collapsed' for r in mine)
   return f'| {sweep} | {variant} | {len(mine)} | {cells[0]} | {cells[1]} | {collapsed} |'
 
