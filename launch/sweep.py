@@ -158,13 +158,14 @@ def plan(args) -> list[dict]:
     if key in ('seed', 'data.kfold', 'data.fold'):
       raise UsageError(f'--override={item!r}: set {key} with --seeds / --kfold')
     overrides.append((f'--config.{key}', value))
+  variants = [config_path(n.strip()) for n in args.configs.split(',') if n.strip()]
   runs = []
-  for name in args.configs.split(','):
-    if not name.strip():
-      continue
-    variant, path = config_path(name.strip())
-    for seed in seeds:
-      for fold in folds:
+  # Seed and fold outermost, variants innermost: a sweep cut short (or still
+  # running) has whole paired sets (every variant on the same seed and fold)
+  # rather than every fold of the first variant and nothing of the last.
+  for seed in seeds:
+    for fold in folds:
+      for variant, path in variants:
         run = f'{variant}_s{seed}' + ('' if fold is None else f'_f{fold}')
         modes = ','.join(m for m, on in (('quick', args.quick), ('learn', args.learn)) if on)
         flags = [f'--config={path}{":" + modes if modes else ""}',

@@ -3,6 +3,8 @@
   python -m smsdd_jax.benchmark --pairs=4 --steps=5
   python -m smsdd_jax.benchmark --pairs=4,8 --compare-torch=PATH/torch_siamese_vgg.py
   python -m smsdd_jax.benchmark --only=pipeline,inference --cores=1 [--compare-torch=PATH]
+  python -m smsdd_jax.benchmark --only=ab --impls=custom,xla --rounds=5 [--compare-torch=PATH]
+  python -m smsdd_jax.benchmark --only=layers --impls=custom,xla --steps=5
 
 Times are medians of `--steps` repeated runs after a warm-up (compile) run.
 `--compare-torch` runs the PyTorch twin of the step in the same invocation
@@ -56,8 +58,9 @@ def _median_time(fn, steps: int) -> float:
   return statistics.median(times)
 
 
-def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
-                     conv_impl: str = '') -> dict:
+def make_train_runner(pairs: int, width_mult: float, dtype: str, conv_impl: str = ''):
+  """(one_step, config): a callable running one jitted train step on a fixed
+  random batch (state carried from call to call), and the config it built."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
@@ -83,6 +86,15 @@ def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
     state[0], metrics = step(state[0], batch)
     jax.block_until_ready(metrics)
 
+  return run, config
+
+
+def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
+                     conv_impl: str = '') -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+  run, config = make_train_runner(pairs, width_mult, dtype, conv_impl)
+  h, w = config.data.image_size
   median = _median_time(run, steps)
   gflop = train_gflop_per_pair((h, w), width_mult) * pairs
   out = {'impl': 'jax', 'pairs': pairs, 'step_s': round(median, 4),
@@ -215,6 +227,43 @@ def bench_torch_forward(script: str, steps: int, width_mult: float) -> dict:
                           str(width_mult)], 'torch forward')
 
 
+def run_ab(args, summary: dict) -> None:
+  """--only=ab: the train step of every --impls, interleaved (speed_ab)."""
+  from smsdd_jax import speed_ab  # pylint: disable=import-outside-toplevel
+  for pairs in (int(x) for x in args.pairs.split(',')):
+    runners = {}
+    for impl in args.impls.split(','):
+      runners[impl], _ = make_train_runner(pairs, args.width_mult, args.dtype, impl)
+      runners[impl]()  # Compile before any timing.
+    torch_step = None
+    if args.compare_torch:
+      torch_step = lambda n, p=pairs: bench_torch(args.compare_torch, p, n,
+                                                  args.width_mult)['step_s']
+    r = speed_ab.interleaved_train(runners, pairs, args.rounds, args.steps, torch_step)
+    for name, v in r['variants'].items():
+      extra = (f' | ratio vs torch {v["ratio_vs_torch"]}x (rounds {v["ratio_range"][0]}'
+               f'-{v["ratio_range"][1]})' if 'ratio_vs_torch' in v else '')
+      print(f'ab {pairs} pairs, {name}: {v["pairs_per_s"]} pairs/s{extra}', flush=True)
+    if 'torch' in r:
+      print(f'ab {pairs} pairs, torch: {r["torch"]["pairs_per_s"]} pairs/s', flush=True)
+    summary[f'ab_{pairs}'] = r
+
+
+def run_layers(args, summary: dict) -> None:
+  """--only=layers: forward / dx / dw of every 3x3 layer for every --impls."""
+  from smsdd_jax import models, speed_ab  # pylint: disable=import-outside-toplevel
+  impls = {}
+  for name in args.impls.split(','):
+    if name not in models.CONV_IMPLS:
+      raise SystemExit(f'--impls: {name!r} is not one of {sorted(models.CONV_IMPLS)}')
+    impls[name] = models.CONV_IMPLS[name]
+  shapes = speed_ab.layer_shapes((110, 230), args.width_mult)
+  rows = speed_ab.layer_timings(impls, args.layer_batch, args.steps, shapes)
+  print(f'GFLOP/s per layer, batch {args.layer_batch} images, median of {args.steps}:')
+  print(speed_ab.layer_table(rows), flush=True)
+  summary['layers'] = rows
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--pairs', default='4', help='comma-separated batch sizes (pairs)')
@@ -227,10 +276,17 @@ def main(argv=None) -> None:
                  help='path of the PyTorch twin script to run side by side (train: '
                  'its step; inference: its forward of one image)')
   p.add_argument('--only', default='train',
-                 help='comma-separated: train, pipeline, inference')
+                 help='comma-separated: train, ab (interleaved A/B of --impls), '
+                 'layers (per-layer conv timings), pipeline, inference')
   p.add_argument('--data-dir', '--data_dir', default='', help='TFDS data_dir (pipeline)')
   p.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: all)')
   p.add_argument('--inference-batch', type=int, default=16)
+  p.add_argument('--impls', default='custom,xla',
+                 help='ab / layers: comma-separated model.conv_impl values to compare')
+  p.add_argument('--rounds', type=int, default=5,
+                 help='ab: interleaved rounds of --steps steps each')
+  p.add_argument('--layer-batch', '--layer_batch', type=int, default=16,
+                 help='layers: images per batch (16 = the 8-pair step)')
   args = p.parse_args(argv)
   if args.cores:  # Before JAX starts its thread pools.
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
@@ -256,6 +312,10 @@ def main(argv=None) -> None:
         summary['pairs_per_s'] = r['pairs_per_s']
     summary['peak_rss_mib'] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  if 'ab' in parts:
+    run_ab(args, summary)
+  if 'layers' in parts:
+    run_layers(args, summary)
   if 'pipeline' in parts:
     summary.update(bench_pipeline(args.data_dir, 200))
     print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)

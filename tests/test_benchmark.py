@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from smsdd_jax import benchmark
+from smsdd_jax import benchmark, speed_ab
 
 TWIN = os.environ.get('SMSDD_TORCH_TWIN', '')
 
@@ -42,3 +42,63 @@ def test_torch_twin_side_by_side(capsys):
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary['train_1']['ratio_vs_torch'] > 0
   assert summary['torch_forward_ms'] > 0
+
+
+# ------------------------------------------------- A/B harness and layer timings
+
+def test_interleaved_ratios_are_paired_per_round(monkeypatch):
+  # Replace the clock: each runner "takes" the seconds it returns, so the
+  # arithmetic is checked without timing anything.
+  monkeypatch.setattr(speed_ab, '_timed', lambda fn: fn())
+  slow = iter([2.0, 2.0, 4.0, 4.0])  # Round 2 ran under twice the load.
+  fast = iter([1.0, 1.0, 2.0, 2.0])
+  torch_s = iter([1.0, 2.0])
+  r = speed_ab.interleaved_train({'a': lambda: next(slow), 'b': lambda: next(fast)},
+                                 pairs=4, rounds=2, steps=2,
+                                 torch_step=lambda n: next(torch_s))
+  a, b = r['variants']['a'], r['variants']['b']
+  # Unpaired medians mix the loads; the per-round ratios do not.
+  assert a['ratio_vs_torch'] == 0.5 and a['ratio_range'] == [0.5, 0.5]
+  assert b['ratio_vs_torch'] == 1.0 and b['ratio_range'] == [1.0, 1.0]
+  assert a['pairs_per_s'] == pytest.approx(4 / 3, abs=1e-3) and r['torch']['step_s'] == 1.5
+
+
+def test_layer_shapes_are_the_13_vgg16_convolutions():
+  shapes = speed_ab.layer_shapes((110, 230), 1.0)
+  assert len(shapes) == 13
+  assert shapes[0] == (110, 230, 3, 64) and shapes[2] == (55, 115, 64, 128)
+  assert shapes[-1] == (6, 14, 512, 512)
+
+
+def test_conv_parts_give_the_gradients_of_each_impl():
+  import jax
+  import numpy as np
+  from smsdd_jax import models
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 7, 9, 4), np.float32)
+  w = rng.standard_normal((3, 3, 4, 5), np.float32)
+  dy = rng.standard_normal((2, 7, 9, 5), np.float32)
+  ref = speed_ab.conv_parts(jax.lax.conv_general_dilated)
+  _, vjp = jax.vjp(lambda a, b: jax.lax.conv_general_dilated(
+      a, b, (1, 1), 'SAME', dimension_numbers=speed_ab.DIMENSION_NUMBERS), x, w)
+  dx, dw = vjp(dy)
+  np.testing.assert_allclose(ref['dx'](x, w, dy), dx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ref['dw'](x, w, dy), dw, rtol=1e-5, atol=1e-4)
+  custom = speed_ab.conv_parts(models.CONV_IMPLS['custom'])
+  for part, args in (('fwd', (x, w)), ('dx', (x, w, dy)), ('dw', (x, w, dy))):
+    np.testing.assert_allclose(custom[part](*args), ref[part](*args), rtol=1e-4, atol=1e-4)
+
+
+def test_ab_and_layers_from_the_command_line(capsys):
+  benchmark.main(['--only=ab,layers', '--pairs=1', '--steps=1', '--rounds=2',
+                  '--width-mult=0.0625', '--layer-batch=1', '--impls=custom,xla'])
+  out = capsys.readouterr().out.strip().splitlines()
+  summary = json.loads(out[-1])
+  assert set(summary['ab_1']['variants']) == {'custom', 'xla'}
+  assert len(summary['layers']) == 13 * 2 * 3  # Layers x impls x (fwd, dx, dw).
+  assert any(line.startswith('| 110x230 3->4 |') for line in out)
+
+
+def test_layers_refuses_an_unknown_impl():
+  with pytest.raises(SystemExit, match='winograd2'):
+    benchmark.main(['--only=layers', '--impls=winograd2', '--width-mult=0.0625'])

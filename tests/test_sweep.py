@@ -157,12 +157,14 @@ def _args(*argv):
 def test_plan_seeds_times_folds():
   runs = sweep.plan(_args('--configs=beta_a,beta_b', '--kfold=3', '--quick',
                           '--override=num_epochs=2'))
-  assert [r['run'] for r in runs] == [f'beta_{v}_s0_f{i}' for v in 'ab' for i in range(3)]
-  assert runs[1]['args'] == ['--config=configs/beta_a.py:quick', '--config.seed=0',
+  # Variants innermost: a sweep stopped early holds complete paired sets.
+  assert [r['run'] for r in runs] == [f'beta_{v}_s0_f{i}' for i in range(3) for v in 'ab']
+  assert runs[2]['args'] == ['--config=configs/beta_a.py:quick', '--config.seed=0',
                              '--config.data.kfold=3', '--config.data.fold=1',
                              '--config.num_epochs=2']
   runs = sweep.plan(_args())
   assert len(runs) == 15 and runs[-1]['run'] == 'beta_e_s2'  # 5 variants x seeds 0,1,2.
+  assert [r['run'] for r in runs[:2]] == ['beta_a_s0', 'beta_b_s0']
 
 
 @pytest.mark.parametrize('argv,match', [

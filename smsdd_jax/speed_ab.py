@@ -1,0 +1,135 @@
+"""The measurements behind docs/performance.md: interleaved A/B of the train
+step, and per-layer convolution timings.
+
+  python -m smsdd_jax.benchmark --only=ab --impls=custom,xla --pairs=4 \
+      --rounds=5 --compare-torch=PATH/torch_siamese_vgg.py
+  python -m smsdd_jax.benchmark --only=layers --impls=custom,xla --layer-batch=16
+
+Why interleave: this 2-core machine is shared, and a load that comes and goes
+moves a step's time by 2x. Timing variant A for a minute and then variant B
+compares two loads, not two variants. Here every round runs every variant
+(and the PyTorch twin, in a child process, for the same number of steps)
+back to back, so each round's variants saw about the same load, and the
+result keeps each round's ratios (paired) as well as the medians.
+
+Per-layer timings time `conv_general_dilated`-compatible functions (the ones
+models.CONV_IMPLS holds) on the VGG16's 3x3 layer shapes, forward, input
+gradient and weight gradient separately, each under jit, interleaved per
+repeat. Their GFLOP/s are the direct convolution's FLOPs over the time, so
+formulations that do fewer multiplies (Winograd) show as faster, not as
+doing less work.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Sequence
+
+DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _timed(fn: Callable[[], object]) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def interleaved_train(runners: dict, pairs: int, rounds: int, steps: int,
+                      torch_step: Callable[[int], float] | None = None) -> dict:
+  """Each round: `steps` timed steps of every runner (name -> callable doing
+  one step, already compiled), then `torch_step(steps)` (median seconds per
+  step of the twin). Returns per-variant medians and the paired ratios."""
+  times = {name: [] for name in runners}
+  per_round = []
+  for _ in range(rounds):
+    row = {}
+    for name, run in runners.items():
+      t = [_timed(run) for _ in range(steps)]
+      times[name] += t
+      row[name] = statistics.median(t)
+    if torch_step is not None:
+      row['torch'] = torch_step(steps)
+    per_round.append(row)
+  out = {'pairs': pairs, 'rounds': rounds, 'steps_per_round': steps, 'variants': {}}
+  for name in runners:
+    median = statistics.median(times[name])
+    entry = {'step_s': round(median, 4), 'pairs_per_s': round(pairs / median, 3)}
+    if torch_step is not None:  # Paired: this round's torch over this round's variant.
+      ratios = sorted(r['torch'] / r[name] for r in per_round)
+      entry['ratio_vs_torch'] = round(statistics.median(ratios), 3)
+      entry['ratio_range'] = [round(ratios[0], 3), round(ratios[-1], 3)]
+    out['variants'][name] = entry
+  if torch_step is not None:
+    median = statistics.median(r['torch'] for r in per_round)
+    out['torch'] = {'step_s': round(median, 4), 'pairs_per_s': round(pairs / median, 3)}
+  return out
+
+
+def layer_shapes(image_size=(110, 230), width_mult: float = 1.0) -> list[tuple]:
+  """(H, W, C_in, C_out) of each 3x3 conv of the VGG16 tower, in order."""
+  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+  (h, w), cin, shapes = image_size, 3, []
+  for v in models.channels(width_mult):
+    if v == 'M':
+      h, w = h // 2, w // 2
+      continue
+    shapes.append((h, w, cin, v))
+    cin = v
+  return shapes
+
+
+def conv_parts(conv_fn) -> dict:
+  """Jitted forward, input gradient and weight gradient of `conv_fn` (lax's
+  conv_general_dilated signature) for a 3x3 SAME conv, NHWC / HWIO."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  def conv(x, w):
+    return conv_fn(x, w, (1, 1), 'SAME', dimension_numbers=DIMENSION_NUMBERS)
+
+  # Each part asks for one cotangent only, so XLA drops the other half of a
+  # custom backward (dead code) and the two are timed apart.
+  return {'fwd': jax.jit(conv),
+          'dx': jax.jit(lambda x, w, dy: jax.vjp(lambda a: conv(a, w), x)[1](dy)[0]),
+          'dw': jax.jit(lambda x, w, dy: jax.vjp(lambda b: conv(x, b), w)[1](dy)[0])}
+
+
+def layer_timings(impls: dict, batch: int, repeats: int,
+                  shapes: Sequence[tuple] | None = None, seed: int = 0) -> list[dict]:
+  """Median time and GFLOP/s of forward, dx and dw per layer shape and impl
+  (name -> conv_general_dilated-compatible function), interleaved."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  parts = {name: conv_parts(fn) for name, fn in impls.items()}
+  rows = []
+  for h, w, cin, cout in shapes or layer_shapes():
+    x = jax.device_put(np.maximum(rng.standard_normal((batch, h, w, cin), np.float32), 0))
+    k = jax.device_put(rng.standard_normal((3, 3, cin, cout), np.float32) * (2 / (9 * cout)) ** .5)
+    dy = jax.device_put(rng.standard_normal((batch, h, w, cout), np.float32))
+    args = {'fwd': (x, k), 'dx': (x, k, dy), 'dw': (x, k, dy)}
+    calls = {(n, p): (lambda f=f, a=args[p]: jax.block_until_ready(f(*a)))
+             for n, fs in parts.items() for p, f in fs.items()}
+    for call in calls.values():
+      call()  # Compile.
+    times = {key: [] for key in calls}
+    for _ in range(repeats):
+      for key, call in calls.items():
+        times[key].append(_timed(call))
+    gflop = 2 * batch * h * w * 9 * cin * cout / 1e9
+    for (name, part), t in times.items():
+      median = statistics.median(t)
+      rows.append({'layer': f'{h}x{w} {cin}->{cout}', 'impl': name, 'part': part,
+                   'ms': round(median * 1e3, 2), 'gflop_per_s': round(gflop / median, 1)})
+  return rows
+
+
+def layer_table(rows: list[dict]) -> str:
+  """Markdown: one row per layer, one column per impl x part (GFLOP/s)."""
+  cols = list(dict.fromkeys((r['impl'], r['part']) for r in rows))
+  layers = list(dict.fromkeys(r['layer'] for r in rows))
+  cell = {(r['layer'], r['impl'], r['part']): r['gflop_per_s'] for r in rows}
+  lines = ['| layer | ' + ' | '.join(f'{i} {p}' for i, p in cols) + ' |',
+           '|---|' + '---|' * len(cols)]
+  for layer in layers:
+    lines.append(f'| {layer} | ' + ' | '.join(str(cell[(layer, i, p)]) for i, p in cols) + ' |')
+  return '\n'.join(lines)
