@@ -222,6 +222,55 @@ print(json.dumps({'torch_forward_ms': round(statistics.median(times) * 1e3, 1),
 """
 
 
+# The same per-layer parts through PyTorch's oneDNN convolutions (channels-
+# last, float32), on the same shapes and cores: where each JAX layer stands
+# against the library the twin uses. Shapes come as JSON [[H, W, C, K], ...].
+_TORCH_LAYERS = r"""
+import json, statistics, sys, time, torch
+batch, repeats, shapes = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
+cl = torch.channels_last
+rows = []
+for h, w, c, k in shapes:
+  x = torch.randn(batch, c, h, w).relu().to(memory_format=cl).requires_grad_()
+  conv = torch.nn.Conv2d(c, k, 3, padding=1, bias=False).to(memory_format=cl)
+  dy = torch.randn(batch, k, h, w).to(memory_format=cl)
+  def fwd():
+    with torch.no_grad(): conv(x)
+  def dx():  # Input gradient only: the weight does not require grad here.
+    conv.weight.requires_grad_(False); torch.autograd.grad(conv(x), x, dy)
+    conv.weight.requires_grad_(True)
+  def dw():
+    x.requires_grad_(False); torch.autograd.grad(conv(x), conv.weight, dy); x.requires_grad_(True)
+  gflop = 2 * batch * h * w * 9 * c * k / 1e9
+  for part, fn in (('fwd', fwd), ('dx', dx), ('dw', dw)):
+    fn(); t = []
+    for _ in range(repeats):
+      s = time.perf_counter(); fn(); t.append(time.perf_counter() - s)
+    m = statistics.median(t)
+    # dx / dw include a forward (autograd needs one): subtract the forward's time.
+    rows.append(dict(layer=f'{h}x{w} {c}->{k}', impl='torch', part=part, seconds=m))
+for r in rows:
+  if r['part'] != 'fwd':
+    f = next(q['seconds'] for q in rows if q['layer'] == r['layer'] and q['part'] == 'fwd')
+    r['seconds'] = max(r['seconds'] - f, 1e-9)
+for r in rows:
+  h, w, c, k = next(s for s in shapes if f'{s[0]}x{s[1]} {s[2]}->{s[3]}' == r['layer'])
+  s = r.pop('seconds')
+  r.update(ms=round(s * 1e3, 2), gflop_per_s=round(2 * batch * h * w * 9 * c * k / 1e9 / s, 1))
+print(json.dumps(rows))
+"""
+
+
+def bench_torch_layers(batch: int, repeats: int, shapes) -> list[dict]:
+  out = subprocess.run([sys.executable, '-c', _TORCH_LAYERS, str(batch), str(repeats),
+                        json.dumps([list(s) for s in shapes])],
+                       capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    raise RuntimeError(f'torch layers failed: {out.stderr.strip().splitlines()[-1:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_torch_forward(script: str, steps: int, width_mult: float) -> dict:
   return _last_json_line([sys.executable, '-c', _TORCH_FORWARD, script, str(steps),
                           str(width_mult)], 'torch forward')
@@ -259,6 +308,8 @@ def run_layers(args, summary: dict) -> None:
     impls[name] = models.CONV_IMPLS[name]
   shapes = speed_ab.layer_shapes((110, 230), args.width_mult)
   rows = speed_ab.layer_timings(impls, args.layer_batch, args.steps, shapes)
+  if args.compare_torch:  # Only torch is needed, not the twin script itself.
+    rows += bench_torch_layers(args.layer_batch, args.steps, shapes)
   print(f'GFLOP/s per layer, batch {args.layer_batch} images, median of {args.steps}:')
   print(speed_ab.layer_table(rows), flush=True)
   summary['layers'] = rows

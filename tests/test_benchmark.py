@@ -44,6 +44,16 @@ def test_torch_twin_side_by_side(capsys):
   assert summary['torch_forward_ms'] > 0
 
 
+@pytest.mark.skipif(not TWIN, reason='set SMSDD_TORCH_TWIN to the PyTorch twin (needs torch)')
+def test_torch_in_the_ab_and_layer_tables(capsys):
+  benchmark.main(['--only=ab,layers', '--pairs=1', '--steps=1', '--rounds=2', '--impls=xla',
+                  '--width-mult=0.0625', '--layer-batch=1', f'--compare-torch={TWIN}'])
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary['ab_1']['variants']['xla']['ratio_vs_torch'] > 0
+  torch_rows = [r for r in summary['layers'] if r['impl'] == 'torch']
+  assert len(torch_rows) == 13 * 3 and all(r['ms'] > 0 for r in torch_rows)
+
+
 # ------------------------------------------------- A/B harness and layer timings
 
 def test_interleaved_ratios_are_paired_per_round(monkeypatch):
