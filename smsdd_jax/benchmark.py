@@ -229,35 +229,27 @@ _TORCH_LAYERS = r"""
 import json, statistics, sys, time, torch
 batch, repeats, shapes = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
-cl = torch.channels_last
-rows = []
+cl, rows = torch.channels_last, []
 for h, w, c, k in shapes:
-  x = torch.randn(batch, c, h, w).relu().to(memory_format=cl).requires_grad_()
-  conv = torch.nn.Conv2d(c, k, 3, padding=1, bias=False).to(memory_format=cl)
+  x = torch.randn(batch, c, h, w).relu().to(memory_format=cl)
+  wt = torch.randn(k, c, 3, 3).to(memory_format=cl)
   dy = torch.randn(batch, k, h, w).to(memory_format=cl)
-  def fwd():
-    with torch.no_grad(): conv(x)
-  def dx():  # Input gradient only: the weight does not require grad here.
-    conv.weight.requires_grad_(False); torch.autograd.grad(conv(x), x, dy)
-    conv.weight.requires_grad_(True)
-  def dw():
-    x.requires_grad_(False); torch.autograd.grad(conv(x), conv.weight, dy); x.requires_grad_(True)
+  # aten's convolution_backward with an output mask runs only the asked-for
+  # oneDNN primitive (backward-data or backward-weights), as autograd does.
+  def back(mask):
+    return torch.ops.aten.convolution_backward(dy, x, wt, None, [1, 1], [1, 1], [1, 1],
+                                               False, [0, 0], 1, mask)
+  parts = (('fwd', lambda: torch.nn.functional.conv2d(x, wt, padding=1)),
+           ('dx', lambda: back([True, False, False])), ('dw', lambda: back([False, True, False])))
   gflop = 2 * batch * h * w * 9 * c * k / 1e9
-  for part, fn in (('fwd', fwd), ('dx', dx), ('dw', dw)):
-    fn(); t = []
-    for _ in range(repeats):
-      s = time.perf_counter(); fn(); t.append(time.perf_counter() - s)
-    m = statistics.median(t)
-    # dx / dw include a forward (autograd needs one): subtract the forward's time.
-    rows.append(dict(layer=f'{h}x{w} {c}->{k}', impl='torch', part=part, seconds=m))
-for r in rows:
-  if r['part'] != 'fwd':
-    f = next(q['seconds'] for q in rows if q['layer'] == r['layer'] and q['part'] == 'fwd')
-    r['seconds'] = max(r['seconds'] - f, 1e-9)
-for r in rows:
-  h, w, c, k = next(s for s in shapes if f'{s[0]}x{s[1]} {s[2]}->{s[3]}' == r['layer'])
-  s = r.pop('seconds')
-  r.update(ms=round(s * 1e3, 2), gflop_per_s=round(2 * batch * h * w * 9 * c * k / 1e9 / s, 1))
+  with torch.no_grad():
+    for part, fn in parts:
+      fn(); t = []
+      for _ in range(repeats):
+        s = time.perf_counter(); fn(); t.append(time.perf_counter() - s)
+      m = statistics.median(t)
+      rows.append(dict(layer=f'{h}x{w} {c}->{k}', impl='torch', part=part,
+                       ms=round(m * 1e3, 2), gflop_per_s=round(gflop / m, 1)))
 print(json.dumps(rows))
 """
 
