@@ -29,7 +29,13 @@ VGG16_LAYERS: tuple[Any, ...] = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
                                  512, 512, 512, 'M', 512, 512, 512, 'M')
 NUM_POOLS = sum(1 for v in VGG16_LAYERS if v == 'M')
 EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
-CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'custom': conv.conv_general_dilated}
+# model.conv_impl -> the conv function nn.Conv calls. Every impl but 'xla'
+# also takes conv.py's max-pool (its backward is ~10x XLA:CPU's). 'custom_fused'
+# is 'custom' with each conv + bias + ReLU as one custom_vjp (conv.py) where
+# there is no batch norm between them.
+CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'custom': conv.conv_general_dilated,
+              'custom_fused': conv.conv_general_dilated}
+FUSED_IMPLS = ('custom_fused',)
 
 # Kaiming-normal with fan_out, as torchvision initialises VGG. It keeps the
 # ReLU activations' variance roughly constant through 13 layers, so the
@@ -68,15 +74,21 @@ class SiameseVGG16(nn.Module):
   num_classes: int
   embedding: str
   dtype: Any
-  conv_impl: str  # 'xla' | 'custom' (resolved from the config's 'auto' by create).
+  conv_impl: str  # A key of CONV_IMPLS (resolved from the config's 'auto' by create).
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False):
     x = images.astype(self.dtype)
+    fused = self.conv_impl in FUSED_IMPLS and not self.batch_norm
+    n_conv = 0
     for v in channels(self.width_mult):
       if v == 'M':
-        x = (conv.max_pool2x2(x) if self.conv_impl == 'custom'
-             else nn.max_pool(x, (2, 2), strides=(2, 2)))
+        x = (nn.max_pool(x, (2, 2), strides=(2, 2)) if self.conv_impl == 'xla'
+             else conv.max_pool2x2(x))
+        continue
+      if fused:  # Named as nn.Conv would be: checkpoints move between impls.
+        x = ConvBiasReLU(v, dtype=self.dtype, name=f'Conv_{n_conv}')(x)
+        n_conv += 1
         continue
       x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
                   kernel_init=CONV_INIT, dtype=self.dtype,
@@ -90,6 +102,19 @@ class SiameseVGG16(nn.Module):
                       dtype=self.dtype)(features)
     out = {'embedding': _embedding(x, self.embedding).astype(jnp.float32)}
     return logits.astype(jnp.float32), out
+
+
+class ConvBiasReLU(nn.Module):
+  """relu(conv3x3(x) + bias) as one custom_vjp (conv.conv3x3_bias_relu), with
+  nn.Conv's parameters (same names, shapes, init), so either loads the other's."""
+  features: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', CONV_INIT, (3, 3, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    return conv.conv3x3_bias_relu(x, kernel.astype(self.dtype), bias.astype(self.dtype))
 
 
 def _embedding(feature_map: jax.Array, kind: str) -> jax.Array:

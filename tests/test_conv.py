@@ -98,8 +98,25 @@ def test_model_loss_and_grads_match_xla_impl():
 
     return jax.jit(jax.value_and_grad(loss_fn))(params)
 
-  (l_x, g_x), (l_c, g_c) = loss_and_grads('xla'), loss_and_grads('custom')
-  np.testing.assert_allclose(l_c, l_x, rtol=1e-5)
-  assert jax.tree_util.tree_structure(g_c) == jax.tree_util.tree_structure(g_x)
-  for a, b in zip(jax.tree_util.tree_leaves(g_c), jax.tree_util.tree_leaves(g_x)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  l_x, g_x = loss_and_grads('xla')
+  for impl in ('custom', 'custom_fused'):  # Same parameter tree: checkpoints move.
+    l_c, g_c = loss_and_grads(impl)
+    np.testing.assert_allclose(l_c, l_x, rtol=1e-5)
+    assert jax.tree_util.tree_structure(g_c) == jax.tree_util.tree_structure(g_x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_c), jax.tree_util.tree_leaves(g_x)):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', SHAPES[:2])
+def test_fused_bias_relu_matches_the_three_ops(shape):
+  x, w, b, ct = _inputs(shape)
+  b = b.at[0].set(-1e3)  # One channel dead everywhere: its gradients must be 0.
+  fused = lambda x, w, b: jnp.sum(conv.conv3x3_bias_relu(x, w, b) * ct)
+  apart = lambda x, w, b: jnp.sum(jax.nn.relu(_ref(x, w) + b) * ct)
+  np.testing.assert_allclose(conv.conv3x3_bias_relu(x, w, b), jax.nn.relu(_ref(x, w) + b),
+                             rtol=1e-5, atol=1e-5)
+  got = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(x, w, b)
+  want = jax.grad(apart, argnums=(0, 1, 2))(x, w, b)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+  assert float(got[2][0]) == 0.0
