@@ -5,6 +5,7 @@
   python -m smsdd_jax.benchmark --only=pipeline,inference --cores=1 [--compare-torch=PATH]
   python -m smsdd_jax.benchmark --only=ab --impls=custom,xla --rounds=5 [--compare-torch=PATH]
   python -m smsdd_jax.benchmark --only=layers --impls=custom,xla --steps=5
+  python -m smsdd_jax.benchmark --only=runtimes --impls=xla,custom --cores=1
 
 Times are medians of `--steps` repeated runs after a warm-up (compile) run.
 `--compare-torch` runs the PyTorch twin of the step in the same invocation
@@ -307,6 +308,52 @@ def run_layers(args, summary: dict) -> None:
   summary['layers'] = rows
 
 
+def _random_predictor(width_mult: float, conv_impl: str = ''):
+  """What export.py needs of a Predictor, with randomly initialised weights
+  (speed does not depend on the values)."""
+  import types  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import inference, models  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.model.width_mult = width_mult
+  if conv_impl:
+    config.model.conv_impl = conv_impl
+  model = models.create(config.model)
+  params, state = models.init(model, jax.random.PRNGKey(0), (110, 230, 3))
+  p = types.SimpleNamespace(model=model, params=params, model_state=state,
+                            mean=np.full(3, 127.0, np.float32), std=np.full(3, 60.0, np.float32),
+                            image_size=(110, 230), batch_size=1)
+  p.inference_fn = lambda: (lambda images: inference.probabilities(
+      params, state, images, model=model, mean=p.mean, std=p.std))
+  return p
+
+
+def bench_runtimes(steps: int, width_mult: float, impls: str) -> dict:
+  """One 110 x 230 ROI -> probability on the cores given, through each
+  runtime that can serve the exported model: XLA via jax.jit (per
+  --impls), the jax.export artifact, and the TF SavedModel (jax2tf)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import export  # pylint: disable=import-outside-toplevel
+  image = np.random.default_rng(0).integers(0, 256, (1, 110, 230, 3), dtype=np.uint8)
+  out = {}
+  for impl in impls.split(','):
+    fn = jax.jit(_random_predictor(width_mult, impl).inference_fn())
+    out[f'jit_{impl}_ms'] = _median_time(lambda: jax.block_until_ready(fn(image)), steps)
+  predictor = _random_predictor(width_mult, 'xla')  # What export.py serialises.
+  with tempfile.TemporaryDirectory() as tmp:
+    exported, _ = export.export_jax(predictor, os.path.join(tmp, 'm'), platforms=('cpu',))
+    out['jax_export_ms'] = _median_time(
+        lambda: jax.block_until_ready(exported.call(image)), steps)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    export.export_saved_model(predictor, os.path.join(tmp, 'sm'), platforms=('cpu',))
+    serve = tf.saved_model.load(os.path.join(tmp, 'sm')).signatures['serving_default']
+    out['saved_model_ms'] = _median_time(lambda: serve(images=tf.constant(image)), steps)
+  return {k: round(v * 1e3, 1) for k, v in out.items()}
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--pairs', default='4', help='comma-separated batch sizes (pairs)')
@@ -320,7 +367,8 @@ def main(argv=None) -> None:
                  'its step; inference: its forward of one image)')
   p.add_argument('--only', default='train',
                  help='comma-separated: train, ab (interleaved A/B of --impls), '
-                 'layers (per-layer conv timings), pipeline, inference')
+                 'layers (per-layer conv timings), runtimes (one ROI through jit / '
+                 'jax.export / SavedModel), pipeline, inference')
   p.add_argument('--data-dir', '--data_dir', default='', help='TFDS data_dir (pipeline)')
   p.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: all)')
   p.add_argument('--inference-batch', type=int, default=16)
@@ -359,6 +407,12 @@ def main(argv=None) -> None:
     run_ab(args, summary)
   if 'layers' in parts:
     run_layers(args, summary)
+  if 'runtimes' in parts:
+    r = bench_runtimes(args.steps, args.width_mult, args.impls)
+    if args.compare_torch:
+      r.update(bench_torch_forward(args.compare_torch, args.steps, args.width_mult))
+    print('one ROI -> probability: ' + ', '.join(f'{k} {v}' for k, v in r.items()), flush=True)
+    summary['runtimes'] = r
   if 'pipeline' in parts:
     summary.update(bench_pipeline(args.data_dir, 200))
     print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)

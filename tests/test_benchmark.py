@@ -112,3 +112,10 @@ def test_ab_and_layers_from_the_command_line(capsys):
 def test_layers_refuses_an_unknown_impl():
   with pytest.raises(SystemExit, match='winograd2'):
     benchmark.main(['--only=layers', '--impls=winograd2', '--width-mult=0.0625'])
+
+
+def test_runtimes_time_every_way_to_serve_the_model(capsys):
+  benchmark.main(['--only=runtimes', '--steps=1', '--width-mult=0.0625', '--impls=xla'])
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert set(summary['runtimes']) == {'jit_xla_ms', 'jax_export_ms', 'saved_model_ms'}
+  assert all(v > 0 for v in summary['runtimes'].values())
