@@ -67,7 +67,9 @@ def get_config(arg=None):
   config.model.num_classes = 2  # 0 good, 1 defective.
   config.model.dtype = 'float32'  # Compute dtype; params stay float32.
   # 'auto' (custom on CPU, xla on GPU/TPU: models.resolve_conv_impl) | 'xla'
-  # (lax) | 'custom' (conv.py's 3x3 conv + 2x2 pool backward).
+  # (lax) | 'custom' (conv.py's 3x3 conv + 2x2 pool backward) | 'custom_fused'
+  # (+ bias and ReLU in the same custom_vjp) | 'onednn' (oneDNN's primitives
+  # through XLA's FFI, smsdd_jax/onednn; 'custom' where not built).
   config.model.conv_impl = 'auto'
   config.model.init = ''  # '' = from scratch (the paper); else local VGG16 weights .pth/.safetensors/.h5.
 

@@ -99,7 +99,9 @@ def test_model_loss_and_grads_match_xla_impl():
     return jax.jit(jax.value_and_grad(loss_fn))(params)
 
   l_x, g_x = loss_and_grads('xla')
-  for impl in ('custom', 'custom_fused'):  # Same parameter tree: checkpoints move.
+  from smsdd_jax import onednn
+  impls = ('custom', 'custom_fused') + (('onednn',) if onednn.available() else ())
+  for impl in impls:  # Same parameter tree: checkpoints move between impls.
     l_c, g_c = loss_and_grads(impl)
     np.testing.assert_allclose(l_c, l_x, rtol=1e-5)
     assert jax.tree_util.tree_structure(g_c) == jax.tree_util.tree_structure(g_x)

@@ -1,0 +1,223 @@
+"""A 3x3 / stride 1 / SAME float32 conv on CPU computed by oneDNN, through XLA's FFI.
+
+Why: PyTorch's CPU convolutions (oneDNN) beat XLA:CPU's on this project's
+machine (docs/performance.md); this module lets the jitted train step call
+oneDNN's convolution primitives directly, forward and both gradients, so the
+two can be compared inside the same JAX program.
+
+The C++ side is conv_ffi.cc, compiled by setup.py at `pip install` time into
+`_conv_ffi*.so` next to this file and linked against the `onednn-cpu-gomp`
+package's libdnnl (the oneDNN build with GNU OpenMP threads, as PyTorch's).
+Where the library was not built or cannot load, `available()` is False,
+`reason()` says why in one line, and `conv_general_dilated` falls back to
+`smsdd_jax.conv.conv_general_dilated` (pure JAX), logging that line once.
+
+Limits: NHWC activations, HWIO weights, float32, CPU; no vmap (the FFI
+calls use jax.ffi's default vmap_method=None, so vmap raises); inputs
+sharded over several devices take the pure-JAX path.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import os
+import pathlib
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from smsdd_jax import conv
+
+__all__ = ['available', 'reason', 'load_library', 'conv3x3', 'conv_general_dilated',
+           'plans']
+
+LIB_ENV = 'SMSDD_ONEDNN_LIB'  # Overrides the built library's path (tests, experiments).
+RUNTIME_DIST = 'onednn-cpu-gomp'  # The pip package that ships libdnnl.so.3.
+TARGETS = {  # FFI target name -> the symbol in conv_ffi.cc.
+    'smsdd_onednn_conv3x3_fwd': 'OnednnConv3x3Fwd',
+    'smsdd_onednn_conv3x3_bwd_data': 'OnednnConv3x3BwdData',
+    'smsdd_onednn_conv3x3_bwd_weights': 'OnednnConv3x3BwdWeights',
+}
+_log = logging.getLogger(__name__)
+_state: dict = {}  # 'lib' and 'reason' once loaded; 'warned' once logged.
+
+
+def _built_library() -> pathlib.Path | None:
+  """The library setup.py compiled, named like an extension module."""
+  here = pathlib.Path(__file__).parent
+  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    if (here / f'_conv_ffi{suffix}').exists():
+      return here / f'_conv_ffi{suffix}'
+  return None
+
+
+def _preload_libdnnl() -> None:
+  """Loads the onednn package's libdnnl.so.3 by its installed path, so that
+  the conv library's dependency on it resolves wherever pip put it (the
+  rpath only covers the usual venv layouts); best effort, the conv
+  library's own load reports what is missing."""
+  try:
+    files = metadata.distribution(RUNTIME_DIST).files or []
+  except metadata.PackageNotFoundError:
+    return
+  for f in files:
+    if f.name == 'libdnnl.so.3':
+      try:
+        ctypes.CDLL(str(f.locate()))
+      except OSError:
+        pass
+      return
+
+
+def _one_line(text: str) -> str:
+  return ' '.join(str(text).split())
+
+
+def load_library(path: str | os.PathLike | None = None):
+  """Loads the conv library: (ctypes.CDLL, '') or (None, one-line reason).
+
+  path defaults to $SMSDD_ONEDNN_LIB, else the library setup.py built."""
+  path = path or os.environ.get(LIB_ENV) or _built_library()
+  if path is None:
+    return None, ('the oneDNN conv library was not built (pip install builds it '
+                  "where g++ and the onednn packages are available)")
+  _preload_libdnnl()
+  try:
+    lib = ctypes.CDLL(str(path))
+  except OSError as e:
+    hint = '' if _has_runtime() else f"; is {RUNTIME_DIST} installed? pip install 'smsdd-jax[onednn]'"
+    return None, _one_line(f'cannot load {pathlib.Path(path).name}: {e}{hint}')
+  lib.SmsddOnednnInit.restype = ctypes.c_char_p
+  lib.SmsddOnednnVersion.restype = ctypes.c_char_p
+  lib.SmsddOnednnPlans.restype = ctypes.c_char_p
+  lib.SmsddOnednnNumPlans.restype = ctypes.c_int64
+  error = lib.SmsddOnednnInit().decode()
+  if error:
+    return None, _one_line(f'oneDNN CPU engine: {error}')
+  return lib, ''
+
+
+def _has_runtime() -> bool:
+  try:
+    metadata.distribution(RUNTIME_DIST)
+    return True
+  except metadata.PackageNotFoundError:
+    return False
+
+
+def _load_once():
+  """Loads the default library and registers its FFI targets, once."""
+  if 'reason' not in _state:
+    lib, why = load_library()
+    if lib is not None:
+      for name, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform='cpu')
+    _state.update(lib=lib, reason=why)
+  return _state['lib']
+
+
+def available() -> bool:
+  """Whether the oneDNN path can run here; `reason()` says why not."""
+  return _load_once() is not None and jax.default_backend() == 'cpu'
+
+
+def reason() -> str:
+  """One line: why `available()` is False ('' when it is True)."""
+  if _load_once() is None:
+    return _state['reason']
+  return '' if jax.default_backend() == 'cpu' else f'backend is {jax.default_backend()}, not cpu'
+
+
+def version() -> str:
+  """'oneDNN X.Y.Z (cpu runtime N)' of the loaded library, '' if none."""
+  lib = _load_once()
+  return lib.SmsddOnednnVersion().decode() if lib is not None else ''
+
+
+def plans() -> list[str]:
+  """The cached primitives, one 'op n h w c k implementation' line each."""
+  lib = _load_once()
+  return lib.SmsddOnednnPlans().decode().splitlines() if lib is not None else []
+
+
+def _ffi(target: str, shape, *args):
+  if _load_once() is None:  # Registers the targets on first use.
+    raise RuntimeError(f'smsdd_jax.onednn: {reason()}')
+  out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+  return jax.ffi.ffi_call(target, out)(*args)
+
+
+def _with_batch_sharding(out, like):
+  """ffi_call's results carry no sharding; on a 1-device explicit mesh
+  (train.py's on one CPU) give `out` the batch sharding of `like` back, free,
+  so that the types match what lax's conv would give."""
+  if not conv._batch_axes(like):
+    return out
+  sharding = jax.typeof(like).sharding
+  return jax.sharding.reshard(out, NamedSharding(sharding.mesh, P(sharding.spec[0])))
+
+
+def _fwd_call(x, w):
+  y = _ffi('smsdd_onednn_conv3x3_fwd', (*x.shape[:3], w.shape[3]), x, w)
+  return _with_batch_sharding(y, x)
+
+
+@jax.custom_vjp
+def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
+  """3x3, stride 1, SAME conv of float32 x (N, H, W, C) and w (3, 3, C, K)."""
+  return _fwd_call(x, w)
+
+
+def _conv3x3_fwd(x, w):
+  return _fwd_call(x, w), (x, w)
+
+
+def _conv3x3_bwd(res, dy):
+  x, w = res
+  dx = _ffi('smsdd_onednn_conv3x3_bwd_data', x.shape, dy, w)
+  dw = _ffi('smsdd_onednn_conv3x3_bwd_weights', w.shape, x, dy)
+  return _with_batch_sharding(dx, x), dw
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _onednn_fits(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                 dimension_numbers, feature_group_count, batch_group_count,
+                 precision, preferred_element_type) -> bool:
+  """The oneDNN kernels' case: f32 3x3 / stride 1 / SAME / NHWC-HWIO, on
+  one device (a batch sharded over several would need a partitioning rule)."""
+  if precision is not None or preferred_element_type is not None:
+    return False
+  if lhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
+    return False
+  if not conv._is_3x3_same(rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                           dimension_numbers, feature_group_count, batch_group_count):
+    return False
+  return not any(size > 1 for size in conv._batch_axes(lhs).values())
+
+
+def _warn_fallback_once():
+  if not _state.get('warned'):
+    _state['warned'] = True
+    _log.warning('oneDNN conv unavailable (%s); using the pure-JAX conv', reason())
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """Drop-in for `lax.conv_general_dilated`: oneDNN for the f32 3x3 / stride 1
+  / SAME / NHWC-HWIO case, `smsdd_jax.conv.conv_general_dilated` otherwise."""
+  args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+          dimension_numbers, feature_group_count, batch_group_count, precision,
+          preferred_element_type)
+  if _onednn_fits(*args):
+    if available():
+      return conv3x3(lhs, rhs)
+    _warn_fallback_once()
+  return conv.conv_general_dilated(*args)
