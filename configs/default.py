@@ -69,7 +69,8 @@ def get_config(arg=None):
   # 'auto' (custom on CPU, xla on GPU/TPU: models.resolve_conv_impl) | 'xla'
   # (lax) | 'custom' (conv.py's 3x3 conv + 2x2 pool backward) | 'custom_fused'
   # (+ bias and ReLU in the same custom_vjp) | 'onednn' (oneDNN's primitives
-  # through XLA's FFI, smsdd_jax/onednn; 'custom' where not built).
+  # through XLA's FFI, smsdd_jax/onednn; 'custom' where not built) | 'winograd'
+  # (Winograd F(4,3)/F(2,3) per layer, mostly the weight gradient).
   config.model.conv_impl = 'auto'
   config.model.init = ''  # '' = from scratch (the paper); else local VGG16 weights .pth/.safetensors/.h5.
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from smsdd_jax import conv, onednn  # onednn loads its library on first use.
+from smsdd_jax import conv, onednn, winograd  # onednn loads its library on first use.
 
 # Channels per conv layer; 'M' is a 2x2 max-pool with stride 2 (VGG16, config D).
 VGG16_LAYERS: tuple[Any, ...] = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
@@ -34,10 +34,12 @@ EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
 # is 'custom' with each conv + bias + ReLU as one custom_vjp (conv.py) where
 # there is no batch norm between them; 'onednn' calls oneDNN's convolution
 # primitives through XLA's FFI (smsdd_jax/onednn/, built at install; falls
-# back to 'custom' with one line where the library is missing).
+# back to 'custom' with one line where the library is missing); 'winograd' is
+# 'custom' with Winograd F(4,3) / F(2,3) where winograd.pick_plan measured it faster.
 CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'custom': conv.conv_general_dilated,
               'custom_fused': conv.conv_general_dilated,
-              'onednn': onednn.conv_general_dilated}
+              'onednn': onednn.conv_general_dilated,
+              'winograd': winograd.conv_general_dilated}
 FUSED_IMPLS = ('custom_fused',)
 
 # Kaiming-normal with fan_out, as torchvision initialises VGG. It keeps the
