@@ -66,7 +66,8 @@ def get_config(arg=None):
   config.model.embedding = 'flatten_l2'  # 'flatten' | 'flatten_l2' | 'gap' | 'gap_l2'
   config.model.num_classes = 2  # 0 good, 1 defective.
   config.model.dtype = 'float32'  # Compute dtype; params stay float32.
-  # 'auto' (custom on CPU, xla on GPU/TPU: models.resolve_conv_impl) | 'xla'
+  # 'auto' (onednn on CPU where built, else custom; xla on GPU/TPU:
+  # models.resolve_conv_impl) | 'xla'
   # (lax) | 'custom' (conv.py's 3x3 conv + 2x2 pool backward) | 'custom_fused'
   # (+ bias and ReLU in the same custom_vjp) | 'onednn' (oneDNN's primitives
   # through XLA's FFI, smsdd_jax/onednn; 'custom' where not built) | 'winograd'

@@ -225,13 +225,14 @@ print(json.dumps({'torch_forward_ms': round(statistics.median(times) * 1e3, 1),
 
 # The same per-layer parts through PyTorch's oneDNN convolutions (channels-
 # last, float32), on the same shapes and cores: where each JAX layer stands
-# against the library the twin uses. Shapes come as JSON [[H, W, C, K], ...].
+# against the library the twin uses. Shapes come as JSON [[H, W, C, K, n], ...]
+# (n: how often the tower runs that shape).
 _TORCH_LAYERS = r"""
 import json, statistics, sys, time, torch
 batch, repeats, shapes = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
 cl, rows = torch.channels_last, []
-for h, w, c, k in shapes:
+for h, w, c, k, n in shapes:
   x = torch.randn(batch, c, h, w).relu().to(memory_format=cl)
   wt = torch.randn(k, c, 3, 3).to(memory_format=cl)
   dy = torch.randn(batch, k, h, w).to(memory_format=cl)
@@ -249,15 +250,16 @@ for h, w, c, k in shapes:
       for _ in range(repeats):
         s = time.perf_counter(); fn(); t.append(time.perf_counter() - s)
       m = statistics.median(t)
-      rows.append(dict(layer=f'{h}x{w} {c}->{k}', impl='torch', part=part,
+      rows.append(dict(layer=f'{h}x{w} {c}->{k}', count=n, impl='torch', part=part,
                        ms=round(m * 1e3, 2), gflop_per_s=round(gflop / m, 1)))
 print(json.dumps(rows))
 """
 
 
 def bench_torch_layers(batch: int, repeats: int, shapes) -> list[dict]:
+  unique = [[*s, list(shapes).count(s)] for s in dict.fromkeys(shapes)]
   out = subprocess.run([sys.executable, '-c', _TORCH_LAYERS, str(batch), str(repeats),
-                        json.dumps([list(s) for s in shapes])],
+                        json.dumps(unique)],
                        capture_output=True, text=True, check=False)
   if out.returncode != 0:
     raise RuntimeError(f'torch layers failed: {out.stderr.strip().splitlines()[-1:]}')

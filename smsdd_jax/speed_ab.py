@@ -102,7 +102,11 @@ def layer_timings(impls: dict, batch: int, repeats: int,
   rng = np.random.default_rng(seed)
   parts = {name: conv_parts(fn) for name, fn in impls.items()}
   rows = []
-  for h, w, cin, cout in shapes or layer_shapes():
+  shapes = list(shapes or layer_shapes())
+  # VGG16 repeats some shapes (27x57 256->256 twice, 6x14 512->512 three
+  # times): time each once, and say how often the tower runs it.
+  for (h, w, cin, cout) in dict.fromkeys(shapes):
+    count = shapes.count((h, w, cin, cout))
     x = jax.device_put(np.maximum(rng.standard_normal((batch, h, w, cin), np.float32), 0))
     k = jax.device_put(rng.standard_normal((3, 3, cin, cout), np.float32) * (2 / (9 * cout)) ** .5)
     dy = jax.device_put(rng.standard_normal((batch, h, w, cout), np.float32))
@@ -118,18 +122,26 @@ def layer_timings(impls: dict, batch: int, repeats: int,
     gflop = 2 * batch * h * w * 9 * cin * cout / 1e9
     for (name, part), t in times.items():
       median = statistics.median(t)
-      rows.append({'layer': f'{h}x{w} {cin}->{cout}', 'impl': name, 'part': part,
-                   'ms': round(median * 1e3, 2), 'gflop_per_s': round(gflop / median, 1)})
+      rows.append({'layer': f'{h}x{w} {cin}->{cout}', 'count': count, 'impl': name,
+                   'part': part, 'ms': round(median * 1e3, 2),
+                   'gflop_per_s': round(gflop / median, 1)})
   return rows
 
 
 def layer_table(rows: list[dict]) -> str:
-  """Markdown: one row per layer, one column per impl x part (GFLOP/s)."""
+  """Markdown: one row per layer shape (n = times in the tower), one column
+  per impl x part (GFLOP/s); a last row sums each column's time over the
+  whole tower (ms, n times each shape)."""
   cols = list(dict.fromkeys((r['impl'], r['part']) for r in rows))
   layers = list(dict.fromkeys(r['layer'] for r in rows))
-  cell = {(r['layer'], r['impl'], r['part']): r['gflop_per_s'] for r in rows}
-  lines = ['| layer | ' + ' | '.join(f'{i} {p}' for i, p in cols) + ' |',
-           '|---|' + '---|' * len(cols)]
+  cell = {(r['layer'], r['impl'], r['part']): r for r in rows}
+  lines = ['| layer | n | ' + ' | '.join(f'{i} {p}' for i, p in cols) + ' |',
+           '|---|---|' + '---|' * len(cols)]
   for layer in layers:
-    lines.append(f'| {layer} | ' + ' | '.join(str(cell[(layer, i, p)]) for i, p in cols) + ' |')
+    n = next(r.get('count', 1) for r in rows if r['layer'] == layer)
+    lines.append(f'| {layer} | {n} | ' + ' | '.join(
+        str(cell[(layer, i, p)]['gflop_per_s']) for i, p in cols) + ' |')
+  totals = [sum(r['ms'] * r.get('count', 1) for r in rows if (r['impl'], r['part']) == c)
+            for c in cols]
+  lines.append('| tower, ms | 13 | ' + ' | '.join(f'{t:.0f}' for t in totals) + ' |')
   return '\n'.join(lines)

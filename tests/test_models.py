@@ -86,10 +86,13 @@ def test_too_small_image_and_bad_fields_are_refused():
 
 
 def test_conv_impl_auto_per_platform():
-  # Measured: the custom backward wins on CPU; on GPU/TPU cuDNN/XLA's own do.
-  assert models.resolve_conv_impl('auto', 'cpu') == 'custom'
-  assert models.resolve_conv_impl('auto', 'gpu') == 'xla'
-  assert models.resolve_conv_impl('auto', 'tpu') == 'xla'
+  # Measured: oneDNN through the FFI wins on CPU, then the custom backward
+  # where the library was not built; on GPU/TPU cuDNN/XLA's own do.
+  assert models.resolve_conv_impl('auto', 'cpu', onednn_built=True) == 'onednn'
+  assert models.resolve_conv_impl('auto', 'cpu', onednn_built=False) == 'custom'
+  for built in (True, False):
+    assert models.resolve_conv_impl('auto', 'gpu', onednn_built=built) == 'xla'
+    assert models.resolve_conv_impl('auto', 'tpu', onednn_built=built) == 'xla'
   assert models.resolve_conv_impl('xla', 'cpu') == 'xla'
   config = default.get_config('quick')
   assert config.model.conv_impl == 'auto'
