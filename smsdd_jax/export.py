@@ -50,6 +50,7 @@ usage errors (missing workdir or checkpoints).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -69,6 +70,19 @@ def _probe_batch(image_size, n: int = 3, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (n, *image_size, 3), dtype=np.uint8)
 
 
+def portable(predictor):
+  """The predictor with XLA's own convolutions, whatever the run used: an
+  artifact must not carry the 'onednn' path's FFI custom calls (jax.export
+  refuses them: they have no compatibility guarantee, and they need this
+  machine's compiled library). Same parameters, same values within float32
+  rounding (tests/test_onednn.py)."""
+  if getattr(predictor.model, 'conv_impl', 'xla') == 'xla':
+    return predictor
+  out = copy.copy(predictor)
+  out.model = predictor.model.clone(conv_impl='xla')
+  return out
+
+
 def export_jax(predictor, path: str, *, platforms: Sequence[str] = ('cpu', 'cuda'),
                fixed_batch: Optional[int] = None):
   """Serializes predictor's inference function with jax.export to `path`.
@@ -79,6 +93,7 @@ def export_jax(predictor, path: str, *, platforms: Sequence[str] = ('cpu', 'cuda
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jax import export  # pylint: disable=import-outside-toplevel
+  predictor = portable(predictor)
   fn = jax.jit(predictor.inference_fn())
   h, w = predictor.image_size
   note = 'symbolic'
@@ -115,6 +130,7 @@ def export_saved_model(predictor, directory: str, *,
   from jax.experimental import jax2tf
   from smsdd_jax import inference
   h, w = predictor.image_size
+  predictor = portable(predictor)
   weights = {'params': predictor.params, 'model_state': predictor.model_state}
   variables = tf.nest.map_structure(
       tf.Variable, jax.tree_util.tree_map(np.asarray, weights))
