@@ -173,22 +173,34 @@ def _is_3x3_same(rhs, window_strides, padding, lhs_dilation, rhs_dilation,
   return dn == lax.conv_dimension_numbers((1, 1, 1, 1), rhs.shape, DIMENSION_NUMBERS)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-  """Drop-in for `lax.conv_general_dilated`: the custom-backward conv for
-  3x3 / stride 1 / SAME / NHWC-HWIO, the lax op for anything else."""
-  if precision is None and preferred_element_type is None and _is_3x3_same(
-      rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-      dimension_numbers, feature_group_count, batch_group_count):
-    return conv3x3(lhs, rhs)
-  return lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count, precision=precision,
-      preferred_element_type=preferred_element_type)
+def make_drop_in(conv3x3_fn, fallback):
+  """A drop-in for `lax.conv_general_dilated` (its signature, so that
+  `flax.linen.Conv(..., conv_general_dilated=...)` takes it): `conv3x3_fn(lhs,
+  rhs)` for 3x3 / stride 1 / SAME / NHWC-HWIO at default precision, and
+  `fallback` (a function of the same signature) for anything else. One
+  dispatch rule for every conv path (this module's, winograd.py's)."""
+
+  def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                           rhs_dilation=None, dimension_numbers=None,
+                           feature_group_count=1, batch_group_count=1,
+                           precision=None, preferred_element_type=None):
+    if precision is None and preferred_element_type is None and _is_3x3_same(
+        rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers, feature_group_count, batch_group_count):
+      return conv3x3_fn(lhs, rhs)
+    return fallback(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+
+  return conv_general_dilated
+
+
+# The custom-backward conv for 3x3 / stride 1 / SAME / NHWC-HWIO, the lax op
+# for anything else.
+conv_general_dilated = make_drop_in(conv3x3, lax.conv_general_dilated)
 
 
 # ------------------------------------------------------------------ max-pool

@@ -342,21 +342,9 @@ def conv3x3(x, w, plan=None):
   return jax.sharding.reshard(_conv3x3(x, w, plan), sharding)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-  """Drop-in for `lax.conv_general_dilated`: `conv3x3` for 3x3 / stride 1 /
-  SAME / NHWC-HWIO, conv.py's conv_general_dilated (so lax's) otherwise."""
-  if precision is None and preferred_element_type is None and conv._is_3x3_same(
-      rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-      dimension_numbers, feature_group_count, batch_group_count):
-    return conv3x3(lhs, rhs)
-  return conv.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-      precision=precision, preferred_element_type=preferred_element_type)
+# `conv3x3` for 3x3 / stride 1 / SAME / NHWC-HWIO, conv.py's drop-in (so its
+# custom conv, or lax's) for anything else.
+conv_general_dilated = conv.make_drop_in(conv3x3, conv.conv_general_dilated)
 
 
 # ------------------------------------------------------------------ numerics
