@@ -326,6 +326,17 @@ def _meta(args) -> dict:
   return meta
 
 
+def _recorded_meta(out: str) -> dict:
+  """The 'Sweep:' line of the tables, from the arguments OUT/sweep.json
+  recorded when the sweep ran ({} without one), so that re-aggregating keeps
+  saying what made the runs."""
+  path = os.path.join(out, rundir.SWEEP)
+  if not os.path.isfile(path):
+    return {}
+  recorded = rundir.read_json(path, 'sweep record')
+  return {k: v for k, v in recorded.items() if k != 'argv'}
+
+
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
   out = os.path.abspath(args.out)
@@ -333,7 +344,7 @@ def main(argv=None) -> int:
     if args.aggregate_only:
       if not os.path.isdir(out):
         raise UsageError(f'{out} does not exist')
-      csv_path, md_path, n = aggregate(out, {}, floors_path(out, args.floors))
+      csv_path, md_path, n = aggregate(out, _recorded_meta(out), floors_path(out, args.floors))
       _say(f'aggregated {n} rows: {csv_path}, {md_path}')
       return 0
     runs = plan(args)

@@ -79,12 +79,33 @@ def load_run(path: str) -> dict:
   if os.path.isfile(config_path):
     config = _read_json(config_path)['config']
     run['beta'] = config['loss']['beta']
-    run['recipe'] = config.get('recipe', 'paper')  # Runs before recipes: the paper's.
+    run['recipe'] = recipe_label(config.get('recipe', 'paper'),  # Before recipes: the paper's.
+                                 meta.get('args', ()))
   eval_path = os.path.join(path, rundir.EVAL)
   if os.path.isfile(eval_path):
     run['eval'] = _read_json(eval_path)
     run['finished'] = True
   return run
+
+
+# main.py arguments a sweep sets on every run to place it (which data, seed,
+# fold): they choose the data, not the training recipe.
+_PLACEMENT_KEYS = ('seed', 'data.name', 'data.builder_config', 'data.manual_dir',
+                   'data.data_dir', 'data.kfold', 'data.fold')
+
+
+def recipe_label(recipe: str, args: Sequence[str]) -> str:
+  """The recipe a run was made with: the config's named recipe, followed by
+  the --config.KEY=VALUE overrides of its launch arguments that are not its
+  placement (data, seed, fold), e.g. 'paper + optimizer.name=adamw'. Without
+  this an ablation run with the paper's config and a changed optimiser would be
+  reported as made by 'paper'."""
+  overrides = []
+  for arg in args:
+    key, sep, value = arg.removeprefix('--config.').partition('=')
+    if arg.startswith('--config.') and sep and key not in _PLACEMENT_KEYS:
+      overrides.append(f'{key}={value}')
+  return ' + '.join([recipe, *overrides])
 
 
 def load_runs(sweep: str) -> list[dict]:
@@ -255,7 +276,8 @@ def _header_lines(table, meta, floors) -> list[str]:
   recipes = sorted({row.get('recipe', 'paper') for row in table if 'recipe' in row})
   if recipes:
     lines += [f'Training recipe: `{", ".join(recipes)}` (configs/default.py: `paper` is the '
-              "literal one, `learn` is `:learn`'s apply_learn).", '']
+              "literal one, `learn` is `:learn`'s apply_learn; `+ KEY=VALUE` an override "
+              'the sweep passed to every run).', '']
   lines += [
       f'Decision threshold: chosen on validation by `{", ".join(rules) or "-"}` and '
       'applied unchanged to test; evaluated checkpoint: '

@@ -192,6 +192,30 @@ def test_run_states(tmp_path):
     sweep.state_of(str(tmp_path), run)
 
 
+def test_recipe_label_names_the_overrides_not_the_placement():
+  """An ablation run (the paper's config, another optimiser) is not reported
+  as made by 'paper'; the data, seed and fold a sweep places it on are no
+  part of its recipe."""
+  plain = sweep.plan(_args('--configs=beta_a', '--seeds=0', '--kfold=5', '--data=msd_screens',
+                           '--manual_dir=../shared/data/msd_screens'))[0]
+  assert report.recipe_label('learn', plain['args']) == 'learn'
+  ablation = sweep.plan(_args('--configs=beta_a', '--seeds=0', '--kfold=5',
+                              '--override=optimizer.name=adamw',
+                              '--override=model.batch_norm=True'))[0]
+  assert (report.recipe_label('paper', ablation['args'])
+          == 'paper + optimizer.name=adamw + model.batch_norm=True')
+
+
+def test_rows_carry_the_recipe_label(tmp_path):
+  _fake_run(tmp_path, 'beta_a', 0.0, 0, 0.7, 0.6)
+  meta = tmp_path / 'beta_a_s0_f0' / 'sweep.json'
+  meta.write_text(json.dumps({'variant': 'beta_a', 'seed': 0, 'fold': 0,
+                              'args': ['--config=configs/beta_a.py', '--config.data.fold=0',
+                                       '--config.optimizer.learning_rate=0.001']}))
+  recipes = {r['recipe'] for r in report.rows(report.load_runs(str(tmp_path)))}
+  assert recipes == {'paper + optimizer.learning_rate=0.001'}
+
+
 def _row(variant, split, seed, **m):
   base = {k: 0.5 for k in report.METRICS}
   base.update(m)
@@ -340,6 +364,16 @@ def test_aggregate_puts_the_floors_beside_the_variants(hand_sweep):
   assert 'data `msd_screens`' in text
   # Floors are not paired against beta = 0: only beta_c is.
   assert 'floor:pixel | test AUROC' not in text
+
+
+def test_aggregate_only_keeps_the_recorded_sweep_line(hand_sweep):
+  (hand_sweep / 'sweep.json').write_text(json.dumps(
+      {'argv': ['--out=x', '--kfold=5'], 'configs': 'beta_a,beta_c', 'kfold': 5,
+       'overrides': 'num_epochs=3'}))
+  assert sweep.main([f'--out={hand_sweep}', '--aggregate_only']) == 0
+  text = (hand_sweep / 'results.md').read_text()
+  assert 'Sweep: configs `beta_a,beta_c`, kfold `5`, overrides `num_epochs=3`.' in text
+  assert 'argv' not in text
 
 
 def test_aggregate_refuses_a_missing_floors_file(hand_sweep, capsys):
