@@ -2,14 +2,17 @@
 """Pairs sweeps of the same folds and seeds (e.g. recipes) run by run.
 
   python launch/compare_sweeps.py --base=docs/sweeps/mt_k5_quick \\
-      --other=docs/sweeps/mt_k5_quick_learn [--other=...] [--variant=beta_a]
+      --other=docs/sweeps/mt_k5_quick_learn [--other=...] [--variant=beta_a] [--per_run]
 
 Reads each sweep's results.csv (launch/sweep.py) and prints two markdown
 tables: every sweep's test AUROC and balanced accuracy (mean +- std over its
 runs) with its collapsed runs counted; then, per other sweep, variant and
 metric, other minus base on the test rows paired by (variant, seed, fold):
 the mean difference, the 95% bootstrap interval, the exact signed-rank p and
-the verdict of smsdd_jax/stats.py.
+the verdict of smsdd_jax/stats.py. With --per_run, a third table per other
+sweep: each of its runs beside the base run of the same variant, seed and
+fold, with its health, best step and the floors of its fold (the floor:* rows
+of its results.csv), so a run below a floor of its own fold shows.
 """
 from __future__ import annotations
 
@@ -39,6 +42,40 @@ def compare(base: dict, other: dict, variant: str, metric: str) -> dict:
   return stats.compare(pick(other), pick(base))
 
 
+def floor_rows(sweep: str) -> dict:
+  """fold -> {floor model: test AUROC} from sweep/results.csv's floor:* rows."""
+  floors = {}
+  with open(os.path.join(sweep, 'results.csv'), encoding='utf-8') as f:
+    for r in csv.DictReader(f):
+      if r['split'] == 'test' and r['variant'].startswith('floor:'):
+        floors.setdefault(r['fold'], {})[r['variant'].removeprefix('floor:')] = float(r['auroc'])
+  return floors
+
+
+def per_run_lines(base: dict, other: dict, floors: dict, variants) -> list[str]:
+  """One line per run of `other`: its test AUROC / balanced accuracy, the base
+  run's, health, step, and its fold's floors; 'below <floor>' where a floor's
+  AUROC is at least the run's."""
+  models = sorted({m for f in floors.values() for m in f})
+  lines = ['| variant | seed | fold | test (defective / good) | AUROC | balanced acc. | health '
+           '| best step | base: AUROC / bal. acc. | floors: ' + ' / '.join(models) +
+           ' AUROC | at or below a floor |', '|---' * 10 + '|']
+  for key in sorted(k for k in other if k[0] in variants):
+    r, b = other[key], base.get(key)
+    auc = float(r['auroc'])
+    fold = floors.get(key[2], {})
+    below = [m for m in models if m in fold and fold[m] >= auc]
+    base_cell = (f"{float(b['auroc']):.3f} / {float(b['balanced_accuracy']):.3f}"
+                 if b else '–')
+    lines.append(
+        f"| {key[0]} | {key[1]} | {key[2]} | {r.get('num_defective', '?')} / "
+        f"{r.get('num_good', '?')} | {auc:.3f} | {float(r['balanced_accuracy']):.3f} | "
+        f"{r.get('health', '')} | {r.get('step', '')} | {base_cell} | "
+        + ' / '.join(f'{fold[m]:.3f}' if m in fold else '–' for m in models)
+        + f" | {', '.join(below) or 'no'} |")
+  return lines
+
+
 def summary_line(sweep: str, rows: dict, variant: str) -> str:
   """'| sweep | variant | runs | AUROC | balanced acc. | collapsed |' (test)."""
   mine = [r for k, r in rows.items() if k[0] == variant]
@@ -53,6 +90,8 @@ def main(argv=None) -> int:
   p.add_argument('--other', required=True, action='append',
                  help='a sweep to pair with --base (repeatable)')
   p.add_argument('--variant', default=None, help='one variant (default: all in both)')
+  p.add_argument('--per_run', action='store_true',
+                 help="also each run of the other sweeps beside its base run and its fold's floors")
   args = p.parse_args(argv)
   base = test_rows(args.base)
   others = {o: test_rows(o) for o in args.other}
@@ -75,6 +114,9 @@ def main(argv=None) -> int:
         r = compare(base, other, v, m)
         print(f"| {v} | {m} | {r['n']} | {r['mean']:+.3f} | [{r['ci_low']:+.3f}, "
               f"{r['ci_high']:+.3f}] | {r['p']:.3f} | {r['verdict']} |")
+    if args.per_run:
+      print(f'\n{name}, test split, run by run beside {args.base}\n')
+      print('\n'.join(per_run_lines(base, other, floor_rows(name), variants)))
   return 0
 
 

@@ -132,3 +132,34 @@ def test_compare_sweeps_pairs_two_sweeps_by_seed_and_fold(tmp_path, capsys):
   assert '| beta_a | auroc | 6 | -0.100 | [-0.100, -0.100] | 0.031 | worse |' in out
   assert '| beta_a | balanced_accuracy | 6 | +0.000 |' in out and 'floor' not in out
   assert f'| {tmp_path / "other"} | beta_a | 6 | 0.725 ± 0.094 | 0.600 ± 0.000 | 0 |' in out
+
+
+def test_compare_sweeps_per_run_flags_a_run_at_or_below_its_folds_floor(tmp_path, capsys):
+  import csv  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'compare_sweeps.py'
+  spec = importlib.util.spec_from_file_location('compare_sweeps', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  fields = ['variant', 'seed', 'fold', 'split', 'auroc', 'balanced_accuracy', 'health', 'step',
+            'num_defective', 'num_good']
+  for name, aurocs in (('base', (0.7, 0.8)), ('other', (0.9, 0.95))):
+    (tmp_path / name).mkdir()
+    with open(tmp_path / name / 'results.csv', 'w', newline='') as f:
+      w = csv.DictWriter(f, fieldnames=fields)
+      w.writeheader()
+      for fold, auc in enumerate(aurocs):
+        w.writerow({'variant': 'beta_a', 'seed': 0, 'fold': fold, 'split': 'test', 'auroc': auc,
+                    'balanced_accuracy': 0.6, 'health': 'ok', 'step': 10 * (fold + 1),
+                    'num_defective': 5, 'num_good': 3})
+      for fold, auc in enumerate((0.92, 0.5)):  # Fold 0's HOG floor is above the run.
+        w.writerow({'variant': 'floor:hog', 'seed': '', 'fold': fold, 'split': 'test',
+                    'auroc': auc, 'balanced_accuracy': 0.5})
+  assert mod.main([f'--base={tmp_path / "base"}', f'--other={tmp_path / "other"}',
+                   '--per_run']) == 0
+  out = capsys.readouterr().out
+  assert ('| beta_a | 0 | 0 | 5 / 3 | 0.900 | 0.600 | ok | 10 | 0.700 / 0.600 | 0.920 | hog |'
+          in out)
+  assert ('| beta_a | 0 | 1 | 5 / 3 | 0.950 | 0.600 | ok | 20 | 0.800 / 0.600 | 0.500 | no |'
+          in out)
