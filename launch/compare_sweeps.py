@@ -55,16 +55,18 @@ def floor_rows(sweep: str) -> dict:
 def per_run_lines(base: dict, other: dict, floors: dict, variants) -> list[str]:
   """One line per run of `other`: its test AUROC / balanced accuracy, the base
   run's, health, step, and its fold's floors; 'below <floor>' where a floor's
-  AUROC is at least the run's."""
+  AUROC is higher than the run's, 'ties <floor>' where it is equal."""
   models = sorted({m for f in floors.values() for m in f})
   lines = ['| variant | seed | fold | test (defective / good) | AUROC | balanced acc. | health '
            '| best step | base: AUROC / bal. acc. | floors: ' + ' / '.join(models) +
-           ' AUROC | at or below a floor |', '|---' * 10 + '|']
+           ' AUROC | below or tied with a floor |', '|---' * 10 + '|']
   for key in sorted(k for k in other if k[0] in variants):
     r, b = other[key], base.get(key)
     auc = float(r['auroc'])
     fold = floors.get(key[2], {})
-    below = [m for m in models if m in fold and fold[m] >= auc]
+    # A floor above the run, or tied with it (both 1.000 on a small fold is a tie, not a loss).
+    below = [f'below {m}' for m in models if m in fold and fold[m] > auc + 1e-9]
+    below += [f'ties {m}' for m in models if m in fold and abs(fold[m] - auc) <= 1e-9]
     base_cell = (f"{float(b['auroc']):.3f} / {float(b['balanced_accuracy']):.3f}"
                  if b else '–')
     lines.append(

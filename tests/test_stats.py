@@ -153,13 +153,13 @@ def test_compare_sweeps_per_run_flags_a_run_at_or_below_its_folds_floor(tmp_path
         w.writerow({'variant': 'beta_a', 'seed': 0, 'fold': fold, 'split': 'test', 'auroc': auc,
                     'balanced_accuracy': 0.6, 'health': 'ok', 'step': 10 * (fold + 1),
                     'num_defective': 5, 'num_good': 3})
-      for fold, auc in enumerate((0.92, 0.5)):  # Fold 0's HOG floor is above the run.
+      for fold, auc in enumerate((0.92, 0.95)):  # Fold 0's HOG floor beats the run, fold 1's ties.
         w.writerow({'variant': 'floor:hog', 'seed': '', 'fold': fold, 'split': 'test',
                     'auroc': auc, 'balanced_accuracy': 0.5})
   assert mod.main([f'--base={tmp_path / "base"}', f'--other={tmp_path / "other"}',
                    '--per_run']) == 0
   out = capsys.readouterr().out
-  assert ('| beta_a | 0 | 0 | 5 / 3 | 0.900 | 0.600 | ok | 10 | 0.700 / 0.600 | 0.920 | hog |'
+  assert ('| beta_a | 0 | 0 | 5 / 3 | 0.900 | 0.600 | ok | 10 | 0.700 / 0.600 | 0.920 | below hog |'
           in out)
-  assert ('| beta_a | 0 | 1 | 5 / 3 | 0.950 | 0.600 | ok | 20 | 0.800 / 0.600 | 0.500 | no |'
+  assert ('| beta_a | 0 | 1 | 5 / 3 | 0.950 | 0.600 | ok | 20 | 0.800 / 0.600 | 0.950 | ties hog |'
           in out)
