@@ -36,6 +36,23 @@ AUROC_FLAT_TOL = 0.01
 # more in a row, with training running in between, is a model that stopped.
 FLAT_EVALS_SUSPECT = 2
 FLAT_EVALS_COLLAPSED = 3
+# Chance: scores that carry no information about the class give an AUROC
+# of mean 0.5 and standard error sqrt((n0 + n1 + 1) / (12 n0 n1)) over n1
+# defective and n0 good images (the Mann-Whitney U statistic's null
+# variance). Within CHANCE_Z of them the split cannot tell the model from a
+# coin. The flat rule above misses a model whose scores vary but rank at
+# random (magnetic_tile at 1/4 width, fold 4: val AUROC 0.45-0.55 over all
+# 10 evaluations of 269 images, SE 0.039, every test image called
+# defective; health said ok). Every evaluation of a run at chance (and at
+# least FLAT_EVALS_COLLAPSED) is a model that never learned; the last
+# CHANCE_EVALS_SUSPECT in a row, one that stopped. Where the split is tiny
+# (msd_screens' 4 good images: band 0.31) the band is wide: such a split
+# cannot show that the model learned, nor that it did not (runs at val AUROC
+# 0.75 there reach test AUROC 1.0), so there it is only 'suspect'; 'collapsed'
+# needs a band of at most CHANCE_BAND_DECISIVE (magnetic_tile's val: 0.077).
+CHANCE_Z = 2.0
+CHANCE_EVALS_SUSPECT = 3
+CHANCE_BAND_DECISIVE = 0.1
 # Every val image decided the same way at 0.5 in one early epoch is common;
 # in this many consecutive evaluations it is the "always good" model.
 ONE_CLASS_EVALS_SUSPECT = 2
@@ -98,6 +115,40 @@ def _trailing(points: Sequence[Mapping], holds) -> list:
   return run[::-1]
 
 
+def chance_band(num_defective, num_good) -> float:
+  """CHANCE_Z standard errors of the AUROC of uninformative scores on a
+  split of these counts; NaN when a class is missing or the counts unknown."""
+  n1, n0 = _num(num_defective), _num(num_good)
+  if not (n1 > 0 and n0 > 0):
+    return float('nan')
+  return CHANCE_Z * float(np.sqrt((n0 + n1 + 1) / (12 * n0 * n1)))
+
+
+def _chance_findings(series: Sequence[Mapping], prefix: str) -> list[Finding]:
+  auroc = f'{prefix}/auroc'
+  at_chance = lambda r: abs(_num(r.get(auroc)) - 0.5) <= chance_band(
+      r.get(f'{prefix}/num_defective'), r.get(f'{prefix}/num_good'))
+  run = _trailing(series, at_chance)
+  evaluated = [r for r in series if r.get(auroc) is not None]
+  if len(run) >= FLAT_EVALS_COLLAPSED and len(run) == len(evaluated):
+    band = max(chance_band(r.get(f'{prefix}/num_defective'), r.get(f'{prefix}/num_good'))
+               for r in run)
+    decisive = band <= CHANCE_BAND_DECISIVE
+    # No 'since': it is the whole run.
+    return [Finding('never_learned', COLLAPSED if decisive else SUSPECT, None,
+                    ('the model never learned: ' if decisive else
+                     'this split cannot show that the model learned: ')
+                    + f'{prefix} AUROC at chance (within {CHANCE_Z:g} standard errors, '
+                    f'+-{band:.2f}, of 0.5) in all {len(run)} evaluations')]
+  if len(run) >= CHANCE_EVALS_SUSPECT:
+    band = max(chance_band(r.get(f'{prefix}/num_defective'), r.get(f'{prefix}/num_good'))
+               for r in run)
+    return [Finding('chance_auroc', SUSPECT, run[0]['step'],
+                    f'{prefix} AUROC back at chance (within {CHANCE_Z:g} standard errors, '
+                    f'+-{band:.2f}, of 0.5) in the last {len(run)} evaluations')]
+  return []
+
+
 def _split_findings(series: Sequence[Mapping], prefix: str) -> list[Finding]:
   """Eval-time conditions holding at the last of `series` (rows of one split)."""
   out = []
@@ -128,6 +179,8 @@ def _split_findings(series: Sequence[Mapping], prefix: str) -> list[Finding]:
         'flat_auroc', COLLAPSED if len(run) >= FLAT_EVALS_COLLAPSED else SUSPECT,
         run[0]['step'], f'{prefix} AUROC flat at 0.5 (within {AUROC_FLAT_TOL:g}) '
         f'in {len(run)} evaluations in a row'))
+  if not any(f.kind == 'flat_auroc' for f in out):  # Flat is the stronger statement.
+    out += _chance_findings(series, prefix)
   return out
 
 

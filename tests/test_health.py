@@ -158,3 +158,70 @@ def test_a_run_driven_to_collapse_says_so(quick_config, tmp_path, caplog):
   test_row = [r for r in metric_writers.read_metrics(str(workdir)) if 'test/precision' in r]
   assert test_row[0]['test/precision'] is None
   assert test_row[0]['undefined']['test/precision'] == 'no image predicted defective'
+
+
+def counted(row, defective, good):
+  return {**row, 'val/num_defective': defective, 'val/num_good': good}
+
+
+def test_chance_band_is_the_mann_whitney_null_spread():
+  # n1 = 79, n0 = 190: 2 * sqrt(270 / (12 * 79 * 190)) = 0.0774.
+  assert health.chance_band(79, 190) == pytest.approx(0.0774, abs=1e-4)
+  assert np.isnan(health.chance_band(0, 10)) and np.isnan(health.chance_band(None, 10))
+
+
+@pytest.mark.parametrize('defective,good,status', [(79, 190, 'collapsed'), (25, 4, 'suspect')])
+def test_a_model_ranking_at_random_in_every_evaluation_never_learned(defective, good, status):
+  # Scores vary (spread 0.3) and AUROC is never exactly 0.5, so the constant
+  # and flat rules stay silent; every evaluation is within the chance band.
+  aurocs = (0.53, 0.51, 0.55, 0.498, 0.489, 0.446, 0.466)
+  records = [counted(val_row(100 * (i + 1), auroc=a), defective, good)
+             for i, a in enumerate(aurocs)]
+  found = kinds(records)
+  assert 'flat_auroc' not in found and 'constant_predictions' not in found
+  assert found['never_learned'] == (status, None)
+  assert health.diagnose(records)['status'] == status
+
+
+@pytest.mark.parametrize('tail,status', [(2, 'ok'), (3, 'suspect')])
+def test_auroc_falling_back_to_chance_after_learning_is_suspect(tail, status):
+  records = [counted(val_row(100 * (i + 1), auroc=a), 79, 190) for i, a in enumerate(
+      (0.6, 0.75, 0.8, *(0.54, 0.47, 0.52)[:tail]))]
+  assert health.diagnose(records)['status'] == status
+  assert 'never_learned' not in kinds(records)
+  if status == 'suspect':
+    assert kinds(records)['chance_auroc'] == ('suspect', 400)
+
+
+def test_a_learning_model_on_a_counted_split_is_ok():
+  records = [counted(val_row(100 * (i + 1), auroc=a), 79, 190)
+             for i, a in enumerate((0.55, 0.62, 0.7, 0.74, 0.8))]
+  assert health.diagnose(records) == {'status': 'ok', 'reasons': []}
+
+
+def test_recheck_health_rewrites_a_run_the_old_checks_passed(tmp_path, capsys):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'recheck_health.py'
+  spec = importlib.util.spec_from_file_location('recheck_health', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  run = tmp_path / 'sweep' / 'beta_a_s0_f4'
+  run.mkdir(parents=True)
+  (run / 'sweep.json').write_text(json.dumps({'variant': 'beta_a', 'seed': 0, 'fold': 4}))
+  rows = [counted(val_row(100 * (i + 1), auroc=a), 79, 190)
+          for i, a in enumerate((0.53, 0.51, 0.55, 0.49))]
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  split = {'prob_spread': 0.4, 'predicted_defective_fraction': 0.99,
+           'zero_embedding_fraction': 0.0}
+  (run / 'eval.json').write_text(json.dumps({'step': 100, 'val': split, 'test': split,
+                                             'health': {'status': 'ok', 'reasons': []}}))
+  assert mod.main([str(tmp_path / 'sweep')]) == 0  # Read-only: prints, keeps the file.
+  assert '| ok | collapsed |' in capsys.readouterr().out
+  assert json.loads((run / 'eval.json').read_text())['health']['status'] == 'ok'
+  assert mod.main([str(tmp_path / 'sweep'), '--write']) == 0
+  ev = json.loads((run / 'eval.json').read_text())
+  assert ev['health']['status'] == 'collapsed' and ev['health_as_trained']['status'] == 'ok'
+  capsys.readouterr()
+  assert mod.main([str(tmp_path / 'sweep')]) == 0  # Written: nothing differs now.
+  assert '1 finished runs checked, 0 with a different health' in capsys.readouterr().out

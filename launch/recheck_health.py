@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Re-runs the health checks (smsdd_jax/health.py) on finished runs.
+
+  python launch/recheck_health.py docs/sweeps/mt_k5_quick [...] [--write]
+
+A run's health is computed once, at the end of training, from its
+metrics.jsonl and the evaluated checkpoint's numbers in eval.json; when the
+checks improve, runs made before say what the old checks found. This
+recomputes it from the same two files (no model, no data: the same inputs as
+train.final_evaluation gives health.diagnose) and prints every run whose
+status changes. With --write it replaces eval.json's "health" and keeps the
+previous one as "health_as_trained"; re-aggregate the sweep afterwards
+(`launch/sweep.py --out=SWEEP --aggregate_only`) for its tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from smsdd_jax import health, report, rundir  # pylint: disable=wrong-import-position
+
+
+def recheck(run_path: str) -> tuple[dict, dict] | None:
+  """(health as stored, health recomputed) of a finished run; None if unfinished."""
+  eval_path = os.path.join(run_path, rundir.EVAL)
+  metrics_path = os.path.join(run_path, 'metrics.jsonl')
+  if not (os.path.isfile(eval_path) and os.path.isfile(metrics_path)):
+    return None
+  ev = rundir.read_json(eval_path, 'eval record')
+  with open(metrics_path, encoding='utf-8') as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  stored = ev.get('health') or {'status': 'unknown', 'reasons': []}
+  return stored, health.diagnose(records, {'val': ev['val'], 'test': ev['test']}, ev['step'])
+
+
+def write(run_path: str, new: dict) -> None:
+  eval_path = os.path.join(run_path, rundir.EVAL)
+  ev = rundir.read_json(eval_path, 'eval record')
+  ev.setdefault('health_as_trained', ev.get('health'))
+  ev['health'] = new
+  rundir.write_json(eval_path, ev)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('sweeps', nargs='+', help='sweep directories (launch/sweep.py --out)')
+  p.add_argument('--write', action='store_true',
+                 help='store the recomputed health in each changed eval.json')
+  args = p.parse_args(argv)
+  print('| run | status as trained | status now | reasons now |\n|---|---|---|---|')
+  checked = changed = 0
+  for sweep in args.sweeps:
+    for path in report.run_dirs(sweep):
+      result = recheck(path)
+      if result is None:
+        continue
+      checked += 1
+      stored, new = result
+      if stored.get('status') == new['status'] and stored.get('reasons') == new['reasons']:
+        continue
+      changed += 1
+      print(f"| {os.path.relpath(path)} | {stored.get('status')} | {new['status']} | "
+            f"{'; '.join(new['reasons']) or '-'} |")
+      if args.write:
+        write(path, new)
+  print(f'\n{checked} finished runs checked, {changed} with a different health'
+        + (' (written)' if args.write and changed else ''))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
