@@ -95,6 +95,11 @@ def main(argv=None) -> int:
   p.add_argument('--per_run', action='store_true',
                  help="also each run of the other sweeps beside its base run and its fold's floors")
   args = p.parse_args(argv)
+  for sweep in (args.base, *args.other):
+    if not os.path.isfile(os.path.join(sweep, 'results.csv')):
+      print(f'error: {sweep}/results.csv does not exist (launch/sweep.py writes it when the '
+            'sweep ends; --aggregate_only writes it from the finished runs)', file=sys.stderr)
+      return 2
   base = test_rows(args.base)
   others = {o: test_rows(o) for o in args.other}
   variants = sorted({k[0] for k in base}.intersection(*({k[0] for k in o}

@@ -163,3 +163,15 @@ def test_compare_sweeps_per_run_flags_a_run_at_or_below_its_folds_floor(tmp_path
           in out)
   assert ('| beta_a | 0 | 1 | 5 / 3 | 0.950 | 0.600 | ok | 20 | 0.800 / 0.600 | 0.950 | ties hog |'
           in out)
+
+
+def test_compare_sweeps_names_a_sweep_without_results(tmp_path, capsys):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'compare_sweeps.py'
+  spec = importlib.util.spec_from_file_location('compare_sweeps', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  assert mod.main([f'--base={tmp_path / "a"}', f'--other={tmp_path / "b"}']) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'a/results.csv does not exist' in err
