@@ -15,7 +15,6 @@ previous one as "health_as_trained"; re-aggregate the sweep afterwards
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -27,24 +26,19 @@ from smsdd_jax import health, report, rundir  # pylint: disable=wrong-import-pos
 
 
 def recheck(run_path: str) -> tuple[dict, dict] | None:
-  """(health as stored, health recomputed) of a finished run; None if unfinished."""
+  """(eval.json, health recomputed) of a finished run; None if unfinished."""
   eval_path = os.path.join(run_path, rundir.EVAL)
-  metrics_path = os.path.join(run_path, 'metrics.jsonl')
-  if not (os.path.isfile(eval_path) and os.path.isfile(metrics_path)):
+  if not (os.path.isfile(eval_path) and os.path.isfile(os.path.join(run_path, rundir.METRICS))):
     return None
   ev = rundir.read_json(eval_path, 'eval record')
-  with open(metrics_path, encoding='utf-8') as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  stored = ev.get('health') or {'status': 'unknown', 'reasons': []}
-  return stored, health.diagnose(records, {'val': ev['val'], 'test': ev['test']}, ev['step'])
+  records = rundir.read_metrics(run_path)
+  return ev, health.diagnose(records, {'val': ev['val'], 'test': ev['test']}, ev['step'])
 
 
-def write(run_path: str, new: dict) -> None:
-  eval_path = os.path.join(run_path, rundir.EVAL)
-  ev = rundir.read_json(eval_path, 'eval record')
+def write(run_path: str, ev: dict, new: dict) -> None:
+  """Stores `new` as eval.json's health; the first verdict stays as health_as_trained."""
   ev.setdefault('health_as_trained', ev.get('health'))
-  ev['health'] = new
-  rundir.write_json(eval_path, ev)
+  rundir.write_json(os.path.join(run_path, rundir.EVAL), {**ev, 'health': new})
 
 
 def main(argv=None) -> int:
@@ -61,14 +55,15 @@ def main(argv=None) -> int:
       if result is None:
         continue
       checked += 1
-      stored, new = result
+      ev, new = result
+      stored = ev.get('health') or {'status': 'unknown', 'reasons': []}
       if stored.get('status') == new['status'] and stored.get('reasons') == new['reasons']:
         continue
       changed += 1
       print(f"| {os.path.relpath(path)} | {stored.get('status')} | {new['status']} | "
             f"{'; '.join(new['reasons']) or '-'} |")
       if args.write:
-        write(path, new)
+        write(path, ev, new)
   print(f'\n{checked} finished runs checked, {changed} with a different health'
         + (' (written)' if args.write and changed else ''))
   return 0

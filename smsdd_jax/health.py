@@ -126,13 +126,13 @@ def chance_band(num_defective, num_good) -> float:
 
 def _chance_findings(series: Sequence[Mapping], prefix: str) -> list[Finding]:
   auroc = f'{prefix}/auroc'
-  at_chance = lambda r: abs(_num(r.get(auroc)) - 0.5) <= chance_band(
-      r.get(f'{prefix}/num_defective'), r.get(f'{prefix}/num_good'))
-  run = _trailing(series, at_chance)
+  band_of = lambda r: chance_band(r.get(f'{prefix}/num_defective'), r.get(f'{prefix}/num_good'))
+  run = _trailing(series, lambda r: abs(_num(r.get(auroc)) - 0.5) <= band_of(r))
+  if not run:
+    return []
+  band = max(band_of(r) for r in run)
   evaluated = [r for r in series if r.get(auroc) is not None]
   if len(run) >= FLAT_EVALS_COLLAPSED and len(run) == len(evaluated):
-    band = max(chance_band(r.get(f'{prefix}/num_defective'), r.get(f'{prefix}/num_good'))
-               for r in run)
     decisive = band <= CHANCE_BAND_DECISIVE
     # No 'since': it is the whole run.
     return [Finding('never_learned', COLLAPSED if decisive else SUSPECT, None,
@@ -141,8 +141,6 @@ def _chance_findings(series: Sequence[Mapping], prefix: str) -> list[Finding]:
                     + f'{prefix} AUROC at chance (within {CHANCE_Z:g} standard errors, '
                     f'+-{band:.2f}, of 0.5) in all {len(run)} evaluations')]
   if len(run) >= CHANCE_EVALS_SUSPECT:
-    band = max(chance_band(r.get(f'{prefix}/num_defective'), r.get(f'{prefix}/num_good'))
-               for r in run)
     return [Finding('chance_auroc', SUSPECT, run[0]['step'],
                     f'{prefix} AUROC back at chance (within {CHANCE_Z:g} standard errors, '
                     f'+-{band:.2f}, of 0.5) in the last {len(run)} evaluations')]
