@@ -73,7 +73,8 @@ def _ints(text: str) -> list[int]:
   try:
     return [int(x) for x in text.split(',') if x.strip()]
   except ValueError:
-    raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}')
+    raise argparse.ArgumentTypeError(
+        f'expected comma-separated integers, got {text!r}') from None
 
 
 def parser() -> argparse.ArgumentParser:

@@ -94,7 +94,6 @@ class Predictor:
       raise ValueError(f'batch_size={batch_size}: must be >= 1')
     self.run = resolve_run(workdir, step)
     # pylint: disable=import-outside-toplevel
-    import ml_collections
     from smsdd_jax import checkpointing, models, step
     self.config = run_config(self.run.config)
     self.model = models.create(self.config.model)

@@ -350,7 +350,7 @@ def _keras_h5(path: str) -> dict[str, _Array]:
     for layer, group in groups.items():
       datasets = []
 
-      def find_arrays(name, obj, group=group):
+      def find_arrays(name, obj, group=group, datasets=datasets):
         if isinstance(obj, h5py.Dataset):
           datasets.append((f'{group}/{name}', obj.shape))
       f[group].visititems(find_arrays)

@@ -1,6 +1,5 @@
 """Exports of a real (tiny) run: jax.export and the jax2tf SavedModel."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ from jax import export as jax_export
 
 from smsdd_jax import export
 from smsdd_jax import inference
-from smsdd_jax import train
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,6 @@ from smsdd_jax import models
 from smsdd_jax import predict
 from smsdd_jax import preprocess
 from smsdd_jax import roi
-from smsdd_jax import train
 from smsdd_jax.datasets import synthetic_screens
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

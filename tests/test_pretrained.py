@@ -223,7 +223,8 @@ def reference_torchvision(state: dict, image: np.ndarray, batch_norm: bool) -> l
     y = _conv(x, state[f'features.{n}.weight'], ('NCHW', 'OIHW', 'NCHW'))
     y = y + state[f'features.{n}.bias'][None, :, None, None]
     if batch_norm:
-      p = lambda s: state[f'features.{n + 1}.{s}'][None, :, None, None]  # pylint: disable=cell-var-from-loop
+      # Used on the next line only, within this iteration: sees this n.
+      p = lambda s: state[f'features.{n + 1}.{s}'][None, :, None, None]  # noqa: B023
       y = (y - p('running_mean')) / np.sqrt(p('running_var') + 1e-5) * p('weight') + p('bias')
     outs.append(y.transpose(0, 2, 3, 1))
     x = np.maximum(y, 0)

@@ -350,7 +350,7 @@ def _tiles(names):
   tile = {}
   for folder, items in per_folder.items():
     last, k = None, 0
-    for c, e, n in sorted(items):
+    for _, e, n in sorted(items):
       k += last is None or e <= last
       tile[n], last = f'{folder}#{k}', e
   return tile

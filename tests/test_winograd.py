@@ -137,7 +137,8 @@ def test_dispatch_falls_back_to_lax(case):
 def test_dispatch_takes_3x3_same():
   x, w, _, _ = _inputs((2, 9, 10, 16, 16))
   for padding in ('SAME', ((1, 1), (1, 1))):
-    fn = lambda x, w: winograd.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN)
+    # Traced and called within this iteration only: sees this padding.
+    fn = lambda x, w: winograd.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=DN)  # noqa: B023
     assert _uses_winograd(fn, x, w)
     _close(fn(x, w), _ref(x, w), TOL[4])
 
