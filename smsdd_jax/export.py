@@ -5,7 +5,9 @@
 
 The exported function is the whole of inference after the ROI search:
 
-  images: (N, 110, 230, 3) uint8, RGB, rectified screen ROIs
+  images: (N, H, W, 3) uint8, RGB, model inputs (rectified screen ROIs or
+          crops) at the run's config.data.image_size (H, W), 110 x 230 by
+          default; export.json records it under "input"
     -> prob_defective: (N,) float32, softmax(logits)[:, 1]
 
 with the run's normalisation ((pixel - mean) / std, data_stats.json) and its

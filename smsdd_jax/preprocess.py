@@ -4,7 +4,10 @@ Every builder, `predict`, `export` and `benchmark` turn a file into what the
 model sees through this module, so training and prediction cannot drift:
 
   bytes --decode--> pixels --channels--> --roi or whole image--> --aspect-->
-  --resize--> (110, 230, 3) uint8 RGB
+  --resize--> (height, width, 3) uint8 RGB
+
+The size is the run's `config.data.image_size` (`Spec.size`; default
+`ROI_SIZE`, the paper's 110 x 230), recorded with each build and each run.
 
 * decode (`decode`, `read_image`): OpenCV, refusing what it would silently
   accept (a JPEG or PNG cut short decodes to grey rows without an error) and
@@ -40,7 +43,10 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-ROI_SIZE = (110, 230)  # (height, width) of the model input, as the paper.
+ROI_SIZE = (110, 230)  # (height, width) of the model input by default, as the paper.
+# A side enlarged more than this many times carries little information of its
+# own: the dataset card counts such images and names the worst (`enlargement`).
+ENLARGEMENT_LIMIT = 4.0
 # (pixel - mean) / std per RGB channel on [0, 255]: 'fixed' maps to [-1, 1].
 FIXED_STATS = {'mean': [127.5, 127.5, 127.5], 'std': [127.5, 127.5, 127.5]}
 ROI_MODES = ('hough', 'none')
@@ -327,10 +333,35 @@ def fit(image: np.ndarray, size: Sequence[int], aspect: str) -> np.ndarray:
   return out
 
 
+def enlargement(image_shape: Sequence[int], corners: np.ndarray, spec: Spec) -> float:
+  """How many times the most enlarged side of what becomes the input grows
+  (<= 1: nothing is enlarged). Per side, not per area: a 10 x 1000 strip
+  stretched to 110 x 230 is enlarged 11x along its short side, which an area
+  ratio (2.5x) would hide. For a screen the found quad's longer opposite
+  sides count, as `roi.rectify` measures them."""
+  out_h, out_w = spec.size
+  if spec.roi == 'hough':
+    q = np.asarray(corners, np.float64).reshape(4, 2)
+    w = max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3]))
+    h = max(np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1]))
+  else:
+    h, w = image_shape[:2]
+    if spec.aspect == 'rotate' and h > w:
+      h, w = w, h
+  h, w = max(float(h), 1e-6), max(float(w), 1e-6)
+  if spec.roi != 'hough' and spec.aspect == 'letterbox':
+    return min(out_h / h, out_w / w)  # One scale for both sides.
+  return max(out_h / h, out_w / w)
+
+
 def whole_image_corners(image: np.ndarray) -> np.ndarray:
   """(4, 2) float32 tl, tr, br, bl of the whole image, in pixels."""
   h, w = image.shape[:2]
   return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+
+
+# How a BadImage from the screen search begins (builders tell these apart).
+NO_SCREEN, SCREEN_SEARCH_FAILED = 'no screen found', 'screen search failed'
 
 
 def _find_screen(image_bgr: np.ndarray) -> tuple[np.ndarray, str]:
@@ -338,9 +369,9 @@ def _find_screen(image_bgr: np.ndarray) -> tuple[np.ndarray, str]:
   try:
     corners, info = roi.find_screen_with_info(image_bgr)
   except roi.ScreenNotFoundError as e:
-    raise BadImage(f'no screen found: {e}') from None
+    raise BadImage(f'{NO_SCREEN}: {e}') from None
   except (cv2.error, ValueError) as e:
-    raise BadImage(f'screen search failed: {str(e).strip().splitlines()[-1]}') from None
+    raise BadImage(f'{SCREEN_SEARCH_FAILED}: {str(e).strip().splitlines()[-1]}') from None
   return np.asarray(corners, np.float32).reshape(4, 2), str(info.method)
 
 

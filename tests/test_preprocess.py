@@ -151,3 +151,32 @@ def test_raw_frame_same_through_synthetic_builder_and_predict(tmp_path):
   via_builder = preprocess.to_model_input(frame.image, spec)[0]  # What the builder stores.
   via_predict = inference.prepare_frame(str(path), spec=spec)
   np.testing.assert_array_equal(via_builder, via_predict.roi)
+
+
+def test_enlargement_per_side_by_policy():
+  stretch, letterbox, rotate = (preprocess.Spec(aspect=a) for a in preprocess.ASPECTS)
+  corners = np.zeros((4, 2), np.float32)  # Unused for whole images.
+  assert preprocess.enlargement((1, 1), corners, stretch) == 230
+  assert preprocess.enlargement((220, 460, 3), corners, stretch) == 0.5  # Shrunk.
+  # A 20 x 200 strip: its short side grows 5.5x when stretched; letterboxed,
+  # one scale fits the long side (1.15x); turned and stretched likewise.
+  assert preprocess.enlargement((20, 200), corners, stretch) == 5.5
+  assert preprocess.enlargement((20, 200), corners, letterbox) == 1.15
+  assert preprocess.enlargement((200, 20), corners, rotate) == 5.5
+  assert preprocess.enlargement((200, 20), corners, stretch) == 11.5
+  small = preprocess.Spec(size=(55, 115))
+  assert preprocess.enlargement((20, 200), corners, small) == 2.75
+  # A screen: the found quad's sides (23 x 11 pixels here) against the output.
+  quad = np.array([[10, 10], [33, 10], [33, 21], [10, 21]], np.float32)
+  assert preprocess.enlargement((500, 900), quad, preprocess.Spec(roi='hough')) == 10
+
+
+def test_card_without_enlargement_still_renders():
+  from smsdd_jax.datasets import card  # pylint: disable=import-outside-toplevel
+  c = card.make(name='x/y', source={}, preprocessing='p', members={'train': [0, 1]},
+                labels=['good', 'defective'], defect_types=['none', 'a'],
+                files=['a.png', 'b.png'], groups=[0, 1], skipped=[], warnings=[])
+  assert c['enlarged'] == {'limit': 4.0, 'count': 0, 'worst': None}
+  assert 'Enlarged more than 4x along a side: 0.' in card.to_markdown(c)
+  del c['enlarged']  # A card from an older build.
+  assert 'Enlarged images: not measured.' in card.to_markdown(c)

@@ -171,6 +171,7 @@ def test_empty_class_fails_clearly(tmp_path):
   with pytest.raises(ValueError, match="class 'good' is empty") as err:
     _build(msd_screens.MsdScreens, root, tmp_path / 'tfds')
   assert '\n' not in str(err.value)
+  assert 'builder_config=none' not in str(err.value)  # Broken files, not crops.
 
 
 def test_msd_layouts():
@@ -221,6 +222,66 @@ def test_image_folder_none_with_classes_json(tmp_path):
   assert types == {b'none', b'scr'}
   ex = next(iter(tfds.as_numpy(b.as_dataset(split='train').take(1))))
   assert ex['roi_method'] == b'none' and ex['image'].shape == (110, 230, 3)
+
+
+def _plain_crops(root, layout, shape=(40, 80)):
+  """Folders of small random crops: {folder: count}."""
+  rng = np.random.default_rng(5)
+  for folder, n in layout.items():
+    (root / folder).mkdir(parents=True)
+    for i in range(n):
+      img = cv2.resize(rng.integers(0, 255, (4, 4), dtype=np.uint8), shape[::-1],
+                       interpolation=cv2.INTER_CUBIC)
+      cv2.imwrite(str(root / folder / f'{i}.png'), img)
+  return root
+
+
+def test_classes_json_key_naming_no_folder_fails(tmp_path):
+  """A typo in classes.json used to label a folder of good parts defective."""
+  root = _plain_crops(tmp_path / 'crops', {'okay_parts': 10, 'scratch': 10})
+  (root / 'classes.json').write_text(json.dumps({'okay-parts': 'good'}))
+  with pytest.raises(ValueError, match=r"key 'okay-parts' names no folder") as err:
+    _build(image_folder.ImageFolder, root, tmp_path / 'tfds', config='none')
+  msg = str(err.value)
+  assert "did you mean 'okay_parts'" in msg and 'okay_parts, scratch' in msg
+  assert '\n' not in msg
+  # Fixed, the folder is good; a folder it leaves to the default rule is named.
+  (root / 'classes.json').write_text(json.dumps({'Okay_Parts': 'good'}))
+  b = _build(image_folder.ImageFolder, root, tmp_path / 'tfds', config='none',
+             near_dup_threshold=-1)
+  assert b.info.metadata['num_examples'] == {'good': 10, 'defective': 10}
+  warnings = b.info.metadata['card']['warnings']
+  assert any('does not name folder(s) scratch' in w for w in warnings), warnings
+
+
+def test_card_counts_enlarged_images(tmp_path):
+  root = _plain_crops(tmp_path / 'crops', {'good': 10, 'dent': 10})
+  cv2.imwrite(str(root / 'good' / 'tiny.png'), np.full((1, 1), 90, np.uint8))
+  cv2.imwrite(str(root / 'dent' / 'strip.png'), np.full((20, 200), 90, np.uint8))
+  b = _build(image_folder.ImageFolder, root, tmp_path / 'tfds', config='none',
+             near_dup_threshold=-1)
+  card = b.info.metadata['card']
+  # 40x80 crops grow 2.9x at most; the 20-row strip 5.5x; the 1x1 pixel 230x.
+  assert card['enlarged'] == {'limit': 4.0, 'count': 2,
+                              'worst': {'file': 'good/tiny.png', 'factor': 230.0}}
+  assert any('2 of 22 images enlarged more than 4x' in w and 'good/tiny.png' in w
+             for w in card['warnings'])
+  with open(f'{b.data_dir}/{datasets.CARD_FILE}') as f:
+    assert 'Enlarged more than 4x along a side: 2 (worst `good/tiny.png`, 230x).' in f.read()
+  # Letterboxed, one scale for both sides: the strip is shrunk to fit, not enlarged.
+  lb = _build(image_folder.ImageFolder, root, tmp_path / 'tfds', config='none',
+              near_dup_threshold=-1, aspect='letterbox')
+  assert lb.info.metadata['card']['enlarged']['count'] == 1
+
+
+def test_crops_built_as_frames_say_builder_config_none(tmp_path):
+  root = _plain_crops(tmp_path / 'crops', {'good': 4, 'scratch': 4})
+  with pytest.raises(ValueError, match="class 'good' is empty") as err:
+    _build(image_folder.ImageFolder, root, tmp_path / 'tfds')  # Default config: roi.
+  msg = str(err.value)
+  assert '4 of them failed the screen search' in msg
+  assert msg.endswith('build them with config.data.builder_config=none')
+  assert '\n' not in msg
 
 
 # --------------------------------------------------------------------------
@@ -274,6 +335,15 @@ def test_magnetic_tile_fixture(tiles_fixture, tiles_dir):
     assert ex['image'].shape == (110, 230, 3) and ex['mask'].shape == (110, 230, 1)
     assert (ex['image'][..., 0] == ex['image'][..., 2]).all()
     assert set(np.unique(ex['mask'])) <= {0, 255}
+    assert (ex['mask'].max() == 255) == (ex['label'] == 1)
+
+
+def test_magnetic_tile_at_another_size(tiles_dir, tmp_path):
+  b = _build(magnetic_tile.MagneticTile, tiles_dir, tmp_path, image_size=(40, 88))
+  assert '_40x88_' in b.builder_config.name
+  assert b.info.metadata['preprocessing']['size'] == [40, 88]
+  for ex in tfds.as_numpy(b.as_dataset(split='train')):
+    assert ex['image'].shape == (40, 88, 3) and ex['mask'].shape == (40, 88, 1)
     assert (ex['mask'].max() == 255) == (ex['label'] == 1)
 
 

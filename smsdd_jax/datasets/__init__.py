@@ -9,10 +9,12 @@ Importing a builder module registers it with tensorflow-datasets.
 
 For the folder builders, `builder` derives the build's config from the
 builder's named config, the run's `config.data` (aspect, channels,
-near-duplicate threshold) and the source folder's fingerprint, so each
-(folder content, preprocessing) pair builds into its own place under
+near-duplicate threshold, image size) and the source folder's fingerprint, so
+each (folder content, preprocessing) pair builds into its own place under
 data_dir, and a missing or unreadable folder fails even when an old build
-exists. A new build prints its dataset card's summary and warnings and writes
+exists. The input size (`config.data.image_size`) is in the config name
+unless it is the paper's 110 x 230 (`size_tag`: builds made before sizes
+could change keep their names); `synthetic_screens` takes it the same way. A new build prints its dataset card's summary and warnings and writes
 `dataset_card.md` beside itself.
 """
 from __future__ import annotations
@@ -62,6 +64,40 @@ def config_name(cls, data_config) -> str:
   return name
 
 
+def image_size(data_config) -> tuple[int, int]:
+  """config.data.image_size as (height, width), checked."""
+  from smsdd_jax import preprocess  # pylint: disable=import-outside-toplevel
+  size = data_config.get('image_size') or preprocess.ROI_SIZE
+  try:
+    h, w = (int(v) for v in size)
+  except (TypeError, ValueError):
+    raise ValueError(f'config.data.image_size={size!r}: expected (height, width), '
+                     'e.g. (110, 230)') from None
+  if min(h, w) < 1:
+    raise ValueError(f'config.data.image_size={size!r}: both sides must be >= 1')
+  return h, w
+
+
+def size_tag(size) -> str:
+  """'_<h>x<w>' for a build's config name; '' for the default size, so
+  builds made before the size could change keep their names."""
+  from smsdd_jax import preprocess  # pylint: disable=import-outside-toplevel
+  h, w = size
+  return '' if (h, w) == tuple(preprocess.ROI_SIZE) else f'_{h}x{w}'
+
+
+def sized_config(cls, data_config):
+  """A builder without a folder (synthetic_screens): its named config, at
+  config.data.image_size when its configs have a size."""
+  name = config_name(cls, data_config)
+  base = cls.builder_configs[name]
+  size = image_size(data_config)
+  if not hasattr(base, 'size') or tuple(base.size) == size:
+    return name
+  return dataclasses.replace(base, name=f'{name}{size_tag(size)}', size=size,
+                             description=f'{base.description} Inputs {size[0]}x{size[1]}.')
+
+
 def folder_config(cls, data_config):
   """The config a folder build really uses (module doc)."""
   from smsdd_jax.datasets import source  # pylint: disable=import-outside-toplevel
@@ -74,12 +110,13 @@ def folder_config(cls, data_config):
   threshold = data_config.get('near_dup_threshold')
   threshold = base.near_dup_threshold if threshold is None else int(threshold)
   roi = base.roi
-  geometry = roi if roi == 'hough' else data_config.aspect
+  size = image_size(data_config)
+  geometry = (roi if roi == 'hough' else data_config.aspect) + size_tag(size)
   name = f'{base.name}_{geometry}_{data_config.channels}_t{threshold}_{fp.short}'
   return dataclasses.replace(
       base, name=name.replace('-', 'm'), aspect=data_config.aspect,
       channels=data_config.channels, near_dup_threshold=threshold,
-      source_root=str(root), source_fingerprint=fp.digest,
+      source_root=str(root), source_fingerprint=fp.digest, size=size,
       description=f'{base.description} Source {root or "download"} ({fp.num_files} '
                   f'files, sha256 {fp.digest[:16]}).')
 
@@ -90,7 +127,8 @@ def builder(data_config):
   from smsdd_jax import preprocess  # pylint: disable=import-outside-toplevel
   from smsdd_jax.datasets import card, image_folder  # pylint: disable=import-outside-toplevel
   register_all()
-  preprocess.Spec(aspect=data_config.aspect, channels=data_config.channels)  # Validates.
+  preprocess.Spec(aspect=data_config.aspect, channels=data_config.channels,
+                  size=image_size(data_config))  # Validates.
   try:
     cls = tfds.builder_cls(data_config.name)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -101,7 +139,8 @@ def builder(data_config):
     with _quiet_absl():
       b = cls(config=folder_config(cls, data_config), data_dir=data_dir)
   else:
-    b = cls(config=config_name(cls, data_config), data_dir=data_dir)
+    with _quiet_absl():
+      b = cls(config=sized_config(cls, data_config), data_dir=data_dir)
   with _quiet_absl():
     if b.is_prepared():
       return b

@@ -5,13 +5,18 @@ Made once per build (`make`), stored in the build's metadata (`info.metadata
 build happens. It says: where the files came from (folder and fingerprint),
 the preprocessing, counts per class and defect type in every split and fold,
 the near-duplicate groups (sizes, the largest, every group that mixes labels
-with its files), files skipped with their reasons, and warnings (unbalanced
-folds, a group too large to be one object).
+with its files), how many images were enlarged more than
+`preprocess.ENLARGEMENT_LIMIT` times along a side (and the worst), files
+skipped with their reasons, and warnings (unbalanced folds, a group too large
+to be one object, enlarged images, folders labelled by the default rule
+beside a classes.json).
 """
 from __future__ import annotations
 
 import collections
 from typing import Sequence
+
+from smsdd_jax import preprocess
 
 LARGE_GROUP_SHARE = 0.05  # A group holding more of the set than this is suspect.
 
@@ -36,14 +41,34 @@ def group_report(groups: Sequence[int], labels: Sequence[str], files: Sequence[s
           'mixed_labels': mixed}
 
 
+def enlargement_report(factors: Sequence[float], files: Sequence[str],
+                       limit: float = preprocess.ENLARGEMENT_LIMIT) -> dict:
+  """How many images were enlarged more than `limit` times along a side,
+  and the most enlarged one (factors: `preprocess.enlargement`, per file)."""
+  over = [i for i, f in enumerate(factors) if f > limit]
+  worst = max(over, key=lambda i: factors[i]) if over else None
+  return {'limit': float(limit), 'count': len(over),
+          'worst': None if worst is None else
+                   {'file': files[worst], 'factor': round(float(factors[worst]), 1)}}
+
+
 def make(*, name: str, source: dict, preprocessing: str, members: dict[str, list[int]],
          labels: Sequence[str], defect_types: Sequence[str], files: Sequence[str],
          groups: Sequence[int], skipped: Sequence[Sequence[str]],
-         warnings: Sequence[str]) -> dict:
-  """The card as a JSON-able dict."""
+         warnings: Sequence[str], enlargement: Sequence[float] = ()) -> dict:
+  """The card as a JSON-able dict. enlargement: per file, how many times
+  its most enlarged side grew (empty: not measured)."""
   grouping = group_report(groups, labels, files)
   warnings = list(warnings)
   n = len(labels)
+  enlarged = enlargement_report(enlargement, files)
+  if enlarged['count']:
+    worst = enlarged['worst']
+    warnings.append(
+        f"{enlarged['count']} of {n} images enlarged more than {enlarged['limit']:g}x "
+        f"along a side (worst {worst['file']}: {worst['factor']:g}x): they hold little "
+        'detail at this input size; check them, or build at a smaller '
+        'config.data.image_size')
   if n and grouping['largest'] > max(6, LARGE_GROUP_SHARE * n):
     warnings.append(
         f"one near-duplicate group holds {grouping['largest']} of {n} images (e.g. "
@@ -57,7 +82,8 @@ def make(*, name: str, source: dict, preprocessing: str, members: dict[str, list
       'num_examples': n,
       'classes': {s: _counts(idx, labels) for s, idx in members.items()},
       'defect_types': {s: _counts(idx, defect_types) for s, idx in members.items()},
-      'groups': grouping, 'skipped': [list(s) for s in skipped], 'warnings': warnings}
+      'groups': grouping, 'enlarged': enlarged, 'skipped': [list(s) for s in skipped],
+      'warnings': warnings}
 
 
 def _table(rows: dict[str, dict[str, int]]) -> list[str]:
@@ -68,12 +94,21 @@ def _table(rows: dict[str, dict[str, int]]) -> list[str]:
   return out
 
 
+def _enlarged_line(enlarged: dict | None) -> str:
+  if not enlarged:  # A card made before this was measured.
+    return 'Enlarged images: not measured.'
+  worst = enlarged['worst']
+  return (f"Enlarged more than {enlarged['limit']:g}x along a side: {enlarged['count']}"
+          + (f" (worst `{worst['file']}`, {worst['factor']:g}x)." if worst else '.'))
+
+
 def to_markdown(card: dict) -> str:
   src, grp = card['source'], card['groups']
   lines = [f"# Dataset card: {card['name']}", '',
            f"Source: `{src.get('root', '')}` ({src.get('num_files', '?')} files, "
            f"fingerprint {src.get('fingerprint', '?')[:16]})", '',
            f"Preprocessing: {card['preprocessing']}", '',
+           _enlarged_line(card.get('enlarged')), '',
            f"{card['num_examples']} examples in {grp['num_groups']} near-duplicate groups "
            f"(sizes: {grp['size_histogram']}; largest {grp['largest']}).", '',
            '## Classes', '', *_table(card['classes']), '',

@@ -18,23 +18,29 @@ files lying directly in the manual dir (logged as skipped). Good folder names
 
 `classes.json` maps folder names (case-insensitive) to "good", "defective",
 "ignore", or {"label": "good" | "defective", "defect_type": "..."}; folders it
-does not name follow the convention above. Example:
+does not name follow the convention above (the dataset card warns about those
+taken as defective that way). A key that names no top-level folder fails the
+build, naming the key and the folders there (a typo must not turn a folder of
+good images defective). Example:
 
   {"OK": "good", "NG_scratch": {"label": "defective", "defect_type": "scratch"},
    "unsure": "ignore"}
 
 Builder configs:
   * `roi`: raw camera frames: `smsdd_jax.roi` finds the phone (Hough, with its
-    contour fallback) and warps it to 110 x 230; frames with no screen are
-    skipped with the reason.
-  * `none`: images already cropped: the whole image to 110 x 230 by the
+    contour fallback) and warps it to the input size; frames with no screen
+    are skipped with the reason (an empty class most of whose files failed
+    the search says that crops need `none`).
+  * `none`: images already cropped: the whole image to the input size by the
     aspect policy (`config.data.aspect`: stretch, letterbox or rotate).
+The input size is `config.data.image_size` (height, width; default 110 x 230,
+the paper's), part of the build's config name when it is not the default.
 Every image goes through `smsdd_jax.preprocess` (the same code `predict`
 uses); `config.data.channels` picks RGB or gray. The build is tied to its
 source folder (`smsdd_jax.datasets.source`: another folder never reads this
 build) and writes a dataset card (`smsdd_jax.datasets.card`).
 
-Features: `image` (110, 230, 3) uint8 RGB; `label` good/defective;
+Features: `image` (height, width, 3) uint8 RGB; `label` good/defective;
 `defect_type` (text); `file_name` (path relative to the manual dir);
 `corners` (4, 2) float32 (x, y) tl, tr, br, bl of the quad that became the
 image (the whole image for `none`); `roi_method` ('hough', 'contour' or
@@ -52,11 +58,14 @@ Bad input never stops a build: unreadable, empty, truncated or non-image
 files, exact duplicates (same sha256) and frames with no screen are skipped,
 each logged with its reason and listed in `info.metadata['skipped']`
 ([file_name, reason] pairs; `num_skipped` the count). A class left with no
-image fails the build with a one-line ValueError naming it.
+image fails the build with a one-line ValueError naming it. The dataset card
+counts images enlarged more than `preprocess.ENLARGEMENT_LIMIT` (4) times
+along a side and names the worst.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import pathlib
@@ -152,10 +161,12 @@ class FolderConfig(tfds.core.BuilderConfig):
   channels: str = 'rgb'  # preprocess.Spec.channels.
   source_root: str = ''  # The folder this build is made from ('' = not resolved).
   source_fingerprint: str = ''  # source.fingerprint(...).digest of that folder.
+  size: tuple[int, int] = ROI_SIZE  # (height, width) of the stored images.
 
   @property
   def preprocessing(self) -> preprocess.Spec:
-    return preprocess.Spec(roi=self.roi, aspect=self.aspect, channels=self.channels)
+    return preprocess.Spec(roi=self.roi, aspect=self.aspect, channels=self.channels,
+                           size=self.size)
 
 
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -180,10 +191,13 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   DEFECT_TYPES: Sequence[str] | None = None  # None: free text.
   LAYOUT_HINT = 'good/ and defective/ folders'
   NEEDS_MANUAL_DIR = True  # False: a builder that can download its files.
+  # What to set instead when a class's files mostly failed the screen search.
+  CROPS_HINT = 'config.data.name=image_folder and config.data.builder_config=none'
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     self.skipped: list[list[str]] = []  # [file_name, reason]; also in metadata.
+    self.notes: list[str] = []  # Warnings from finding the sources (card).
 
   @property
   def num_skipped(self) -> int:
@@ -226,6 +240,11 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     log.info('%s: skipped %s: %s', self.name, rel, reason)
     self.skipped.append([rel, reason])
 
+  @property
+  def size(self) -> tuple[int, int]:
+    """(height, width) of the stored images: the config's."""
+    return tuple(getattr(self.builder_config, 'size', ROI_SIZE))
+
   def _info(self) -> tfds.core.DatasetInfo:
     if self.DEFECT_TYPES is None:
       defect = tfds.features.Text()
@@ -235,7 +254,7 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         builder=self,
         description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(*ROI_SIZE, 3), encoding_format='png'),
+            'image': tfds.features.Image(shape=(*self.size, 3), encoding_format='png'),
             'label': tfds.features.ClassLabel(names=list(LABEL_NAMES)),
             'defect_type': defect,
             'file_name': tfds.features.Text(),
@@ -267,9 +286,10 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return root
 
   def _read_all(self, sources: Sequence[Source]):
-    """(kept sources, examples, source sizes, number of gray files)."""
+    """(kept sources, examples, source sizes, number of gray files, how many
+    times each kept image's most enlarged side grew)."""
     spec = self.builder_config.preprocessing
-    kept, examples, sizes, num_gray, seen = [], [], [], 0, {}
+    kept, examples, sizes, num_gray, seen, enlarged = [], [], [], 0, {}, []
     for src in sources:
       try:
         excluded = self._exclusion(src)
@@ -288,21 +308,36 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         continue
       kept.append(src)
       sizes.append(image.shape[:2])
+      enlarged.append(preprocess.enlargement(image.shape, corners, spec))
       num_gray += image.ndim == 2
       examples.append({'image': rgb, **extra, 'label': src.label,
                        'defect_type': src.defect_type, 'file_name': src.rel})
-    return kept, examples, sizes, num_gray
+    return kept, examples, sizes, num_gray, enlarged
 
   def _check_classes(self, sources, examples, root) -> np.ndarray:
     found = np.bincount([s.label for s in sources], minlength=2)
     counts = np.bincount([ex['label'] for ex in examples], minlength=2)
+    label_of = {s.rel: s.label for s in sources}
     for c, name in enumerate(LABEL_NAMES):
       if counts[c] == 0:
+        reasons = [why for rel, why in self.skipped if label_of.get(rel) == c]
         raise ValueError(
             f"{self.name}: class '{name}' is empty: {found[c]} file(s) found for it "
             f'under {root}, {found[c] - counts[c]} of them skipped ({self.num_skipped} '
-            f'skipped in all; expected {self.LAYOUT_HINT})')
+            f'skipped in all; expected {self.LAYOUT_HINT})'
+            + self._screen_hint(found[c], reasons))
     return counts
+
+  def _screen_hint(self, num_found: int, reasons: Sequence[str]) -> str:
+    """Ready crops built as raw frames fail the screen search one by one,
+    which reads like a folder of broken files: say what to set instead."""
+    screen = sum(r.startswith((preprocess.NO_SCREEN, preprocess.SCREEN_SEARCH_FAILED))
+                 for r in reasons)
+    if self.builder_config.roi != 'hough' or not screen or 2 * screen <= num_found:
+      return ''
+    return (f': {screen} of them failed the screen search, which looks for a phone in '
+            f'a raw camera frame; if these images are already crops, build them with '
+            f'{self.CROPS_HINT}')
 
   def _assign(self, examples, groups) -> tuple[dict[str, list[int]], list[str]]:
     """Split and fold members (indices), stratified by label and defect type,
@@ -340,9 +375,9 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
     root = self._root(dl_manager)
-    self.skipped = []
+    self.skipped, self.notes = [], []
     sources = self._find_sources(root)
-    kept, examples, sizes, num_gray = self._read_all(sources)
+    kept, examples, sizes, num_gray, enlarged = self._read_all(sources)
     counts = self._check_classes(sources, examples, root)
     groups = splits.near_duplicate_groups(
         [ex['image'] for ex in examples], threshold=cfg.near_dup_threshold,
@@ -359,7 +394,7 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         labels=[LABEL_NAMES[ex['label']] for ex in examples],
         defect_types=[ex['defect_type'] for ex in examples],
         files=[ex['file_name'] for ex in examples], groups=groups,
-        skipped=self.skipped, warnings=warnings)
+        skipped=self.skipped, warnings=self.notes + warnings, enlargement=enlarged)
     md = self.info.metadata
     md.update(card=card, skipped=self.skipped, num_skipped=self.num_skipped,
               num_examples={n: int(c) for n, c in zip(LABEL_NAMES, counts)},
@@ -401,23 +436,49 @@ def _parse_spec(folder: str, spec) -> tuple[int, str] | None:
   return LABEL_NAMES.index(label), str(spec.get('defect_type', default_type))
 
 
-def folder_classes(root: pathlib.Path) -> dict[str, tuple[int, str] | None]:
-  """Top-level folder name -> (label, defect_type), or None when ignored."""
-  override = {}
+def class_folders(root: pathlib.Path) -> list[str]:
+  """Names of the top-level folders that can hold a class (not hidden)."""
+  return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+
+def read_overrides(root: pathlib.Path) -> dict:
+  """classes.json as {lower-case folder name: entry}; {} when there is none.
+
+  Every key must name a top-level folder (case-insensitive): a key that
+  matches none is a typo whose folder would silently take the default label."""
   cfile = root / CLASSES_FILE
-  if cfile.is_file():
-    try:
-      raw = json.loads(cfile.read_text())
-    except (OSError, ValueError) as e:
-      raise ValueError(f'{cfile}: not valid JSON ({e})') from None
-    if not isinstance(raw, dict):
-      raise ValueError(f'{cfile}: expected an object mapping folder names to classes')
-    override = {str(k).lower(): v for k, v in raw.items()}
+  if not cfile.is_file():
+    return {}
+  try:
+    raw = json.loads(cfile.read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{cfile}: not valid JSON ({e})') from None
+  if not isinstance(raw, dict):
+    raise ValueError(f'{cfile}: expected an object mapping folder names to classes')
+  folders = {name.lower(): name for name in class_folders(root)}
+  override = {}
+  for key, entry in raw.items():
+    low = str(key).lower()
+    if low in override:
+      raise ValueError(f'{cfile}: keys {key!r} and another differ only in case; '
+                       'keep one')
+    if low not in folders:
+      close = difflib.get_close_matches(low, list(folders), n=1, cutoff=0.6)
+      hint = f' (did you mean {folders[close[0]]!r}?)' if close else ''
+      raise ValueError(
+          f'{cfile}: key {key!r} names no folder in {root}{hint}; folders there: '
+          f'{", ".join(folders.values()) or "none"}; fix the key or rename the folder')
+    override[low] = entry
+  return override
+
+
+def folder_classes(root: pathlib.Path, override: dict | None = None
+                   ) -> dict[str, tuple[int, str] | None]:
+  """Top-level folder name -> (label, defect_type), or None when ignored.
+  override: `read_overrides(root)`, read here when not given."""
+  override = read_overrides(root) if override is None else override
   out = {}
-  for d in sorted(p for p in root.iterdir() if p.is_dir()):
-    name = d.name
-    if name.startswith('.'):
-      continue
+  for name in class_folders(root):
     if name.lower() in override:
       out[name] = _parse_spec(name, override[name.lower()])
     elif name.lower() in IGNORED_DIRS:
@@ -443,17 +504,26 @@ class ImageFolder(FolderBuilder):
   BUILDER_CONFIGS = [
       FolderConfig(name='roi', roi='hough',
                    description='Raw camera frames: find the screen (Hough) and '
-                               'rectify it to 110 x 230.'),
+                               'rectify it to config.data.image_size.'),
       # Near-duplicate threshold 22 was tuned on screen ROIs; on other crops it
       # chained hundreds of images into one group, so crops use 6.
       FolderConfig(name='none', roi='none', near_dup_threshold=6,
-                   description='Already-cropped images: the whole image to 110 x 230 '
-                               'by the aspect policy.'),
+                   description='Already-cropped images: the whole image to '
+                               'config.data.image_size by the aspect policy.'),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'roi'
 
+  CROPS_HINT = 'config.data.builder_config=none'
+
   def _find_sources(self, root: pathlib.Path) -> list[Source]:
-    classes = folder_classes(root)
+    override = read_overrides(root)
+    classes = folder_classes(root, override)
+    defaulted = [n for n, c in classes.items()
+                 if n.lower() not in override and c and c[0] == DEFECTIVE]
+    if override and defaulted:
+      self.notes.append(
+          f'{CLASSES_FILE} does not name folder(s) {", ".join(defaulted)}: labelled '
+          'defective by the default rule; name them in it if that is wrong')
     sources = []
     for p in image_files(root):
       rel = p.relative_to(root)

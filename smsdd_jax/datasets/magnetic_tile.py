@@ -20,8 +20,9 @@ shape becomes texture scale; 'letterbox' keeps it on black, and the padding
 then shows the crop's shape, which differs by class; 'rotate' turns tall
 crops landscape first), gray replicated to 3 channels. The mask goes through
 the same geometry: binarised at 128, resized, and any pixel with some defect
-coverage set to 255 (thin cracks survive the shrink); stored as `mask` (110,
-230, 1) uint8 0/255 (all 0 for MT_Free).
+coverage set to 255 (thin cracks survive the shrink); stored as `mask`
+(height, width, 1) uint8 0/255 (all 0 for MT_Free). The size is
+`config.data.image_size` (default 110 x 230; another size builds apart).
 
 Features: `image`, `mask`, `label` good/defective, `defect_type`
 (none/blowhole/break/crack/fray/uneven), `file_name` (e.g.
@@ -62,7 +63,7 @@ import tensorflow_datasets as tfds
 
 from smsdd_jax import preprocess
 from smsdd_jax.datasets import image_folder
-from smsdd_jax.datasets.image_folder import DEFECTIVE, GOOD, ROI_SIZE, BadInput, Source
+from smsdd_jax.datasets.image_folder import DEFECTIVE, GOOD, BadInput, Source
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def _class_dirs(root: pathlib.Path) -> list[pathlib.Path]:
 
 
 class MagneticTile(image_folder.FolderBuilder):
-  """Magnetic-tile defect crops (Huang et al. 2020), resized to 110 x 230."""
+  """Magnetic-tile defect crops (Huang et al. 2020), resized to the input size."""
 
   VERSION = tfds.core.Version('2.0.0')
   RELEASE_NOTES = {
@@ -151,13 +152,13 @@ class MagneticTile(image_folder.FolderBuilder):
       'the manual dir; without one the repository archive is downloaded.')
   BUILDER_CONFIGS = [
       MagneticTileConfig(name='default', roi='none', near_dup_threshold=NEAR_DUP_THRESHOLD,
-                         description='Crops to 110 x 230 by config.data.aspect, one '
-                                     'group per tile.'),
+                         description='Crops to config.data.image_size by '
+                                     'config.data.aspect, one group per tile.'),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
 
   def _extra_features(self) -> dict:
-    return {'mask': tfds.features.Image(shape=(*ROI_SIZE, 1), encoding_format='png')}
+    return {'mask': tfds.features.Image(shape=(*self.size, 1), encoding_format='png')}
 
   def _root(self, dl_manager) -> pathlib.Path:
     if self.builder_config.source_root:
@@ -217,7 +218,7 @@ class MagneticTile(image_folder.FolderBuilder):
     else:
       log.warning('%s: %s has no mask; stored an empty one', self.name, source.rel)
       mask = np.zeros(image.shape[:2], np.uint8)
-    small = preprocess.fit(mask, ROI_SIZE, self.builder_config.aspect)
+    small = preprocess.fit(mask, self.size, self.builder_config.aspect)
     return {'mask': np.where(small > 0, 255, 0).astype(np.uint8)[..., None]}
 
   def _extra_pairs(self, sources: Sequence[Source]) -> list[tuple[int, int]]:

@@ -5,8 +5,9 @@ al., github jianzhang96/MSD: oil, scratch and stain defects on phone screens)
 from the manual dir (`download_config.manual_dir`, `config.data.manual_dir`);
 nothing is downloaded. Every frame goes through the paper's preprocessing:
 `smsdd_jax.roi.find_screen_with_info` finds the phone's front face (Hough,
-with a contour fallback) and `smsdd_jax.roi.rectify` warps it to 110 x 230;
-the ROI is stored as RGB.
+with a contour fallback) and `smsdd_jax.roi.rectify` warps it to 110 x 230
+(the paper's; `config.data.image_size` for another size, built apart); the
+ROI is stored as RGB.
 
 Accepted layouts (folder names case-insensitive; images found recursively;
 hidden files and annotation folders such as `Annotations/`, `masks/`,
@@ -24,7 +25,7 @@ A frame's class comes from the nearest enclosing folder that names one
 defective; oil/scr/sta/... -> defective with that type), else from the file
 name prefix; a file with neither is skipped.
 
-Features: `image` (110, 230, 3) uint8 RGB; `label` good/defective;
+Features: `image` (height, width, 3) uint8 RGB; `label` good/defective;
 `defect_type` none/oil/scratch/stain/unknown; `file_name` (relative path);
 `corners` (4, 2) float32 (x, y) tl, tr, br, bl in the frame; `roi_method`
 'hough' or 'contour'; `group` near-duplicate group id.
@@ -95,7 +96,7 @@ def classify(rel: pathlib.PurePath) -> tuple[int, str] | None:
 
 
 class MsdScreens(image_folder.FolderBuilder):
-  """Real MSD phone-screen frames, screen-found and rectified to 110 x 230."""
+  """Real MSD phone-screen frames, screen-found and rectified (110 x 230 by default)."""
 
   DESCRIPTION = __doc__
   DEFECT_TYPES = DEFECT_TYPES

@@ -58,7 +58,8 @@ phones, faint reflections on the glass; defects: scratches, spots, stains, oil
 drops). Every frame is rendered deterministically from (seed, frame index) at
 build time and put through the paper's preprocessing: `smsdd_jax.roi.
 find_screen` locates the screen's four corners (Hough lines) and
-`smsdd_jax.roi.rectify` warps it to a 110 x 230 ROI, stored as RGB.
+`smsdd_jax.roi.rectify` warps it to a 110 x 230 ROI (or the run's
+config.data.image_size: a config named `<name>_<h>x<w>`), stored as RGB.
 
 Features: `image` the ROI; `label` good/defective; `defect_type`;
 `corners_true` the true outline of the phone's front face in the frame (x, y;
@@ -77,6 +78,13 @@ class SyntheticScreensConfig(tfds.core.BuilderConfig):
   num_defective: int = 168
   frame_size: tuple[int, int] = (1080, 1920)  # (height, width)
   seed: int = 0
+  # (height, width) of the stored ROIs; smsdd_jax.datasets.builder derives a
+  # config '<name>_<h>x<w>' from config.data.image_size when it differs.
+  size: tuple[int, int] = ROI_SIZE
+
+  @property
+  def preprocessing(self) -> preprocess.Spec:
+    return preprocess.Spec(roi='hough', size=self.size)
 
 
 class SyntheticScreens(tfds.core.GeneratorBasedBuilder):
@@ -119,7 +127,7 @@ class SyntheticScreens(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=DESCRIPTION,
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(*ROI_SIZE, 3)),
+            'image': tfds.features.Image(shape=(*self.builder_config.size, 3)),
             'label': tfds.features.ClassLabel(names=list(LABEL_NAMES)),
             'defect_type': tfds.features.ClassLabel(names=list(DEFECT_TYPES)),
             'corners_true': tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
@@ -139,13 +147,13 @@ class SyntheticScreens(tfds.core.GeneratorBasedBuilder):
     split_of = frame_splits(plan, seed=cfg.seed)
     self.skipped = {}
     self.info.metadata['skipped'] = {}
-    self.info.metadata['preprocessing'] = preprocess.Spec(roi='hough').to_dict()
+    self.info.metadata['preprocessing'] = cfg.preprocessing.to_dict()
     return {name: self._generate_examples(
         [p for p, s in zip(plan, split_of) if s == name], name) for name in SPLIT_NAMES}
 
   def _generate_examples(self, items, split):
     cfg = self.builder_config
-    spec = preprocess.Spec(roi='hough')
+    spec = cfg.preprocessing
     skipped = self.skipped.setdefault(split, [])
     self.info.metadata['skipped'][split] = skipped
     for index, defective, dtype in items:
