@@ -30,11 +30,29 @@ from smsdd_jax import report, stats  # pylint: disable=wrong-import-position
 METRICS = ('auroc', 'balanced_accuracy')
 
 
+def read_results(sweep: str) -> list[dict]:
+  """The rows of sweep/results.csv; ValueError naming the file when a column
+  or number these tables read is missing or broken."""
+  path = os.path.join(sweep, 'results.csv')
+  with open(path, encoding='utf-8', newline='') as f:
+    rows = list(csv.DictReader(f))
+  for line, r in enumerate(rows, 2):
+    try:
+      for key in ('variant', 'seed', 'fold', 'split'):
+        if r.get(key) is None:
+          raise ValueError(f'no "{key}" column')
+      for key in METRICS:
+        float(r.get(key))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f'{path} line {line}: {e} (rewrite it: launch/sweep.py '
+                       f'--out={sweep} --aggregate_only)') from None
+  return rows
+
+
 def test_rows(sweep: str) -> dict:
   """(variant, seed, fold) -> the test row of sweep/results.csv."""
-  with open(os.path.join(sweep, 'results.csv'), encoding='utf-8') as f:
-    return {(r['variant'], r['seed'], r['fold']): r for r in csv.DictReader(f)
-            if r['split'] == 'test' and not r['variant'].startswith('floor:')}
+  return {(r['variant'], r['seed'], r['fold']): r for r in read_results(sweep)
+          if r['split'] == 'test' and not r['variant'].startswith('floor:')}
 
 
 def compare(base: dict, other: dict, variant: str, metric: str) -> dict:
@@ -45,10 +63,9 @@ def compare(base: dict, other: dict, variant: str, metric: str) -> dict:
 def floor_rows(sweep: str) -> dict:
   """fold -> {floor model: test AUROC} from sweep/results.csv's floor:* rows."""
   floors = {}
-  with open(os.path.join(sweep, 'results.csv'), encoding='utf-8') as f:
-    for r in csv.DictReader(f):
-      if r['split'] == 'test' and r['variant'].startswith('floor:'):
-        floors.setdefault(r['fold'], {})[r['variant'].removeprefix('floor:')] = float(r['auroc'])
+  for r in read_results(sweep):
+    if r['split'] == 'test' and r['variant'].startswith('floor:'):
+      floors.setdefault(r['fold'], {})[r['variant'].removeprefix('floor:')] = float(r['auroc'])
   return floors
 
 
@@ -100,8 +117,12 @@ def main(argv=None) -> int:
       print(f'error: {sweep}/results.csv does not exist (launch/sweep.py writes it when the '
             'sweep ends; --aggregate_only writes it from the finished runs)', file=sys.stderr)
       return 2
-  base = test_rows(args.base)
-  others = {o: test_rows(o) for o in args.other}
+  try:
+    base = test_rows(args.base)
+    others = {o: test_rows(o) for o in args.other}
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   variants = sorted({k[0] for k in base}.intersection(*({k[0] for k in o}
                                                         for o in others.values())))
   if args.variant:

@@ -10,7 +10,9 @@ recomputes it from the same two files (no model, no data: the same inputs as
 train.final_evaluation gives health.diagnose) and prints every run whose
 status changes. With --write it replaces eval.json's "health" and keeps the
 previous one as "health_as_trained"; re-aggregate the sweep afterwards
-(`launch/sweep.py --out=SWEEP --aggregate_only`) for its tables.
+(`launch/sweep.py --out=SWEEP --aggregate_only`) for its tables. A finished
+run whose eval.json or metrics.jsonl is missing or broken is named on stderr
+and the others are still checked; the exit status is then 1.
 """
 from __future__ import annotations
 
@@ -26,11 +28,17 @@ from smsdd_jax import health, report, rundir  # pylint: disable=wrong-import-pos
 
 
 def recheck(run_path: str) -> tuple[dict, dict] | None:
-  """(eval.json, health recomputed) of a finished run; None if unfinished."""
+  """(eval.json, health recomputed) of a finished run; None if unfinished.
+  Raises FileNotFoundError (no metrics.jsonl: its history is gone) or
+  ValueError (a broken file), each naming the file."""
   eval_path = os.path.join(run_path, rundir.EVAL)
-  if not (os.path.isfile(eval_path) and os.path.isfile(os.path.join(run_path, rundir.METRICS))):
+  if not os.path.isfile(eval_path):
     return None
   ev = rundir.read_json(eval_path, 'eval record')
+  if not (isinstance(ev, dict) and 'step' in ev and all(
+      isinstance(ev.get(split), dict) for split in ('val', 'test'))):
+    raise ValueError(f'{eval_path}: no "step", "val" and "test" entries: not an eval '
+                     'record of train.final_evaluation')
   records = rundir.read_metrics(run_path)
   return ev, health.diagnose(records, {'val': ev['val'], 'test': ev['test']}, ev['step'])
 
@@ -49,9 +57,15 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   print('| run | status as trained | status now | reasons now |\n|---|---|---|---|')
   checked = changed = 0
+  bad = []
   for sweep in args.sweeps:
     for path in report.run_dirs(sweep):
-      result = recheck(path)
+      try:
+        result = recheck(path)
+      except (OSError, ValueError) as e:  # Said, and the others still checked.
+        bad.append(path)
+        print(f'cannot recheck {path}: {e}', file=sys.stderr)
+        continue
       if result is None:
         continue
       checked += 1
@@ -65,8 +79,10 @@ def main(argv=None) -> int:
       if args.write:
         write(path, ev, new)
   print(f'\n{checked} finished runs checked, {changed} with a different health'
-        + (' (written)' if args.write and changed else ''))
-  return 0
+        + (' (written)' if args.write and changed else '')
+        + (f'; {len(bad)} could not be read (named on stderr): {", ".join(bad)}'
+           if bad else ''))
+  return 1 if bad else 0
 
 
 if __name__ == '__main__':

@@ -4,7 +4,6 @@ for what each PNG shows). Apart from the tables because it needs matplotlib.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Optional, Sequence
@@ -38,14 +37,10 @@ def read_curves(path: str, keys: Sequence[str]) -> dict:
   metrics_path = os.path.join(path, rundir.METRICS)
   if not os.path.isfile(metrics_path):
     return {k: (np.zeros(0), np.zeros(0)) for k in keys}
-  with open(metrics_path, encoding='utf-8') as f:
-    for line in f:
-      if not line.strip():
-        continue
-      record = json.loads(line)
-      for k in keys:
-        if k in record:
-          out[k][record['step']] = as_float(record[k])
+  for record in rundir.read_metrics(path):  # A broken line: ValueError naming the file.
+    for k in keys:
+      if k in record:
+        out[k][record['step']] = as_float(record[k])
   return {k: (np.asarray(sorted(v), np.float64),
               np.asarray([v[s] for s in sorted(v)], np.float64)) for k, v in out.items()}
 
@@ -225,9 +220,11 @@ FIGURES = {'loss_curves.png': plot_loss_curves, 'roc_curves.png': plot_roc_curve
            'embeddings.png': plot_embeddings}
 
 
-def write_figures(sweep: str, out: Optional[str] = None) -> list[str]:
-  """Every figure of FIGURES into `out` (default SWEEP/figures); their paths."""
-  runs = load_runs(sweep)
+def write_figures(sweep: str, out: Optional[str] = None,
+                  runs: Optional[Sequence[dict]] = None) -> list[str]:
+  """Every figure of FIGURES into `out` (default SWEEP/figures); their paths.
+  `runs`: the sweep's load_runs, when the caller has read them already."""
+  runs = load_runs(sweep) if runs is None else runs
   if not any(r['finished'] for r in runs):
     raise ValueError(f'{sweep}: no finished run (a run directory with sweep.json '
                      'and eval.json)')

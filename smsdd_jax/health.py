@@ -18,6 +18,7 @@ Pure numpy, no project imports.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -205,9 +206,42 @@ def findings(records: Iterable[Mapping]) -> list[Finding]:
   return _split_findings(val, 'val') + _gradient_findings(train)
 
 
+def _auroc_and_band(stats: Mapping) -> tuple[float, float]:
+  return _num(stats.get('auroc')), chance_band(stats.get('num_defective'),
+                                               stats.get('num_good'))
+
+
+def _test_ranking_findings(final: Mapping[str, Mapping], step: int) -> list[Finding]:
+  """Test AUROC within the chance band of 0.5, or below it, at the evaluated
+  checkpoint. The other checks read validation, where checkpoint and
+  threshold were chosen: a magnetic_tile :learn,quick run at test AUROC 0.396
+  and test escape 1.000 was "ok". The val AUROC is given beside: above its
+  band, the model ranked val but not test."""
+  auc, band = _auroc_and_band(final.get('test') or {})
+  if not auc <= 0.5 + band:  # Above chance, or unknown (NaN): nothing to say.
+    return []
+  where = f'at the evaluated checkpoint (step {step})'
+  vauc, vband = _auroc_and_band(final.get('val') or {})
+  val = ('' if math.isnan(vauc) else
+         f'; val AUROC {vauc:.3f} ({"above" if vauc > 0.5 + vband else "within"} '
+         f'its band +-{vband:.2f})')
+  if auc < 0.5 - band:
+    return [Finding('test_inverted_auroc', SUSPECT, None,
+                    f'test ranks inverted: test AUROC {auc:.3f} below 0.5 by more than '
+                    f'{CHANCE_Z:g} standard errors (+-{band:.2f}){val} {where}')]
+  # A wide band (msd_screens' 4 good test images: +-0.32) is the split's
+  # limit, not proof of a model at chance: said so, as for val.
+  what = ('test ranks at chance' if band <= CHANCE_BAND_DECISIVE else
+          'this test split cannot show that the model ranks better than chance')
+  return [Finding('test_chance_auroc', SUSPECT, None,
+                  f'{what}: test AUROC {auc:.3f} within {CHANCE_Z:g} '
+                  f'standard errors (+-{band:.2f}) of 0.5{val} {where}')]
+
+
 def final_findings(final: Mapping[str, Mapping], step: int) -> list[Finding]:
   """Conditions of the evaluated checkpoint: `final` = {'val': {...}, 'test':
-  {...}}, each the eval_stats of that split at the chosen threshold."""
+  {...}}, each the summary and eval_stats of that split at the chosen
+  threshold."""
   out = []
   for split, stats in final.items():
     row = {'step': step, **{f'{split}/{k}': v for k, v in stats.items()}}
@@ -221,6 +255,8 @@ def final_findings(final: Mapping[str, Mapping], step: int) -> list[Finding]:
       out.append(Finding(f'{split}_one_class', SUSPECT, None,
                          f'every {split} image predicted {which} at the chosen '
                          f'threshold (evaluated checkpoint, step {step})'))
+  if not any(f.kind == 'test_constant_predictions' for f in out):  # Constant says more.
+    out += _test_ranking_findings(final, step)
   return out
 
 

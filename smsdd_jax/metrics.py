@@ -257,6 +257,24 @@ def choose_threshold(labels, prob, rule: str = 'argmax', *,
   return float(t[best])
 
 
+def recall_by_type(labels, prob, defect_types, threshold: float) -> dict:
+  """Where the model fails: {type: {'defective': n, 'detected': k, 'recall':
+  k / n}} over the defective examples of each defect type (one per example,
+  e.g. magnetic_tile's 'crack'), detected when prob >= threshold; sorted by
+  type. A type only good examples carry ('none') has no recall: left out."""
+  labels, prob = _as_arrays(labels, prob)
+  types = np.asarray(defect_types, dtype=str).reshape(-1)
+  if types.shape != labels.shape:
+    raise ValueError(f'{labels.size} labels but {types.size} defect types')
+  out = {}
+  for name in sorted(set(types[labels == DEFECTIVE].tolist())):
+    mine = (labels == DEFECTIVE) & (types == name)
+    detected = int(np.sum(prob[mine] >= threshold))
+    out[name] = {'defective': int(mine.sum()), 'detected': detected,
+                 'recall': detected / int(mine.sum())}
+  return out
+
+
 def threshold_report(labels, prob, threshold: float) -> dict:
   """The few numbers worth storing with a chosen threshold."""
   s = summary(labels, prob, threshold, warn=False)

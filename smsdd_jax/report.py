@@ -18,15 +18,18 @@ sweep.json (written by the launcher), the training workdir files and, once
 finished, eval.json, eval_val.npz and eval_test.npz (train.final_evaluation).
 The table functions here (rows, floor_rows, paired, write_csv, markdown) are
 what the launcher aggregates with: the runs' rows (with eval.json's health
-status, 'unknown' without one), the floors of launch/floors.py beside them when
-its JSON is given, and each variant against beta = 0 paired on the same seeds
-and folds (smsdd_jax.stats). They need numpy only. Figures import matplotlib.
+status, 'unknown' without one, and its recall per defect type, n/a for a run
+made before eval.json recorded it), the floors of launch/floors.py beside them
+when its JSON is given, and each variant against beta = 0 paired on the same
+seeds and folds (smsdd_jax.stats). They need numpy only. Figures import
+matplotlib. A run whose files cannot be read is left out with its reason
+(load_runs), named on stderr by the report command (exit status 1) and in
+results.md by the launcher.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import sys
@@ -46,7 +49,7 @@ METRICS = ('accuracy', 'balanced_accuracy', 'precision', 'recall', 'specificity'
 COUNTS = ('tp', 'fp', 'tn', 'fn', 'num_examples', 'num_defective', 'num_good')
 CSV_COLUMNS = ('variant', 'recipe', 'beta', 'seed', 'fold', 'split', 'step', 'checkpoint',
                'threshold_rule', 'threshold', *METRICS, *COUNTS, 'all_good_accuracy',
-               'health', 'health_reasons', 'run')
+               'health', 'health_reasons', 'recall_by_type', 'run')
 # Compared against beta = 0, paired on the same seeds and folds (test split).
 PAIRED_METRICS = ('auroc', 'balanced_accuracy')
 PAIRED_LABELS = {'auroc': 'test AUROC', 'balanced_accuracy': 'test balanced acc. (points)'}
@@ -55,9 +58,9 @@ PAIRED_LABELS = {'auroc': 'test AUROC', 'balanced_accuracy': 'test balanced acc.
 # ------------------------------------------------------------------ reading runs
 
 
-def _read_json(path: str):
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+# What a run's files must hold for its rows; a file without them is unreadable.
+_EVAL_KEYS = ('step', 'checkpoint', 'threshold_rule', 'threshold')
+_EVAL_WAY_OUT = 'remove it and rerun the sweep to evaluate the run again'
 
 
 def run_dirs(sweep: str) -> list[str]:
@@ -68,30 +71,60 @@ def run_dirs(sweep: str) -> list[str]:
                 if os.path.isfile(os.path.join(sweep, d, rundir.SWEEP)))
 
 
+def _field(obj, path: str, *keys):
+  """obj[k0][k1]..., or ValueError naming the file and the missing entry."""
+  for i, key in enumerate(keys):
+    if not isinstance(obj, dict) or key not in obj:
+      raise ValueError(f'{path}: no "{".".join(keys[:i + 1])}" entry')
+    obj = obj[key]
+  return obj
+
+
+def read_eval(path: str) -> dict:
+  """A run's eval.json, checked for what rows() reads; ValueError naming the
+  file (and the way out) when it is broken."""
+  try:
+    ev = rundir.read_json(path, 'eval record')
+    for key in _EVAL_KEYS:
+      _field(ev, path, key)
+    for split in ('val', 'test'):
+      for key in COUNTS:
+        if not isinstance(_field(ev, path, split, key), int):
+          raise ValueError(f'{path}: "{split}.{key}" is {ev[split][key]!r}, not a count')
+  except ValueError as e:
+    raise ValueError(f'{e} ({_EVAL_WAY_OUT})') from None
+  return ev
+
+
 def load_run(path: str) -> dict:
   """What a run directory says about itself: name, variant, seed, fold,
-  beta, finished (eval.json present) and eval (its contents)."""
-  meta = _read_json(os.path.join(path, rundir.SWEEP))
-  run = {'run': os.path.basename(path), 'path': path, 'variant': meta['variant'],
-         'seed': meta['seed'], 'fold': meta.get('fold'), 'beta': None,
-         'finished': False, 'eval': None, 'recipe': 'paper'}
+  beta, finished (eval.json present) and eval (its contents). Raises
+  ValueError naming the file when one cannot be read."""
+  meta_path = os.path.join(path, rundir.SWEEP)
+  meta = rundir.read_json(meta_path, 'sweep record')
+  run = {'run': os.path.basename(path), 'path': path,
+         'variant': _field(meta, meta_path, 'variant'), 'seed': _field(meta, meta_path, 'seed'),
+         'fold': meta.get('fold'), 'beta': None, 'finished': False, 'eval': None,
+         'recipe': 'paper'}
   config_path = os.path.join(path, rundir.CONFIG)
   if os.path.isfile(config_path):
-    config = _read_json(config_path)['config']
-    run['beta'] = config['loss']['beta']
+    config = _field(rundir.read_json(config_path, 'run config'), config_path, 'config')
+    run['beta'] = _field(config, config_path, 'loss', 'beta')
     run['recipe'] = recipe_label(config.get('recipe', 'paper'),  # Before recipes: the paper's.
                                  meta.get('args', ()))
   eval_path = os.path.join(path, rundir.EVAL)
   if os.path.isfile(eval_path):
-    run['eval'] = _read_json(eval_path)
+    run['eval'] = read_eval(eval_path)
     run['finished'] = True
   return run
 
 
 # main.py arguments a sweep sets on every run to place it (which data, seed,
-# fold): they choose the data, not the training recipe.
+# fold, read from a TFDS build or its export): they choose the data, not the
+# training recipe.
 _PLACEMENT_KEYS = ('seed', 'data.name', 'data.builder_config', 'data.manual_dir',
-                   'data.data_dir', 'data.kfold', 'data.fold')
+                   'data.data_dir', 'data.kfold', 'data.fold', 'data.source',
+                   'data.export_path')
 
 
 def recipe_label(recipe: str, args: Sequence[str]) -> str:
@@ -108,8 +141,30 @@ def recipe_label(recipe: str, args: Sequence[str]) -> str:
   return ' + '.join([recipe, *overrides])
 
 
-def load_runs(sweep: str) -> list[dict]:
-  return [load_run(p) for p in run_dirs(sweep)]
+def load_runs(sweep: str, unreadable: Optional[dict] = None) -> list[dict]:
+  """load_run of every run of the sweep. With `unreadable` (a dict), a run
+  whose files cannot be read is left out and its one-line reason stored
+  there under its name, so that one broken file does not stop the others;
+  without, its ValueError is raised."""
+  runs = []
+  for path in run_dirs(sweep):
+    try:
+      runs.append(load_run(path))
+    except (OSError, ValueError) as e:
+      if unreadable is None:
+        raise
+      unreadable[os.path.basename(path)] = str(e)
+  return runs
+
+
+def relative_reasons(unreadable: dict, sweep: str) -> dict:
+  """{run: why} with the sweep's path cut from each why (results.md is kept
+  with the sweep: a path of this machine has no place there)."""
+  def cut(why: str) -> str:
+    for prefix in (os.path.abspath(sweep), sweep):
+      why = why.replace(os.path.join(prefix, ''), '')
+    return why
+  return {run: cut(why) for run, why in unreadable.items()}
 
 
 # ------------------------------------------------------------------ tables
@@ -143,7 +198,9 @@ def rows(runs: Sequence[dict]) -> list[dict]:
              'threshold_rule': ev['threshold_rule'], 'threshold': ev['threshold'],
              **{k: as_float(m.get(k)) for k in METRICS},
              **{k: int(m[k]) for k in COUNTS},
-             'health': health, 'health_reasons': reasons, 'run': run['run']}
+             'health': health, 'health_reasons': reasons, 'run': run['run'],
+             # None: a run made before eval.json recorded it.
+             'recall_by_type': (ev.get('recall_by_type') or {}).get(split)}
       row['all_good_accuracy'] = _all_good(row)
       out.append(row)
   return out
@@ -158,7 +215,7 @@ def _all_good(row: dict) -> float:
 
 def load_floors(path: str) -> dict:
   """launch/floors.py's JSON: {'data': {...}, 'options': {...}, 'rows': [...]}."""
-  floors = _read_json(path)
+  floors = rundir.read_json(path, 'floors file')
   if not isinstance(floors, dict) or not isinstance(floors.get('rows'), list):
     raise ValueError(f'{path}: not a launch/floors.py JSON (no "rows" list)')
   return floors
@@ -216,11 +273,26 @@ def paired(table: Sequence[dict], baseline: Optional[str] = None,
 # ------------------------------------------------------------------ tables
 
 
+def defect_types(table: Sequence[dict]) -> list[str]:
+  """The defect types any row has a recall of, sorted."""
+  return sorted({t for row in table for t in (row.get('recall_by_type') or {})})
+
+
+def csv_type_text(by_type: Optional[dict]) -> str:
+  """results.csv's recall_by_type: 'crack 1/4; fray 4/4' (found / defective of
+  each type in the split); 'n/a' for a run made before eval.json recorded it,
+  or a floor."""
+  if by_type is None:
+    return 'n/a'
+  return '; '.join(f'{t} {r["detected"]}/{r["defective"]}' for t, r in sorted(by_type.items()))
+
+
 def write_csv(path: str, table: Sequence[dict]) -> None:
   with rundir.atomic_file(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in table:
+      row = {**row, 'recall_by_type': csv_type_text(row.get('recall_by_type'))}
       writer.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)
                        for k, v in row.items()})
 
@@ -350,6 +422,54 @@ def _hidden_lines(table) -> list[str]:
   return lines
 
 
+def _mean_type_cell(known: Sequence[dict], defect_type: str) -> str:
+  """Mean ± std of the runs' recall of one type (NaN where a run's split
+  has none of it), then detected / defective pooled over the runs."""
+  of = [k.get(defect_type) or {} for k in known]
+  total = sum(int(r.get('defective', 0)) for r in of)
+  if not total:
+    return '–'
+  detected = sum(int(r.get('detected', 0)) for r in of)
+  return f'{mean_std([as_float(r.get("recall")) for r in of])}; {detected}/{total}'
+
+
+def _type_lines(table) -> list[str]:
+  test = [row for row in table if row['split'] == 'test']
+  types = defect_types(test)
+  lines = ['## Where it fails: recall per defect type (test, %)', '']
+  if not types:
+    return lines + [
+        'n/a: no run here recorded it. Runs made before eval.json kept '
+        '"recall_by_type" lack it, and their eval_test.npz hold no defect types to '
+        'recompute it from.']
+  lines += ['Share of the defective test images of each type found at the chosen '
+            'threshold: mean ± sample std over the runs whose test split holds the type '
+            '(n=k/m when some do not), then found / defective pooled over them. Runs with '
+            'types: those whose eval.json records them; n/a: every run of the variant was '
+            'made before eval.json recorded types.', '',
+            '| variant | runs with types | ' + ' | '.join(types) + ' |',
+            '|---|---|' + '---|' * len(types)]
+  for v in variant_names(test):
+    mine = [row for row in test if row['variant'] == v]
+    known = [row['recall_by_type'] for row in mine if row.get('recall_by_type') is not None]
+    cells = [_mean_type_cell(known, t) if known else 'n/a' for t in types]
+    lines.append(f'| {v} | {len(known)}/{len(mine)} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _left_out_lines(missing: Sequence[str], unreadable: dict) -> list[str]:
+  """The runs not in the tables, and why."""
+  lines = []
+  if missing:
+    lines += ['', f'Not finished (left out above): {", ".join(missing)} '
+              f'({len(missing)} run{"s" * (len(missing) != 1)}).']
+  if unreadable:
+    lines += ['', f'Unreadable (left out above, {len(unreadable)} '
+              f'run{"s" * (len(unreadable) != 1)}): '
+              + '; '.join(f'{run}: {why}' for run, why in unreadable.items()) + '.']
+  return lines
+
+
 def _paired_cells(r: dict) -> list[str]:
   """AUROC differences as they are, balanced accuracy in percentage points."""
   scale, digits = (1.0, 3) if r['metric'] == 'auroc' else (100.0, 1)
@@ -382,21 +502,23 @@ def _paired_lines(table) -> list[str]:
 
 
 def markdown(table: Sequence[dict], meta: Optional[dict] = None,
-             missing: Sequence[str] = (), floors: Optional[dict] = None) -> str:
+             missing: Sequence[str] = (), floors: Optional[dict] = None,
+             unreadable: Optional[dict] = None) -> str:
   """results.md: mean ± std per variant beside the paper's Table 2 and the
-  floors, the inspection metrics accuracy hides, and each variant against
-  beta = 0 paired on the same units. `floors`: launch/floors.py's JSON."""
+  floors, the inspection metrics accuracy hides, the recall per defect type,
+  and each variant against beta = 0 paired on the same units. `floors`:
+  launch/floors.py's JSON; `missing`: the unfinished runs; `unreadable`:
+  {run: why} of those whose files could not be read (load_runs)."""
   floor_table = floor_rows(floors)
   lines = (_header_lines(table, meta or {}, floors) + _accuracy_lines(table, floor_table)
            + _collapsed_lines(table) + [''] + _hidden_lines(list(table) + floor_table)
-           + [''] + _paired_lines(table))
+           + [''] + _type_lines(table) + [''] + _paired_lines(table))
   lines += [
       '', 'Validation numbers are optimistic: the threshold (and, with checkpoint '
       '`best`, the checkpoint) were chosen on that split. A model that always answers '
       '"good" scores the last column of the first table in accuracy, with 50% '
       'balanced accuracy and a 100% escape rate.']
-  if missing:
-    lines += ['', f'Not finished (left out above): {", ".join(missing)}.']
+  lines += _left_out_lines(missing, unreadable or {})
   return '\n'.join(lines) + '\n'
 
 
@@ -407,15 +529,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--sweep', required=True, help='the OUT directory of launch/sweep.py')
   p.add_argument('--out', default=None, help='folder for the PNGs (default SWEEP/figures)')
   args = p.parse_args(argv)
+  unreadable = {}
   try:
     from smsdd_jax import figures  # pylint: disable=import-outside-toplevel  (matplotlib)
-    paths = figures.write_figures(args.sweep, args.out)
+    runs = load_runs(args.sweep, unreadable)
+    for run, why in unreadable.items():  # Said, then drawn without them.
+      print(f'left out {run}: {why}', file=sys.stderr)
+    paths = figures.write_figures(args.sweep, args.out, runs)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   for path in paths:
     print(path)
-  return 0
+  return 1 if unreadable else 0
 
 
 if __name__ == '__main__':

@@ -158,6 +158,14 @@ def test_a_run_driven_to_collapse_says_so(quick_config, tmp_path, caplog):
   test_row = [r for r in metric_writers.read_metrics(str(workdir)) if 'test/precision' in r]
   assert test_row[0]['test/precision'] is None
   assert test_row[0]['undefined']['test/precision'] == 'no image predicted defective'
+  # Where it fails: recall per defect type, from types read in the predictions' order
+  # (a good image is of type 'none', a defective one never).
+  with np.load(workdir / 'eval_test.npz') as z:
+    assert ((z['defect_type'] == 'none') == (z['label'] == 0)).all()
+  by_type = ev['recall_by_type']['test']
+  assert sum(r['defective'] for r in by_type.values()) == ev['test']['num_defective']
+  assert set(by_type) <= {'scratch', 'spot', 'stain', 'oil'} and by_type
+  assert all(r['recall'] == 0.0 for r in by_type.values())  # Nothing flagged defective.
 
 
 def counted(row, defective, good):
@@ -225,3 +233,74 @@ def test_recheck_health_rewrites_a_run_the_old_checks_passed(tmp_path, capsys):
   capsys.readouterr()
   assert mod.main([str(tmp_path / 'sweep')]) == 0  # Written: nothing differs now.
   assert '1 finished runs checked, 0 with a different health' in capsys.readouterr().out
+
+
+def _recheck_module():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[1] / 'launch' / 'recheck_health.py'
+  spec = importlib.util.spec_from_file_location('recheck_health', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_recheck_health_names_each_unreadable_run_and_checks_the_rest(tmp_path, capsys):
+  sweep = tmp_path / 'sweep'
+  split = {'prob_spread': 0.4, 'predicted_defective_fraction': 0.5,
+           'zero_embedding_fraction': 0.0, 'tp': 1, 'fp': 1, 'tn': 1, 'fn': 1,
+           'num_examples': 4, 'num_defective': 2, 'num_good': 2}
+  good = {'step': 100, 'checkpoint': 'best', 'threshold_rule': 'best_f1', 'threshold': 0.5,
+          'val': split, 'test': split, 'health': {'status': 'ok', 'reasons': []}}
+  for name, eval_text, metrics in (('beta_a_s0_f0', '{"step": 10, "val"', True),
+                                   ('beta_a_s0_f1', json.dumps(good), False),
+                                   ('beta_a_s0_f2', json.dumps(good), True)):
+    run = sweep / name
+    run.mkdir(parents=True)
+    (run / 'sweep.json').write_text(json.dumps({'variant': 'beta_a', 'seed': 0}))
+    (run / 'eval.json').write_text(eval_text)
+    if metrics:
+      (run / 'metrics.jsonl').write_text(json.dumps(val_row(100)) + '\n')
+  assert _recheck_module().main([str(sweep)]) == 1
+  out, err = capsys.readouterr()
+  lines = err.strip().splitlines()
+  assert len(lines) == 2, err
+  assert 'beta_a_s0_f0' in lines[0] and 'eval record' in lines[0]
+  assert str(sweep / 'beta_a_s0_f0' / 'eval.json') in lines[0]
+  assert str(sweep / 'beta_a_s0_f1' / 'metrics.jsonl') in lines[1]
+  assert '1 finished runs checked' in out and '2 could not be read' in out
+
+
+def test_test_auroc_at_chance_or_inverted_is_suspect_while_val_ranked_well(caplog):
+  # magnetic_tile-sized splits: 79 defective, 190 good, chance band +-0.077.
+  fine = health.eval_stats(np.linspace(0, 1, 16), np.ones((16, 3)))
+  counts = {'num_defective': 79, 'num_good': 190}
+  val = {**fine, **counts, 'auroc': 0.85}
+  history = [counted(val_row(100), 79, 190)]
+  for test_auroc, kind, words in ((0.396, 'test_inverted_auroc', 'test ranks inverted'),
+                                  (0.55, 'test_chance_auroc', 'test ranks at chance')):
+    test = {**fine, **counts, 'auroc': test_auroc}
+    report = health.diagnose(history, {'val': val, 'test': test}, step=100)
+    assert report['status'] == 'suspect', report
+    assert kinds(history, {'val': val, 'test': test}, 100)[kind] == ('suspect', None)
+    assert report['reasons'] == [
+        f'suspect: {words}: test AUROC {test_auroc:.3f} '
+        + ('below 0.5 by more than 2 standard errors' if test_auroc < 0.5 else
+           'within 2 standard errors') + ' (+-0.08)' + ('' if test_auroc < 0.5 else ' of 0.5')
+        + '; val AUROC 0.850 (above its band +-0.08) at the evaluated checkpoint (step 100)']
+  # msd_screens-sized test split (25 defective, 4 good: band +-0.32): its limit, said so.
+  small = {**fine, 'num_defective': 25, 'num_good': 4, 'auroc': 0.75}
+  report = health.diagnose(history, {'val': val, 'test': small}, 100)
+  assert report['status'] == 'suspect' and report['reasons'][0].startswith(
+      'suspect: this test split cannot show that the model ranks better than chance: '
+      'test AUROC 0.750 within 2 standard errors (+-0.32)'), report
+  # Just above the band, or no AUROC (one class in test): nothing to say.
+  for test_auroc in (0.58, None):
+    test = {**fine, **counts, 'auroc': test_auroc}
+    assert health.diagnose(history, {'val': val, 'test': test}, 100)['status'] == 'ok'
+  # And the run's last lines say it.
+  test = {**fine, **counts, 'auroc': 0.396}
+  with caplog.at_level(logging.INFO, logger='smsdd_jax'):
+    train._log_health(health.diagnose(history, {'val': val, 'test': test}, 100))
+  assert any(m.startswith('WARNING health: the run is SUSPECT') and 'test ranks inverted' in m
+             for m in (r.getMessage() for r in caplog.records))

@@ -243,3 +243,17 @@ def test_json_values_counts_stay_integers_nan_becomes_null():
   assert metrics.json_value(np.int64(3)) == 3 and type(metrics.json_value(np.int64(3))) is int
   assert metrics.json_value(np.float32(0.5)) == 0.5
   assert metrics.json_value(float('inf')) is None and metrics.json_value(np.nan) is None
+
+
+def test_recall_by_type_counts_each_defect_type_apart():
+  # crack: .9 found, .3 missed; fray: .5 found (at the threshold itself);
+  # 'none' belongs to good images only: no recall of it.
+  labels = [0, 1, 1, 0, 1]
+  prob = [0.8, 0.9, 0.3, 0.1, 0.5]
+  types = ['none', 'crack', 'crack', 'none', 'fray']
+  assert metrics.recall_by_type(labels, prob, types, 0.5) == {
+      'crack': {'defective': 2, 'detected': 1, 'recall': 0.5},
+      'fray': {'defective': 1, 'detected': 1, 'recall': 1.0}}
+  assert metrics.recall_by_type(labels, prob, types, 0.95)['fray']['recall'] == 0.0
+  with pytest.raises(ValueError, match='5 labels but 4 defect types'):
+    metrics.recall_by_type(labels, prob, types[:4], 0.5)
