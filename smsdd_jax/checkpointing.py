@@ -3,15 +3,25 @@
 The train state is saved as a plain nested dict (flax.serialization's state
 dict) with `StandardSave`, so a checkpoint can be read without this package:
 
-  ocp.CheckpointManager(path).restore(step)  # -> {'params': ..., 'step': ...}
+  ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler()
+                        ).restore(step)  # -> {'params': ..., 'step': ...}
+
+(without `item_handlers` Orbax still restores it, but first warns twice that
+item "default" "could not be restored": it looks the handler up on disk only
+after reading the metadata).
 
 Orbax writes each step to a temporary directory and renames it when complete,
-so a process killed mid-save leaves the previous step restorable.
+so a process killed mid-save leaves the previous step restorable. A step
+damaged afterwards (a truncated or emptied file: a full disk, a bad copy) is
+`CheckpointUnreadableError`, one line naming it; `restore_or` (the training
+resume) then moves it aside and resumes from the newest readable step.
 `BestCheckpoint` keeps the best-by-validation state apart from the periodic
 ones, with its rule for ties.
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 from typing import Any, Optional
@@ -27,6 +37,14 @@ from smsdd_jax import rundir
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint's arrays do not fit the model the config describes."""
+
+
+class CheckpointUnreadableError(ValueError):
+  """A checkpoint's files are damaged (truncated, emptied, missing): the
+  message names the step directory and, where it can, the file."""
+
+
+log = logging.getLogger('smsdd_jax')
 
 
 class Checkpointer:
@@ -56,10 +74,19 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    self._check_shapes(step, target)
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                      flax.serialization.to_state_dict(target))
-    restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      self._check_shapes(step, target)
+      abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                        flax.serialization.to_state_dict(target))
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # Orbax and TensorStore raise bare Exceptions too.
+      why = _damage(os.path.join(self.directory, str(step)), e)
+      if why is None:
+        raise  # No sign of a damaged file: not ours to relabel.
+      raise CheckpointUnreadableError(
+          f'checkpoint {self.directory}/{step} is unreadable: {why}') from e
     return flax.serialization.from_state_dict(target, restored)
 
   def _check_shapes(self, step: int, target: Any) -> None:
@@ -85,8 +112,43 @@ class Checkpointer:
         f'{_saved_model_hint(self.directory)}')
 
   def restore_or(self, target: Any) -> Any:
-    """The latest checkpoint if there is one, else `target` unchanged."""
-    return target if self.latest_step() is None else self.restore(target)
+    """The newest readable checkpoint, else `target` unchanged.
+
+    Each newer step that is unreadable is moved aside (`<step>.unreadable`,
+    kept for inspection; left in place its step could never be saved again)
+    and logged in one line saying which step the run resumes from."""
+    unreadable = []
+    restored = target
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        restored = self.restore(target, step)
+        break
+      except CheckpointUnreadableError as e:
+        unreadable.append((step, str(e)))
+    else:
+      step = None
+    resume = f'resuming from step {step}' if step is not None else \
+        'no readable checkpoint left: starting from scratch'
+    for bad, why in unreadable:
+      log.warning('%s; moved aside to %s; %s', why, self._move_aside(bad), resume)
+    return restored
+
+  def _move_aside(self, step: int) -> str:
+    """Renames directory/<step> to <step>.unreadable (a name Orbax does not
+    list) on process 0, once every process is past reading it."""
+    src = os.path.join(self.directory, str(step))
+    dst, k = f'{src}.unreadable', 1
+    while os.path.exists(dst):
+      k += 1
+      dst = f'{src}.unreadable{k}'
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f'smsdd_unreadable_{step}_read')
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f'smsdd_unreadable_{step}_moved')
+    self._manager.reload()
+    return dst
 
   def wait(self) -> None:
     """Blocks until every started save is complete on disk."""
@@ -95,6 +157,48 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+# TensorStore's status codes that mean the bytes on disk are not what was saved.
+_DAMAGE_CODES = ('DATA_LOSS', 'OUT_OF_RANGE', 'NOT_FOUND', 'FAILED_PRECONDITION')
+
+
+def _damage(step_dir: str, error: BaseException) -> Optional[str]:
+  """Why the checkpoint at step_dir cannot be read, in one line (an empty or
+  non-JSON metadata file by name, else TensorStore's or the OS's reason), or
+  None when nothing points at damaged files (another error: re-raised)."""
+  found = _damaged_file(step_dir)
+  if found:
+    return found
+  chain, e = [], error
+  while e is not None and len(chain) < 8:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in reversed(chain):  # The innermost says most.
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, OSError) or text.split(':')[0] in _DAMAGE_CODES:
+      text = text.split(' [tensorstore_spec=')[0].replace(f'{step_dir}/', '')
+      return text if len(text) <= 300 else text[:297] + '...'
+  return None
+
+
+def _damaged_file(step_dir: str) -> Optional[str]:
+  """'<file> is empty' / '<file> is not valid JSON' for the first such file
+  under step_dir (Orbax's metadata files are JSON), else None."""
+  for root, _, files in sorted(os.walk(step_dir)):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      try:
+        if os.path.getsize(path) == 0:
+          return f'{rel} is empty'
+        if name.startswith('_') or os.path.basename(root) == 'array_metadatas':
+          with open(path, encoding='utf-8') as f:
+            json.load(f)
+      except (OSError, ValueError) as e:
+        return f'{rel} is not valid JSON ({e})' if isinstance(e, ValueError) else \
+            f'{rel}: {e.strerror or e}'
+  return None
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:

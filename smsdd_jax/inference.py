@@ -4,6 +4,8 @@
   probs = predictor.predict_proba(rois_rgb_uint8)       # (N, 110, 230, 3) -> (N,)
   for result in inference.score_frames(predictor, paths):  # raw camera frames
     print(result.path, result.prob, result.error)
+  inference.Predictor('runs/beta_c', tta='flips')      # mean over the image and its flips
+  inference.ensemble_probabilities(['runs/a', 'runs/b'], rois)  # mean over runs
 
 What a workdir must hold (written by `train.train_and_evaluate`):
 config.json, data_stats.json (optional when config.data.normalize is 'fixed'),
@@ -21,6 +23,12 @@ normalised RGB ROI, `(pixel - mean) / std` with the run's data_stats.json:
 the same arithmetic as `input_pipeline.normalize_np`, done inside the jitted
 function so only uint8 pixels travel to the device. The scoring function has a
 fixed batch size (the last batch is zero-padded), so it compiles once.
+
+Test-time augmentation (`tta='flips'`) scores each image, its left-right
+and its up-down flip as one batch of 3N in the same jitted call and averages
+the three probabilities. An `Ensemble` of runs that preprocess alike (same
+image size, channels, aspect, ROI step) averages their probabilities and
+decides at the mean of their thresholds.
 
 Frame reading never lets one bad file stop a batch: every problem (unreadable,
 truncated or non-image file, a frame too large, no screen found) becomes a
@@ -53,6 +61,7 @@ DEFAULT_THRESHOLD = rundir.DEFAULT_THRESHOLD
 DEFAULT_MAX_PIXELS = preprocess.DEFAULT_MAX_PIXELS
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 ROI_METHODS = ('auto',) + preprocess.ROI_MODES  # 'auto': as the run's build did.
+TTA_MODES = ('none', 'flips')  # Test-time augmentation: the image alone, or with its flips.
 FIXED_STATS = preprocess.FIXED_STATS
 FrameError = preprocess.BadImage  # One input file cannot be scored; one-line reason.
 
@@ -68,16 +77,29 @@ run_config = rundir.run_config
 # ------------------------------------------------------------------ the model
 
 
+def tta_views(images: jax.Array, tta: str = 'none') -> jax.Array:
+  """(V*N, H, W, C): the images, then (tta='flips') their left-right and
+  their up-down flips, stacked into one batch."""
+  if tta not in TTA_MODES:
+    raise ValueError(f'tta={tta!r}: expected one of {TTA_MODES}')
+  if tta == 'none':
+    return images
+  return jnp.concatenate([images, images[:, :, ::-1], images[:, ::-1]])
+
+
 def probabilities(params, model_state, images_uint8: jax.Array, *, model,
-                  mean, std) -> jax.Array:
+                  mean, std, tta: str = 'none') -> jax.Array:
   """Pure: uint8 RGB ROIs (N, H, W, 3) -> defect probabilities (N,) float32.
-  Normalisation included (the arithmetic of input_pipeline.normalize_np)."""
+  Normalisation included (the arithmetic of input_pipeline.normalize_np);
+  with tta='flips' the mean over the image and its flips (`tta_views`)."""
   from smsdd_jax import models  # pylint: disable=import-outside-toplevel
-  x = (images_uint8.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / \
+  n = images_uint8.shape[0]
+  views = tta_views(images_uint8, tta)
+  x = (views.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / \
       jnp.asarray(std, jnp.float32)
   logits, _ = models.forward(params, x, model=model, model_state=model_state,
                              train=False)
-  return jax.nn.softmax(logits)[:, 1]
+  return jax.nn.softmax(logits)[:, 1].reshape(-1, n).mean(axis=0)
 
 
 class Predictor:
@@ -85,13 +107,16 @@ class Predictor:
 
   Attributes: run (RunFiles: step, note, threshold, ...), config
   (ConfigDict), model, params, model_state, image_size (h, w), batch_size,
-  threshold, traces (times the scoring function was traced: 1 after use).
+  threshold, tta ('none' or 'flips', see `tta_views`), traces (times the
+  scoring function was traced: 1 after use).
   """
 
   def __init__(self, workdir: str, *, step: Optional[int] = None,
-               batch_size: int = 16):
+               batch_size: int = 16, tta: str = 'none'):
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size}: must be >= 1')
+    if tta not in TTA_MODES:
+      raise ValueError(f'tta={tta!r}: expected one of {TTA_MODES}')
     self.run = resolve_run(workdir, step)
     # pylint: disable=import-outside-toplevel
     from smsdd_jax import checkpointing, models, step
@@ -112,6 +137,9 @@ class Predictor:
     ckpt = checkpointing.Checkpointer(self.run.checkpoint_dir, max_to_keep=1)
     try:
       state = ckpt.restore(target, self.run.step)
+    except checkpointing.CheckpointUnreadableError as e:
+      raise checkpointing.CheckpointUnreadableError(f'{e}; {_other_checkpoints(self.run)}'
+                                                    ) from None
     finally:
       ckpt.close()
     self.params, self.model_state = state.params, state.model_state
@@ -119,25 +147,27 @@ class Predictor:
     self.std = np.asarray(self.run.stats['std'], np.float32)
     self.threshold = self.run.threshold
     self.batch_size = int(batch_size)
+    self.tta = tta
     self.traces = 0
 
     def score(params, model_state, images):
       self.traces += 1  # Runs while tracing only.
       return probabilities(params, model_state, images, model=self.model,
-                           mean=self.mean, std=self.std)
+                           mean=self.mean, std=self.std, tta=self.tta)
 
     self._score = jax.jit(score)
 
   def describe(self) -> str:
+    tta = '' if self.tta == 'none' else f'; tta {self.tta}'
     return (f'{self.run.workdir}: {self.run.note}; threshold {self.threshold:g} '
-            f'[{self.run.threshold_source}]; normalisation {self.run.stats_source}')
+            f'[{self.run.threshold_source}]; normalisation {self.run.stats_source}{tta}')
 
   def inference_fn(self) -> Callable[[jax.Array], jax.Array]:
     """images_uint8 -> probabilities, with this run's parameters closed over
     (what export.py serialises)."""
     params, model_state = self.params, self.model_state
     return lambda images: probabilities(params, model_state, images, model=self.model,
-                                        mean=self.mean, std=self.std)
+                                        mean=self.mean, std=self.std, tta=self.tta)
 
   def predict_proba(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB ROIs at the run's image size -> (N,) float32."""
@@ -157,6 +187,91 @@ class Predictor:
 
   def decide(self, prob: float) -> str:
     return 'defective' if prob >= self.threshold else 'good'
+
+
+def _other_checkpoints(run: RunFiles) -> str:
+  """The way out of an unreadable checkpoint: the run's other steps."""
+  periodic = rundir.finished_steps(os.path.join(run.workdir, rundir.CHECKPOINTS))
+  best = rundir.finished_steps(os.path.join(run.workdir, rundir.CHECKPOINTS_BEST))
+  steps = set(periodic) | set(best)
+  if run.source != 'best' or run.step not in periodic:  # --step=N reads periodic first.
+    steps.discard(run.step)
+  if not steps:
+    return 'the run has no other checkpoint'
+  return f'choose another with --step=N: steps {sorted(steps)}'
+
+
+# ------------------------------------------------------------------ ensembles
+
+
+class Ensemble:
+  """Several runs scoring the same inputs: `predict_proba` is the mean of
+  their defect probabilities, `threshold` the mean of their thresholds.
+
+  The members must preprocess alike (image size, channels, aspect, ROI step:
+  one input serves all); each keeps its own normalisation and checkpoint.
+  Attributes: members (Predictors), threshold, preprocessing, image_size,
+  batch_size, tta.
+  """
+
+  def __init__(self, members: Sequence[Predictor]):
+    if not members:
+      raise ValueError('an ensemble needs at least one run')
+    first = members[0]
+    for other in members[1:]:
+      _check_same_input(first, other)
+    self.members = list(members)
+    self.threshold = float(np.mean([m.threshold for m in members]))
+    self.preprocessing, self.image_size = first.preprocessing, first.image_size
+    self.batch_size, self.tta = first.batch_size, first.tta
+
+  def describe(self) -> str:
+    return (f'ensemble of {len(self.members)} runs (mean probability): ' +
+            ' | '.join(m.describe() for m in self.members))
+
+  def predict_proba(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N,) float32, the members' mean."""
+    return np.mean([m.predict_proba(images_rgb_uint8) for m in self.members],
+                   axis=0).astype(np.float32)
+
+  def decide(self, prob: float) -> str:
+    return 'defective' if prob >= self.threshold else 'good'
+
+
+def _check_same_input(a: Predictor, b: Predictor) -> None:
+  """ValueError naming both runs and the first preprocessing field that differs."""
+  pa, pb = a.preprocessing, b.preprocessing
+  for field, what in (('size', 'image size'), ('channels', 'channels'),
+                      ('aspect', 'aspect'), ('roi', 'ROI step')):
+    va, vb = getattr(pa, field), getattr(pb, field)
+    if va != vb:
+      if field == 'size':
+        va, vb = 'x'.join(map(str, va)), 'x'.join(map(str, vb))
+      raise ValueError(f'runs {a.run.workdir} and {b.run.workdir} cannot form an '
+                       f'ensemble: {what} {va} vs {vb} (their inputs differ)')
+
+
+def load(workdirs: Sequence[str], *, step: Optional[int] = None, batch_size: int = 16,
+         tta: str = 'none'):
+  """A Predictor for one workdir, an Ensemble (best checkpoints) for several."""
+  workdirs = list(workdirs)
+  if len(workdirs) == 1:
+    return Predictor(workdirs[0], step=step, batch_size=batch_size, tta=tta)
+  if step is not None:
+    raise ValueError('step applies to one run; an ensemble uses each run\'s best '
+                     'checkpoint')
+  names = [os.path.abspath(w) for w in workdirs]
+  twice = sorted({w for w in names if names.count(w) > 1})
+  if twice:
+    raise ValueError(f'run {twice[0]} is listed twice')
+  return Ensemble([Predictor(w, batch_size=batch_size, tta=tta) for w in workdirs])
+
+
+def ensemble_probabilities(workdirs: Sequence[str], images_rgb_uint8: np.ndarray, *,
+                           tta: str = 'none', batch_size: int = 16) -> np.ndarray:
+  """Mean defect probability of the runs' best checkpoints on uint8 RGB model
+  inputs (N, H, W, 3) at their common image size (for sweep evaluators)."""
+  return load(workdirs, batch_size=batch_size, tta=tta).predict_proba(images_rgb_uint8)
 
 
 # ------------------------------------------------------------------ reading files

@@ -2,7 +2,8 @@
 
   python -m smsdd_jax.predict --workdir=runs/beta_c --input=PATH --output=preds.csv
       [--roi=auto|hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
-      [--save_rois=DIR] [--sheet=decisions.png] [--workers=2]
+      [--save_rois=DIR] [--sheet=decisions.png] [--workers=2] [--tta=none|flips]
+      [--workdir=runs/other ...]
 
 PATH is an image file, a folder (searched recursively for .jpg/.jpeg/.png/
 .bmp) or a quoted glob pattern ('frames/**/*.jpg'; every matching file). Each
@@ -10,7 +11,12 @@ file goes through the same preprocessing as the run's training data
 (smsdd_jax.preprocess with the run's preprocessing.json: the screen found
 and rectified for raw frames, the aspect and channel policies for crops),
 then is scored by the run's best checkpoint (or --step=N). --roi=hough|none
-overrides the ROI step only.
+overrides the ROI step only. --tta=flips averages the probability over the
+image and its left-right and up-down flips (one batch). Several --workdir
+(repeated or comma-separated) score as an ensemble: the mean of the runs'
+probabilities (each run's best checkpoint and own normalisation), decided at
+the mean of their thresholds; runs whose preprocessing differs (image size,
+channels, aspect, ROI step) are refused.
 
 CSV columns, one row per input file, in input order:
   file            the path as found
@@ -21,6 +27,14 @@ CSV columns, one row per input file, in input order:
   corners         'x,y x,y x,y x,y' of the screen outline in frame pixels, order
                   tl tr br bl (empty with --roi=none or on error)
   error           why the file was not scored (empty on success)
+  tta             'none' or 'flips'
+  runs            the run(s) that scored it: '<workdir>@<step>', ';'-separated
+
+The CSV is written to a temporary file beside --output (rows flushed each
+batch) and moved over it at the end, so an existing --output is replaced only
+by a complete one: a failure (a bad checkpoint, a full disk) leaves it as it
+was, Ctrl-C leaves the rows so far in <output>.partial. An --output that is
+not a regular file (/dev/stdout, a FIFO) is written directly.
 
 A bad file never stops the run: unreadable, truncated (JPEG without its
 end-of-image marker, PNG without IEND) or non-image files, frames larger than
@@ -32,7 +46,8 @@ every input named is either scored or reported, and counted in the summary.
 
 Exit status: 0 when every row was scored, 1 when any row has an error (a
 summary line lists them), 2 for usage errors (bad flags, missing workdir or
-checkpoints, no input files, unwritable output): one line on stderr.
+checkpoints, an unreadable checkpoint, no input files, unwritable output or
+a write to it failing): one line on stderr.
 
 --sheet writes a PNG contact sheet of the decisions: defective first (most
 confident first), then errors, then good (closest to the threshold first),
@@ -42,9 +57,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Optional, Sequence
@@ -55,7 +72,7 @@ import numpy as np
 from smsdd_jax import rundir  # Light: no JAX, TensorFlow or Orbax.
 
 CSV_COLUMNS = ('file', 'prob_defective', 'decision', 'threshold', 'roi_method',
-               'corners', 'error')
+               'corners', 'error', 'tta', 'runs')
 SHEET_MAX_TILES = 600
 SHEET_COLUMNS = 6
 
@@ -68,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog='python -m smsdd_jax.predict',
       description='Score camera frames with a trained SMSDD run and write a CSV.')
-  p.add_argument('--workdir', required=True, help='training run directory')
+  p.add_argument('--workdir', required=True, action='append',
+                 help='training run directory; repeat it or give a comma list for an '
+                 'ensemble: the mean of the runs\' probabilities, decided at the mean '
+                 'of their thresholds (each run\'s best checkpoint; their image size, '
+                 'channels, aspect and ROI step must match)')
   p.add_argument('--input', required=True,
                  help='image file, folder (recursive) or quoted glob pattern')
   p.add_argument('--output', required=True, help='CSV file to write')
@@ -77,7 +98,10 @@ def _parser() -> argparse.ArgumentParser:
                  "(<workdir>/preprocessing.json); 'hough': find and rectify the "
                  "screen in raw frames; 'none': the inputs are whole images")
   p.add_argument('--step', type=int, default=None,
-                 help='checkpoint step (default: the best checkpoint)')
+                 help='checkpoint step (default: the best checkpoint); one run only')
+  p.add_argument('--tta', choices=('none', 'flips'), default='none',
+                 help="'flips': mean probability over the image and its left-right and "
+                 'up-down flips (3x the compute, one batch)')
   p.add_argument('--batch_size', type=int, default=16)
   p.add_argument('--max_pixels', type=int, default=40_000_000,
                  help='refuse images with more pixels (read from the header)')
@@ -94,14 +118,85 @@ def _format_corners(corners: Optional[np.ndarray]) -> str:
   return ' '.join(f'{x:.1f},{y:.1f}' for x, y in np.asarray(corners, np.float64))
 
 
-def _row(result, threshold: float) -> dict:
+def _row(result, threshold: float, tta: str, runs: str) -> dict:
   return {'file': result.path,
           'prob_defective': '' if result.prob is None else f'{result.prob:.6f}',
           'decision': result.decision or '',
           'threshold': f'{threshold:g}',
           'roi_method': result.roi_method,
           'corners': _format_corners(result.corners),
-          'error': result.error}
+          'error': result.error,
+          'tta': tta,
+          'runs': runs}
+
+
+def _members(predictor) -> list:
+  return getattr(predictor, 'members', [predictor])  # An Ensemble, or one Predictor.
+
+
+class Output:
+  """The CSV: rows stream into `<path>.tmp<pid>` beside it and `commit` moves
+  that over `path`, so an existing file is replaced only by a whole one. A
+  path that is not a regular file (/dev/stdout, a FIFO) is written directly.
+  Every OSError becomes a one-line UsageError naming the path."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.direct = _not_a_file(path)
+    # Through a symbolic link: its target is replaced, the link kept.
+    self.target = path if self.direct else os.path.realpath(path)
+    self.tmp = self.target if self.direct else f'{self.target}.tmp{os.getpid()}'
+    self.done = False
+    self._file = self._call(open, self.tmp, 'w', newline='', encoding='utf-8')
+
+  def _call(self, fn, *args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except OSError as e:
+      raise UsageError(f'cannot write --output {self.path}: {e.strerror or e}') from None
+
+  def write(self, text: str) -> int:
+    return self._call(self._file.write, text)
+
+  def flush(self) -> None:
+    self._call(self._file.flush)
+
+  def commit(self) -> None:
+    """Flushes, syncs and closes the rows, then moves them over `path`."""
+    self.flush()
+    if not self.direct:
+      self._call(os.fsync, self._file.fileno())
+    self._call(self._file.close)
+    if not self.direct:
+      if os.path.isfile(self.target):
+        self._call(shutil.copymode, self.target, self.tmp)
+      self._call(os.replace, self.tmp, self.target)
+    self.done = True
+
+  def keep_partial(self) -> str:
+    """Closes the rows written so far under `<path>.partial`; returns where."""
+    with contextlib.suppress(OSError):
+      self._file.close()
+    self.done = True
+    if self.direct:
+      return self.path
+    partial = f'{self.target}.partial'
+    try:
+      os.replace(self.tmp, partial)
+    except OSError:
+      return self.tmp
+    return partial
+
+  def discard(self) -> None:
+    """Drops the temporary file; `path` stays as it was."""
+    if self.done:
+      return
+    self.done = True
+    with contextlib.suppress(OSError):
+      self._file.close()  # May fail again flushing the same full disk.
+    if not self.direct:
+      with contextlib.suppress(OSError):
+        os.remove(self.tmp)
 
 
 class RoiWriter:
@@ -239,13 +334,28 @@ def _check_args(args) -> None:
     raise UsageError(f'--step={args.step}: must be >= 0')
 
 
-def _open_output(path: str):
+def _not_a_file(path: str) -> bool:
+  """Whether path exists as something other than a regular file (a device,
+  a FIFO, /dev/stdout): written directly, never replaced."""
+  return os.path.exists(path) and not os.path.isfile(path)
+
+
+def _check_output(path: str) -> None:
+  """Refuses an --output that cannot be written, before the model loads
+  (touching nothing but creating its folder)."""
+  if os.path.isdir(path):
+    raise UsageError(f'cannot write --output {path}: it is a directory')
+  if _not_a_file(path):
+    if not os.access(path, os.W_OK):
+      raise UsageError(f'cannot write --output {path}: permission denied')
+    return
+  parent = os.path.dirname(os.path.realpath(path))
   try:
-    parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    return open(path, 'w', newline='', encoding='utf-8')
   except OSError as e:
     raise UsageError(f'cannot write --output {path}: {e.strerror or e}') from None
+  if not os.access(parent, os.W_OK):
+    raise UsageError(f'cannot write --output {path}: permission denied in {parent}')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -260,8 +370,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args) -> int:
   _check_args(args)
   from smsdd_jax import inference  # pylint: disable=import-outside-toplevel
+  workdirs = [w for arg in args.workdir for w in arg.split(',') if w]
+  if not workdirs:
+    raise UsageError('--workdir is empty')
+  if args.step is not None and len(workdirs) > 1:
+    raise UsageError(f'--step={args.step} applies to one run; an ensemble of '
+                     f'{len(workdirs)} uses each run\'s best checkpoint')
   try:  # Cheap checks first: no TensorFlow or Orbax loaded yet.
-    rundir.resolve_run(args.workdir, args.step)
+    for workdir in workdirs:
+      rundir.resolve_run(workdir, args.step)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
   paths = inference.list_inputs(args.input)
@@ -281,27 +398,36 @@ def _run(args) -> int:
                     os.path.dirname(os.path.abspath(path)), exist_ok=True)
       except OSError as e:
         raise UsageError(f'cannot create {flag} {path}: {e.strerror or e}') from None
-  out_file = _open_output(args.output)
+  _check_output(args.output)
+  try:  # The model first: nothing is written if it cannot be loaded.
+    predictor = inference.load(workdirs, step=args.step, batch_size=args.batch_size,
+                               tta=args.tta)
+  except (FileNotFoundError, ValueError) as e:  # Checkpoint mismatch, unreadable too.
+    raise UsageError(str(e).splitlines()[0]) from None
+  out = Output(args.output)
   try:
-    try:
-      predictor = inference.Predictor(args.workdir, step=args.step,
-                                      batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError) as e:  # CheckpointMismatchError too.
-      raise UsageError(str(e).splitlines()[0]) from None
-    return _score(args, predictor, paths, out_file, inference)
+    return _score(args, predictor, paths, out, inference)
   finally:
-    out_file.close()
+    out.discard()  # Unless committed or kept partial.
+
+
+def _threshold_line(predictor) -> str:
+  members = _members(predictor)
+  if len(members) > 1:
+    each = ', '.join(f'{m.threshold:g}' for m in members)
+    return f'threshold: {predictor.threshold:g} (mean of the runs\' thresholds {each})'
+  if predictor.run.threshold_source.startswith('default'):
+    return (f'threshold: {predictor.threshold:g} (default: no {rundir.THRESHOLD} in '
+            f'{predictor.run.workdir})')
+  return f'threshold: {predictor.threshold:g} ({predictor.run.threshold_source})'
 
 
 def _score(args, predictor, paths, out_file, inference) -> int:
   print(f'model: {predictor.describe()}')
-  if predictor.run.threshold_source.startswith('default'):
-    print(f'threshold: {predictor.threshold:g} (default: no {rundir.THRESHOLD} in '
-          f'{predictor.run.workdir})')
-  else:
-    print(f'threshold: {predictor.threshold:g} ({predictor.run.threshold_source})')
+  print(_threshold_line(predictor))
   print(f'input: {len(paths)} file(s) from {args.input}; roi={args.roi}; '
-        f'batch {predictor.batch_size}; max_pixels {args.max_pixels}')
+        f'batch {predictor.batch_size}; max_pixels {args.max_pixels}; tta {args.tta}')
+  runs = ';'.join(f'{m.run.workdir}@{m.run.step}' for m in _members(predictor))
   writer = csv.DictWriter(out_file, fieldnames=CSV_COLUMNS)
   writer.writeheader()
   rois = RoiWriter(args.save_rois, paths, args.input) if args.save_rois else None
@@ -317,7 +443,7 @@ def _score(args, predictor, paths, out_file, inference) -> int:
             rois.write(r.path, r.roi)
           except OSError as e:  # The score stands; the row says what failed.
             r.error = f'scored, but saving the ROI failed: {e}'
-        writer.writerow(_row(r, predictor.threshold))
+        writer.writerow(_row(r, predictor.threshold, args.tta, runs))
         if sheet is not None:
           sheet.add(r, done)
         if r.error:
@@ -329,9 +455,12 @@ def _score(args, predictor, paths, out_file, inference) -> int:
       out_file.flush()
       progress.update(done, len(failures))
   except KeyboardInterrupt:
-    print(f'\ninterrupted after {done}/{len(paths)} frames; {args.output} holds '
-          'those rows', file=sys.stderr)
+    kept = out_file.keep_partial()
+    held = (f'{args.output} holds those rows' if kept == args.output else
+            f'{args.output} is unchanged; those rows are in {kept}')
+    print(f'\ninterrupted after {done}/{len(paths)} frames; {held}', file=sys.stderr)
     return 130
+  out_file.commit()
   elapsed = time.perf_counter() - t0
   if sheet is not None:
     try:

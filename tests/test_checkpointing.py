@@ -1,5 +1,7 @@
-"""Checkpoints: best kept apart, mismatch messages, atomic saves, Ctrl-C."""
+"""Checkpoints: best kept apart, mismatch messages, atomic saves, Ctrl-C,
+damaged steps, the plain-Orbax restore."""
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -124,3 +126,80 @@ def test_ctrl_c_saves_the_current_step_and_a_rerun_resumes(quick_config, tmp_pat
   rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert f'start at {interrupted_at}' in rerun.stdout
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+
+
+def _largest_data_file(step_dir):
+  """The biggest array data file of an Orbax step (OCDBT's d/ files)."""
+  files = [p for p in pathlib.Path(step_dir).rglob('*') if p.parent.name == 'd']
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def test_resume_skips_an_unreadable_latest_checkpoint(quick_config, trained_run, tmp_path,
+                                                     caplog):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_run, workdir)  # Periodic steps 1 and 2.
+  data = _largest_data_file(workdir / 'checkpoints' / '2')
+  os.truncate(data, data.stat().st_size // 2)  # A disk that filled up mid-copy.
+  config = small_run(quick_config, epochs=1)  # The fixture's run: 2 steps.
+  config.checkpoint.every_steps = 1
+  with caplog.at_level(logging.INFO, logger='smsdd_jax'):
+    train.train_and_evaluate(config, str(workdir))
+  log = [r.getMessage() for r in caplog.records]
+  unreadable = [m for m in log if 'is unreadable' in m]
+  assert len(unreadable) == 1, log
+  assert unreadable[0].startswith(f'checkpoint {workdir / "checkpoints" / "2"} is unreadable: ')
+  assert 'resuming from step 1' in unreadable[0] and '2.unreadable' in unreadable[0]
+  assert any('start at 1' in m for m in log), log
+  assert (workdir / 'checkpoints' / '2.unreadable').is_dir()  # Kept for a look.
+  ckpt = checkpointing.Checkpointer(str(workdir / 'checkpoints'), max_to_keep=3)
+  assert ckpt.all_steps() == [1, 2]  # Step 2 trained and saved again, readable.
+  assert int(ckpt.restore(target_for(config)).step) == 2
+  ckpt.close()
+  assert (workdir / 'eval.json').is_file()
+
+
+def _tiny_checkpoints(directory, steps):
+  ckpt = checkpointing.Checkpointer(str(directory), max_to_keep=5)
+  for s in steps:
+    ckpt.save(s, {'w': np.full((8, 8), s, np.float32)})
+  ckpt.close()
+
+
+def test_an_emptied_metadata_file_is_named(tmp_path, caplog):
+  _tiny_checkpoints(tmp_path, (1, 2))
+  (tmp_path / '2' / 'default' / '_METADATA').write_text('')
+  ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=5)
+  target = {'w': np.zeros((8, 8), np.float32)}
+  with pytest.raises(checkpointing.CheckpointUnreadableError,
+                     match=f'^checkpoint {tmp_path}/2 is unreadable: '
+                           r'default/_METADATA is empty$'):
+    ckpt.restore(target, 2)
+  with caplog.at_level(logging.WARNING, logger='smsdd_jax'):
+    restored = ckpt.restore_or(target)
+  np.testing.assert_array_equal(restored['w'], np.ones((8, 8)))
+  assert [r.getMessage() for r in caplog.records] == [
+      f'checkpoint {tmp_path}/2 is unreadable: default/_METADATA is empty; moved aside '
+      f'to {tmp_path}/2.unreadable; resuming from step 1']
+  ckpt.save(2, {'w': np.full((8, 8), 7, np.float32)})  # The step can be saved again.
+  ckpt.wait()
+  np.testing.assert_array_equal(ckpt.restore(target)['w'], np.full((8, 8), 7))
+  ckpt.close()
+
+
+def test_the_readme_plain_orbax_restore_is_silent(trained_run, caplog):
+  """README's one-liner restores a run's checkpoint with Orbax alone and
+  without Orbax's 'could not be restored' warnings (issue 22)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  readme = (REPO / 'README.md').read_text(encoding='utf-8')
+  lines = [s.strip() for s in readme.splitlines()
+           if s.strip().startswith('state = ocp.CheckpointManager(')]
+  assert len(lines) == 1, 'README shows no plain-Orbax restore'
+  scope = {'ocp': ocp, 'path': os.path.join(trained_run, 'checkpoints'), 'step': 2}
+  with caplog.at_level(logging.WARNING):
+    exec(lines[0], scope)  # pylint: disable=exec-used
+  assert sorted(scope['state']) == ['model_state', 'opt_state', 'params', 'rng', 'step']
+  assert int(scope['state']['step']) == 2
+  assert not [r for r in caplog.records if 'could not' in r.getMessage()], caplog.text

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -403,3 +404,119 @@ def test_checkpoint_of_another_model_is_a_usage_error(run_dir, frames, tmp_path,
   err = capsys.readouterr().err
   assert err.startswith('error: checkpoint ') and 'does not match' in err
   assert err.count('\n') == 1
+
+
+# ------------------------------------------------------------------ nothing overwritten
+
+
+def _truncate_largest_data_file(step_dir):
+  files = [p for p in pathlib.Path(step_dir).rglob('*') if p.parent.name == 'd']
+  data = max(files, key=lambda p: p.stat().st_size)
+  os.truncate(data, data.stat().st_size // 2)
+
+
+def test_an_unreadable_checkpoint_leaves_the_output_as_it_was(run_dir, frames, tmp_path,
+                                                              capsys):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run_dir, workdir)
+  _truncate_largest_data_file(workdir / 'checkpoints_best' / '2')
+  out = tmp_path / 'preds.csv'
+  out.write_text('file,prob_defective\nold.jpg,0.25\n')
+  before = out.read_bytes()
+  args = [f'--workdir={workdir}', f'--input={frames[0]}', f'--output={out}']
+  assert predict.main(args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: checkpoint {workdir / "checkpoints_best" / "2"} is '
+                        'unreadable: ') and err.count('\n') == 1, err
+  assert 'choose another with --step=N: steps [1, 2]' in err  # Periodic 2 is whole.
+  assert out.read_bytes() == before
+  assert sorted(os.listdir(tmp_path)) == ['preds.csv', 'run']  # No temporary left.
+  assert predict.main(args + ['--step=1']) == 0  # The way out; a whole new file.
+  rows = _rows(out)
+  assert len(rows) == 6 and all(r['runs'] == f'{workdir}@1' for r in rows)
+  assert sorted(os.listdir(tmp_path)) == ['preds.csv', 'run']
+  (workdir / 'checkpoints_best' / '2' / 'default' / '_METADATA').write_text('')
+  with pytest.raises(ValueError, match=r'checkpoints_best/2 is unreadable: '
+                                       r'default/_METADATA is empty; choose another'):
+    inference.Predictor(str(workdir))
+
+
+def test_an_output_that_cannot_take_the_rows_is_a_usage_error(run_dir, frames, capsys):
+  if not os.path.exists('/dev/full'):
+    pytest.skip('no /dev/full here')
+  assert predict.main([f'--workdir={run_dir}', f'--input={frames[1][0]}',
+                       '--output=/dev/full']) == 2
+  err = capsys.readouterr().err
+  assert err == 'error: cannot write --output /dev/full: No space left on device\n'
+  assert stat.S_ISCHR(os.stat('/dev/full').st_mode)  # Written to, never replaced.
+
+
+# ------------------------------------------------------------------ flips and ensembles
+
+
+def test_tta_flips_averages_the_image_and_its_flips_in_one_batch(run_dir):
+  predictor = inference.Predictor(run_dir, batch_size=4, tta='flips')
+  images = np.random.default_rng(1).integers(0, 256, (5, 110, 230, 3), dtype=np.uint8)
+  got = predictor.predict_proba(images)
+  assert predictor.traces == 1  # Three views of each batch, one compiled call.
+  views = [images, images[:, :, ::-1], images[:, ::-1]]
+  direct = [_direct_probs(run_dir, list(v)) for v in views]
+  np.testing.assert_allclose(got, np.mean(direct, axis=0), atol=1e-5)
+  assert np.abs(direct[0] - got).max() > 1e-6  # The flips count.
+  with pytest.raises(ValueError, match="tta='rot'"):
+    inference.Predictor(run_dir, tta='rot')
+
+
+def _run_at_step_1(run_dir, path, threshold):
+  """Another run: the same one's periodic step 1 alone, its own threshold."""
+  shutil.copytree(run_dir, path, ignore=shutil.ignore_patterns('checkpoints_best',
+                                                               'best.json'))
+  shutil.rmtree(path / 'checkpoints' / '2')
+  (path / 'threshold.json').write_text(json.dumps({'threshold': threshold}))
+  return str(path)
+
+
+def test_an_ensemble_averages_the_runs_and_their_thresholds(run_dir, frames, tmp_path,
+                                                           capsys):
+  other = _run_at_step_1(run_dir, tmp_path / 'other', 0.6)
+  images = np.random.default_rng(2).integers(0, 256, (3, 110, 230, 3), dtype=np.uint8)
+  want = (_direct_probs(run_dir, list(images)) +
+          _direct_probs(run_dir, list(images), 'checkpoints', 1)) / 2
+  np.testing.assert_allclose(inference.ensemble_probabilities([run_dir, other], images),
+                             want, atol=1e-5)
+  out = tmp_path / 'preds.csv'
+  assert predict.main([f'--workdir={run_dir},{other}', f'--input={frames[1][0]}',
+                       f'--output={out}', '--tta=flips']) == 0
+  printed = capsys.readouterr().out
+  assert 'ensemble of 2 runs' in printed
+  assert "threshold: 0.55 (mean of the runs' thresholds 0.5, 0.6)" in printed
+  [row] = _rows(out)
+  assert (row['threshold'], row['tta']) == ('0.55', 'flips')
+  assert row['runs'] == f'{run_dir}@2;{other}@1'
+  roi_flips = [_direct_roi(frames[1][0])[0]]
+  roi_flips += [roi_flips[0][:, ::-1], roi_flips[0][::-1]]
+  want = np.mean([_direct_probs(run_dir, roi_flips),
+                  _direct_probs(run_dir, roi_flips, 'checkpoints', 1)])
+  assert float(row['prob_defective']) == pytest.approx(want, abs=1e-5)
+  assert row['decision'] == ('defective' if want >= 0.55 else 'good')
+  assert 'mean of their thresholds' in ' '.join(predict._parser().format_help().split())
+
+
+def test_an_ensemble_of_runs_preprocessing_differently_is_refused(run_dir, frames, tmp_path,
+                                                                 capsys):
+  gray = tmp_path / 'gray'
+  shutil.copytree(run_dir, gray)
+  spec = json.loads((gray / 'preprocessing.json').read_text())
+  (gray / 'preprocessing.json').write_text(json.dumps({**spec, 'channels': 'gray'}))
+  out = tmp_path / 'preds.csv'
+  for extra in ([], ['--step=1']):
+    assert predict.main([f'--workdir={run_dir}', f'--workdir={gray}', *extra,
+                         f'--input={frames[0]}', f'--output={out}']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and not out.exists()
+  assert err.startswith('error: --step=1 applies to one run')
+  assert predict.main([f'--workdir={run_dir}', f'--workdir={gray}',
+                       f'--input={frames[0]}', f'--output={out}']) == 2
+  assert capsys.readouterr().err == (
+      f'error: runs {run_dir} and {gray} cannot form an ensemble: channels rgb vs gray '
+      '(their inputs differ)\n')
