@@ -19,7 +19,10 @@ OUT/<run>/log.txt. With
 Resumable: a finished run (OUT/<run>/eval.json present) is skipped, an
 unfinished one is rerun with the same command and resumes from its last
 checkpoint. A run directory made with other arguments is refused (use another
---out). At the end, from every finished run:
+--out). One launcher per OUT: a second is refused while the first lives
+(OUT/.lock), and a run another process is training (its OUT/<run>/.lock held)
+is skipped. The runs stop, as on Ctrl-C, when the launcher ends, however it
+ends (kill -9 included). At the end, from every finished run:
 
   OUT/results.csv   one row per variant, seed, fold and split (val, test):
                     report.CSV_COLUMNS (metrics at the threshold chosen on val)
@@ -36,7 +39,8 @@ both files when OUT/floors.json exists (or --floors=PATH names one);
 data arguments, --kfold and data.* overrides.
 
 Figures: python -m smsdd_jax.report --sweep=OUT. Exit status: 0 when every
-run finished, 1 when one failed (its log is named), 2 for a usage error.
+run finished, 1 when one failed (its log is named) or was left to the process
+training it, 2 for a usage error or an OUT in use.
 """
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ if REPO not in sys.path:
 from smsdd_jax import report, rundir  # pylint: disable=wrong-import-position
 
 DEFAULT_CONFIGS = ('beta_a', 'beta_b', 'beta_c', 'beta_d', 'beta_e')
+# smsdd_jax/main.py stops when the process this names ends (LAUNCHER_ENV there).
+LAUNCHER_ENV = 'SMSDD_LAUNCHER_PID'
 _print_lock = threading.Lock()
 
 
@@ -182,8 +188,9 @@ def plan(args) -> list[dict]:
 
 
 def state_of(out: str, run: dict) -> str:
-  """'finished', 'partial' (resume it), 'new', or raises UsageError if the
-  directory belongs to other arguments."""
+  """'finished', 'partial' (resume it), 'new', 'running' (a live process
+  holds its lock: training it again at once would write every record twice),
+  or raises UsageError if the directory belongs to other arguments."""
   workdir = os.path.join(out, run['run'])
   meta_path = os.path.join(workdir, rundir.SWEEP)
   if not os.path.isdir(workdir) or not os.listdir(workdir):
@@ -194,12 +201,15 @@ def state_of(out: str, run: dict) -> str:
   if recorded != run['args']:
     raise UsageError(f'{workdir} was run with other arguments:\n  there: {recorded}\n'
                      f'  now:   {run["args"]}\nuse another --out (or remove it)')
+  if rundir.owner(workdir) is not None:
+    return 'running'
   return 'finished' if os.path.isfile(os.path.join(workdir, rundir.EVAL)) else 'partial'
 
 
 def child_env(workers: int) -> dict:
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(p for p in (REPO, env.get('PYTHONPATH')) if p)
+  env[LAUNCHER_ENV] = str(os.getpid())  # The runs end with this process.
   if workers > 1:
     # Several processes on one GPU: each may take only its share of the memory
     # (JAX preallocates 75% by default). No effect on a CPU.
@@ -262,14 +272,19 @@ def floors_path(out: str, given: Optional[str] = None) -> Optional[str]:
 
 def aggregate(out: str, meta: dict, floors: Optional[str] = None) -> tuple[str, str, int]:
   """results.csv and results.md from every finished run in OUT (and the
-  floors JSON, if any)."""
-  runs = report.load_runs(out)
+  floors JSON, if any). A run whose files cannot be read is named with the
+  reason, here and in results.md, and left out; the others are aggregated."""
+  unreadable = {}
+  runs = report.load_runs(out, unreadable)
+  for name, why in unreadable.items():
+    _say(f'left out {name}: {why}')
   floor_json = report.load_floors(floors) if floors else None
   table = report.rows(runs)
   csv_path, md_path = os.path.join(out, 'results.csv'), os.path.join(out, 'results.md')
   report.write_csv(csv_path, table + report.floor_rows(floor_json))
   missing = [r['run'] for r in runs if not r['finished']]
-  text = report.markdown(table, meta, missing, floor_json)
+  text = report.markdown(table, meta, missing, floor_json,
+                         report.relative_reasons(unreadable, out))
   rundir.write_text(md_path, text)
   return csv_path, md_path, len(table)
 
@@ -349,26 +364,52 @@ def main(argv=None) -> int:
       _say(f'aggregated {n} rows: {csv_path}, {md_path}')
       return 0
     runs = plan(args)
-    states = {r['run']: state_of(out, r) for r in runs}  # Refuses before launching.
     floors_path(out, args.floors)  # Refuses a missing --floors file before launching.
-  except UsageError as e:
+    if args.dry_run:
+      return dry_run(args, out, runs)
+    # One launcher per OUT for as long as it lives: a second would take the
+    # first's half-made runs for unfinished ones and train them at once.
+    with rundir.Claim(out, 'sweep directory', '--out'):
+      return launch(args, out, runs, argv)
+  except (UsageError, rundir.WorkdirError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  todo = [r for r in runs if states[r['run']] != 'finished']
+
+
+def _states(out: str, runs: list[dict]) -> dict:
+  """{run: state_of}, saying which runs are skipped. Raises UsageError,
+  before anything is launched, for a run directory made with other arguments."""
+  states = {r['run']: state_of(out, r) for r in runs}
+  for name, state in states.items():
+    workdir = os.path.join(out, name)
+    if state == 'finished':
+      _say(f'skip {name}: finished (eval.json)')
+    elif state == 'running':
+      _say(f'skip {name}: being trained by process {rundir.owner(workdir) or "?"} '
+           f'({os.path.join(workdir, rundir.LOCK)}); rerun when it has ended')
+  return states
+
+
+def dry_run(args, out: str, runs: list[dict]) -> int:
+  states = _states(out, runs)
   for r in runs:
-    if states[r['run']] == 'finished':
-      _say(f'skip {r["run"]}: finished (eval.json)')
-  if args.dry_run:
-    for r in todo:
+    if states[r['run']] in ('new', 'partial'):
       print(' '.join(['python -m smsdd_jax.main', *r['args'],
                       f'--workdir={os.path.join(out, r["run"])}']))
-    if args.run_floors and not os.path.isfile(os.path.join(out, 'floors.json')):
-      print(' '.join(floors_command(args, out)))
-    return 0
-  os.makedirs(out, exist_ok=True)
+  if args.run_floors and not os.path.isfile(os.path.join(out, 'floors.json')):
+    print(' '.join(floors_command(args, out)))
+  return 0
+
+
+def launch(args, out: str, runs: list[dict], argv) -> int:
+  """Runs what is neither finished nor running elsewhere, then aggregates;
+  the caller owns OUT."""
+  states = _states(out, runs)
+  todo = [r for r in runs if states[r['run']] in ('new', 'partial')]
+  busy = [name for name, state in states.items() if state == 'running']
   rundir.write_json(os.path.join(out, 'sweep.json'),
                     {'argv': sys.argv[1:] if argv is None else list(argv), **_meta(args)})
-  _say(f'{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run '
+  _say(f'{len(runs)} runs, {len(runs) - len(todo) - len(busy)} finished, {len(todo)} to run '
        f'with {args.workers} worker(s); logs in {out}/<run>/log.txt')
   env = child_env(args.workers)
   failed = []
@@ -395,10 +436,12 @@ def main(argv=None) -> int:
     failed.append('floors')
   csv_path, md_path, n = aggregate(out, _meta(args), floors_path(out, args.floors))
   _say(f'results: {csv_path} ({n} rows), {md_path}')
+  if busy:
+    _say(f'{len(busy)} run(s) left to the process training them: {", ".join(busy)}; '
+         'rerun when they have ended')
   if failed:
     _say(f'{len(failed)} run(s) failed: {", ".join(failed)}; rerun to retry them')
-    return 1
-  return 0
+  return 1 if failed or busy else 0
 
 
 if __name__ == '__main__':

@@ -13,11 +13,18 @@ an unknown key is refused with one line naming it.
 Thin on purpose (as the Flax examples' main.py): flags, device log, then
 `train.train_and_evaluate`. Run from the repository root, so that config
 files can import `configs.default`.
+
+Exit status: 0 done; 2 bad input (flags, config, data, workdir, init file),
+one line on stderr; 1 a non-finite loss; 130 interrupted (Ctrl-C, or the
+launcher named by SMSDD_LAUNCHER_PID ended), resumable by the same command.
 """
 import logging as pylogging
 import os
 import re
+import signal
 import sys
+import threading
+import time
 
 from absl import app
 from absl import flags
@@ -38,6 +45,12 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
 flags.mark_flags_as_required(['config'])
+
+# Set by a launcher (launch/sweep.py) to its own pid: this process then stops
+# when the launcher ends, however it ends (kill -9 included), so that no run
+# goes on unowned and a rerun of the launcher never meets it.
+LAUNCHER_ENV = 'SMSDD_LAUNCHER_PID'
+_STOP_GRACE_S = 10.0  # After the Ctrl-C: time to finish the step and save it.
 
 
 def init_distributed(jax) -> None:
@@ -73,10 +86,51 @@ def main(argv):
   except KeyboardInterrupt:
     print('interrupted: rerun the same command to resume', file=sys.stderr)
     sys.exit(130)
-  except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
-    # Bad input is a one-line message, not a traceback.
+  except (ValueError, FileNotFoundError) as e:
+    # Bad input (rundir.WorkdirError and pretrained.PretrainedError included)
+    # is a one-line message, not a traceback.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except train.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+
+
+def _stop_with_launcher() -> None:
+  """With SMSDD_LAUNCHER_PID set, watches (in a daemon thread) for the
+  launcher's end: then stops as Ctrl-C does (the step is saved), or at once
+  if that takes over _STOP_GRACE_S. The parent pid is polled rather than
+  Linux's PR_SET_PDEATHSIG used: that fires when the launcher's thread that
+  started this process ends, and it is Linux only."""
+  value = os.environ.get(LAUNCHER_ENV, '')
+  if not value.isdigit():
+    return
+  threading.Thread(target=_watch_launcher, args=(int(value),), daemon=True,
+                   name='launcher-watch').start()
+
+
+def _watch_launcher(launcher: int) -> None:
+  parent = os.getppid()  # The launcher, unless a wrapper started this process.
+  while os.getppid() == parent and _exists(launcher):  # Re-parented once it ends.
+    time.sleep(0.5)
+  log = pylogging.getLogger('smsdd_jax')
+  log.warning('the launcher (process %d) ended: stopping as on Ctrl-C', launcher)
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(_STOP_GRACE_S)
+  log.warning('not stopped %.0f s after the launcher ended: exiting now', _STOP_GRACE_S)
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+  os._exit(130)  # pylint: disable=protected-access
+
+
+def _exists(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)  # Signal 0: only asks whether the process is there.
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # There, someone else's.
+    pass
+  return True
 
 
 _HELP_FLAGS = ('help', 'h', '?', 'helpshort', 'helpfull', 'helpxml')
@@ -174,6 +228,7 @@ def _setup_logging() -> None:
 
 def run():
   _setup_logging()
+  _stop_with_launcher()
   app.run(main, flags_parser=parse_flags)
 
 

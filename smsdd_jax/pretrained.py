@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from smsdd_jax import models
+from smsdd_jax import rundir
 
 logging = logging.getLogger('smsdd_jax')
 
@@ -265,6 +266,8 @@ def _keras_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
 
 def _open(path: str) -> tuple[str, dict[str, _Array]]:
   """(format, {key: _Array}) of the file; arrays are read on demand."""
+  if path and os.path.isdir(path):
+    _fail(path, _directory_reason(path))
   if not path or not os.path.isfile(path):
     _fail(path, 'no such file')
   with open(path, 'rb') as f:
@@ -295,6 +298,17 @@ def _open(path: str) -> tuple[str, dict[str, _Array]]:
     _fail(path, f'unreadable ({type(e).__name__}: {e})')
   _fail(path, f'unknown format (first bytes {head[:8]!r}): expected a torchvision '
         '.pth state dict, .safetensors or a Keras .h5')
+
+
+def _directory_reason(path: str) -> str:
+  """Why a directory cannot initialise the model, and what would."""
+  wanted = ('expected an ImageNet VGG16 weights file (.pth state dict, .safetensors or '
+            'Keras .h5)')
+  if any(os.path.exists(os.path.join(path, name))
+         for name in (rundir.CONFIG, rundir.CHECKPOINTS)):
+    return (f'a training run directory, not a weights file: {wanted}; to continue that '
+            f'run, rerun its command with --workdir={path} and no model.init')
+  return f'a directory, not a file: {wanted}'
 
 
 def _bytes_to_array(data: bytes, dtype: str, count: int, offset: int = 0) -> np.ndarray:

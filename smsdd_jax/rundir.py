@@ -8,17 +8,19 @@ Every file of a workdir is named here, written through here and read back here:
   best.json            {'step', 'metric', 'value', 'tie_breakers'} of checkpoints_best/
   threshold.json       {'threshold': t, ...}: the decision threshold chosen on val
   eval.json            val and test metrics; written last, so it marks a finished run
-  eval_val.npz, eval_test.npz   per-example prob, label, embedding
+  eval_val.npz, eval_test.npz   per-example prob, label, embedding, defect_type
   metrics.jsonl        one JSON object per line (metric_writers.MetricWriter)
   tensorboard/         TensorBoard events
   checkpoints/<step>/, checkpoints_best/<step>/   Orbax checkpoints
   sweep.json           launch/sweep.py's runs only: variant, seed, fold, arguments
+  .lock                while a process trains here: its pid, flock-ed (`Claim`)
 
 Writes are atomic (`atomic_file`: a temporary file renamed over the target),
 so a reader, or a rerun after a kill, sees the old file or the new one, never
 half of one. `resolve_run` turns a workdir into the `RunFiles` inference
 needs; old runs (no preprocessing.json, no threshold.json, no data_stats.json
-with fixed normalisation) still resolve.
+with fixed normalisation) still resolve. `Claim` makes one live process the
+owner of a directory (a training run's workdir, a sweep's --out).
 
 Imports stay light (no TensorFlow, JAX, Orbax; preprocess and ml_collections
 only inside the functions that need them), so the checkpoint and metric
@@ -29,9 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
@@ -50,6 +55,7 @@ TENSORBOARD = 'tensorboard'
 CHECKPOINTS = 'checkpoints'
 CHECKPOINTS_BEST = 'checkpoints_best'
 SWEEP = 'sweep.json'  # launch/sweep.py's runs: variant, seed, fold, arguments.
+LOCK = '.lock'  # The owning process's pid, flock-ed while it lives (Claim).
 
 DEFAULT_THRESHOLD = 0.5  # On the defect probability, when a run has no threshold.json.
 
@@ -100,6 +106,160 @@ def write_npz(path: str, **arrays) -> None:
     np.savez_compressed(f, **arrays)
 
 
+# ------------------------------------------------------------------ owning
+
+
+class WorkdirError(ValueError):
+  """A directory that cannot be used: a file, not writable, or owned by
+  another live process. The message is one line naming it and the way out."""
+
+
+# What a training run writes into its workdir: a workdir holding nothing else
+# was all written by the run (Claim.release may remove it).
+_RUN_FILES = frozenset({CONFIG, DATA_STATS, PREPROCESSING, BEST, THRESHOLD, EVAL, METRICS,
+                        TENSORBOARD, CHECKPOINTS, CHECKPOINTS_BEST, LOCK, eval_npz('val'),
+                        eval_npz('test')})
+_CLAIM_TRIES, _CLAIM_WAIT_S = 20, 0.05  # Rides out another process's brief look (owner()).
+
+
+class Claim:
+  """Makes this process the owner of directory `path` (created if missing)
+  while the `with` block runs: an exclusive flock on `path/.lock`, which
+  holds the pid. The kernel drops the lock when the process dies, kill -9
+  included, so a lock is never stale. A second claimant is refused with a
+  WorkdirError naming the owner, having changed nothing.
+
+  Leaving the block removes the lock file; if the block raised before `keep()`
+  and this claim created the directory, which holds nothing but run files
+  (a run refused before training), the directory goes too. `lock=False`
+  (the other processes of a multi-process run) only creates the directory."""
+
+  def __init__(self, path: str, what: str = 'workdir', flag: str = '--workdir',
+               lock: bool = True):
+    self.path, self.what, self.lock = os.path.abspath(path), what, lock
+    self.way_out = f'pass another {flag}'
+    self.created = False
+    self._fd: Optional[int] = None
+    self._kept = False
+
+  def __enter__(self) -> Claim:
+    self._make_dir()
+    if self.lock:
+      self._acquire()
+    return self
+
+  def __exit__(self, exc_type, *unused) -> bool:
+    self.release(discard=exc_type is not None and not self._kept)
+    return False
+
+  def keep(self) -> None:
+    """From here on the directory holds work worth keeping, whatever happens."""
+    self._kept = True
+
+  def release(self, discard: bool = False) -> None:
+    if self._fd is None:
+      return
+    try:  # Still holding the lock: nobody else is in the directory.
+      if discard and self.created and _only_run_files(self.path):
+        shutil.rmtree(self.path, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(self.path, LOCK))
+    finally:
+      os.close(self._fd)
+      self._fd = None
+
+  def _error(self, what_failed: str, error: OSError) -> WorkdirError:
+    where = f' ({error.filename})' if error.filename not in (None, self.path) else ''
+    return WorkdirError(f'{what_failed} {self.what} {self.path}: {error.strerror}{where}; '
+                        f'{self.way_out}')
+
+  def _make_dir(self) -> None:
+    path, parent = self.path, os.path.dirname(self.path)
+    while parent != path:  # The directory itself, or one above it, a file?
+      if os.path.lexists(path) and not os.path.isdir(path):
+        what = (f'{self.what} {self.path} is a file' if path == self.path else
+                f'cannot create {self.what} {self.path}: {path} is a file')
+        raise WorkdirError(f'{what}, not a directory; {self.way_out} (or move the file)')
+      path, parent = parent, os.path.dirname(parent)
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      os.mkdir(self.path)
+      self.created = True
+    except FileExistsError:
+      pass  # Made by another process just now: the lock decides.
+    except OSError as e:
+      raise self._error('cannot create', e) from None
+
+  def _acquire(self) -> None:
+    lock_path, pid = os.path.join(self.path, LOCK), ''
+    for _ in range(_CLAIM_TRIES):
+      try:  # Not inherited by child processes (PEP 446): they cannot hold it.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+      except FileNotFoundError:  # Removed by its last owner just now: again.
+        self._make_dir()
+        continue
+      except OSError as e:
+        raise self._error('cannot write in', e) from None
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        pid = _read_pid(fd) or pid
+        os.close(fd)
+        time.sleep(_CLAIM_WAIT_S)
+        continue
+      if not _names(fd, lock_path):  # Its owner removed it while we waited: again.
+        os.close(fd)
+        continue
+      os.ftruncate(fd, 0)
+      os.write(fd, f'{os.getpid()}\n'.encode())
+      self._fd = fd
+      return
+    owner = f'process {pid}' if pid else 'another process'
+    raise WorkdirError(f'{self.what} {self.path} is in use by {owner} ({lock_path}): '
+                       f'wait for it to end, or {self.way_out}')
+
+
+def owner(path: str) -> Optional[str]:
+  """The pid (as text; '' if not yet written) of the live process that
+  claimed directory `path`, or None when no process holds it."""
+  try:
+    fd = os.open(os.path.join(path, LOCK), os.O_RDONLY)
+  except OSError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # Shared, and held for a moment.
+    return None
+  except BlockingIOError:
+    return _read_pid(fd)
+  finally:
+    os.close(fd)
+
+
+def _read_pid(fd: int) -> str:
+  with contextlib.suppress(OSError):
+    return os.pread(fd, 32, 0).decode('ascii', 'replace').strip()
+  return ''
+
+
+def _names(fd: int, path: str) -> bool:
+  """Whether `path` is still the file open as `fd`."""
+  try:
+    here, there = os.fstat(fd), os.stat(path)
+  except OSError:
+    return False
+  return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _only_run_files(path: str) -> bool:
+  """Whether every entry of `path` is a run file (or an atomic write's
+  temporary copy of one)."""
+  try:
+    return all(name.split('.tmp')[0] in _RUN_FILES for name in os.listdir(path))
+  except OSError:
+    return False
+
+
 # ------------------------------------------------------------------ reading
 
 
@@ -114,15 +274,21 @@ def read_json(path: str, what: str) -> Any:
 
 def read_metrics(workdir: str) -> list[dict]:
   """All records of a run's metrics.jsonl, in order (a last line cut short
-  by a kill is skipped)."""
+  by a kill is skipped).
+
+  Raises FileNotFoundError (no metrics.jsonl) or ValueError (a broken line),
+  each naming the file."""
+  path = os.path.join(workdir, METRICS)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no metrics log {path}: the run wrote none, or it was removed')
   records = []
-  with open(os.path.join(workdir, METRICS), encoding='utf-8') as f:
-    for line in f:
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
       try:
         records.append(json.loads(line))
-      except ValueError:
-        if line.strip() and line.endswith('\n'):
-          raise  # Not a cut-short last line: a broken file.
+      except ValueError as e:
+        if line.strip() and line.endswith('\n'):  # Not a cut-short last line: a broken file.
+          raise ValueError(f'cannot read metrics log {path}: line {number}: {e}') from None
   return records
 
 

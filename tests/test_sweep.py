@@ -6,8 +6,10 @@ import json
 import os
 import math
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from smsdd_jax import figures
 from smsdd_jax import inference
 from smsdd_jax import metrics
 from smsdd_jax import report
+from smsdd_jax import rundir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -135,6 +138,53 @@ def test_other_arguments_on_the_same_out_are_refused(tiny_sweep, data_dir):
   assert 'other arguments' in proc.stderr and 'beta_a_s0' in proc.stderr
 
 
+def _alive(pid):
+  """Whether process `pid` still runs (a zombie, ended but not yet reaped
+  by its new parent, does not)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  try:
+    with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return True
+
+
+def test_one_launcher_per_out_and_its_runs_end_with_it(tmp_path, data_dir):
+  """Two launchers on one --out, started 3 s apart, trained the same run at
+  once; a kill -9 of the launcher left its run training on its own."""
+  out = tmp_path / 'out'
+  args = ['launch/sweep.py', f'--out={out}', '--configs=beta_a', '--seeds=0', '--quick',
+          '--override=num_epochs=100', f'--data_dir={data_dir}']
+  workdir = out / 'beta_a_s0'
+  first = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while not rundir.owner(str(workdir)):  # The run has started and written its pid.
+      assert first.poll() is None and time.time() < deadline, 'the run never started'
+      time.sleep(0.2)
+    child = int(rundir.owner(str(workdir)))
+    second = _run(*args, timeout=60)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert second.stdout == '' and second.stderr == (
+        f'error: sweep directory {out} is in use by process {first.pid} ({out}/.lock): '
+        'wait for it to end, or pass another --out\n')
+    run = sweep.plan(sweep.parser().parse_args(args[1:]))[0]
+    assert sweep.state_of(str(out), run) == 'running'
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  deadline = time.time() + 30
+  while _alive(child) or rundir.owner(str(workdir)) is not None:
+    assert time.time() < deadline, f'run process {child} outlived its launcher by 30 s'
+    time.sleep(0.2)
+  assert f'the launcher (process {first.pid}) ended' in (workdir / 'log.txt').read_text()
+  assert rundir.owner(str(out)) is None  # The next launcher may go on.
+
+
 def test_report_writes_the_figures(tiny_sweep, tmp_path):
   out, _ = tiny_sweep
   proc = _run('-m', 'smsdd_jax.report', f'--sweep={out}', f'--out={tmp_path / "fig"}',
@@ -185,6 +235,8 @@ def test_run_states(tmp_path):
     sweep.state_of(str(tmp_path), run)
   (workdir / 'sweep.json').write_text(json.dumps({'args': run['args']}))
   assert sweep.state_of(str(tmp_path), run) == 'partial'  # Rerun: main.py resumes.
+  with rundir.Claim(str(workdir)):  # As the process training it holds it.
+    assert sweep.state_of(str(tmp_path), run) == 'running'
   (workdir / 'eval.json').write_text('{}')
   assert sweep.state_of(str(tmp_path), run) == 'finished'
   (workdir / 'sweep.json').write_text(json.dumps({'args': run['args'][:1]}))
@@ -400,3 +452,88 @@ def test_dry_run_prints_the_floors_command(tmp_path, capsys):
                      '--dry_run', '--run_floors']) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 4 and 'launch/floors.py --model=all --kfold=3' in lines[-1]
+
+
+# ------------------------------------------------------------------ unreadable runs, defect types
+
+
+def _break_two_runs(hand_sweep):
+  """beta_c fold 1: eval.json cut short; fold 3: valid JSON without its test split."""
+  (hand_sweep / 'beta_c_s0_f1' / 'eval.json').write_text('{"step": 10, "val": {')
+  path = hand_sweep / 'beta_c_s0_f3' / 'eval.json'
+  ev = json.loads(path.read_text())
+  del ev['test']
+  path.write_text(json.dumps(ev))
+
+
+def test_aggregate_names_each_unreadable_run_and_tables_the_rest(hand_sweep, capsys):
+  _break_two_runs(hand_sweep)
+  assert sweep.main([f'--out={hand_sweep}', '--aggregate_only']) == 0
+  said = [line for line in capsys.readouterr().out.splitlines() if 'left out' in line]
+  assert len(said) == 2, said
+  assert 'left out beta_c_s0_f1: cannot read eval record' in said[0]
+  assert str(hand_sweep / 'beta_c_s0_f1' / 'eval.json') in said[0]
+  assert f'left out beta_c_s0_f3: {hand_sweep / "beta_c_s0_f3" / "eval.json"}: no ' \
+         '"test" entry' in said[1]
+  rows = report.read_csv(hand_sweep / 'results.csv')
+  assert sorted({r['run'] for r in rows}) == sorted(
+      [f'beta_a_s0_f{i}' for i in range(5)] + [f'beta_c_s0_f{i}' for i in (0, 2, 4)])
+  text = (hand_sweep / 'results.md').read_text()
+  assert '| beta_c | 0.01 | 3 |' in text
+  # How many, which and why, with the file relative to the sweep.
+  assert ('Unreadable (left out above, 2 runs): beta_c_s0_f1: cannot read eval record '
+          'beta_c_s0_f1/eval.json: ') in text
+  assert 'beta_c_s0_f3: beta_c_s0_f3/eval.json: no "test" entry (remove it and rerun' in text
+  assert str(hand_sweep) not in text
+
+
+def test_report_command_names_an_unreadable_run_and_draws_the_rest(hand_sweep, capsys):
+  _break_two_runs(hand_sweep)
+  assert report.main([f'--sweep={hand_sweep}', f'--out={hand_sweep / "fig"}']) == 1
+  out, err = capsys.readouterr()
+  assert len(out.strip().splitlines()) == 3  # The three PNGs, from the readable runs.
+  lines = err.strip().splitlines()
+  assert len(lines) == 2 and str(hand_sweep / 'beta_c_s0_f1' / 'eval.json') in lines[0]
+
+
+def _record_types(run_dir, by_type):
+  path = run_dir / 'eval.json'
+  path.write_text(json.dumps({**json.loads(path.read_text()),
+                              'recall_by_type': {'val': by_type, 'test': by_type}}))
+
+
+def test_recall_per_defect_type_in_the_tables_n_a_for_runs_made_before(hand_sweep):
+  crack = lambda found: {'defective': 4, 'detected': found, 'recall': found / 4}
+  _record_types(hand_sweep / 'beta_a_s0_f0', {'crack': crack(1), 'fray': crack(4)})
+  _record_types(hand_sweep / 'beta_a_s0_f1', {'crack': crack(3)})  # No fray in this fold.
+  text = report.markdown(report.rows(report.load_runs(str(hand_sweep))))
+  assert '## Where it fails: recall per defect type (test, %)' in text
+  # crack: 25% and 75%; fray: one run of the two that recorded types has some.
+  assert '| beta_a | 2/5 | 50.0 ± 35.4; 4/8 | 100.0 (n=1/2); 4/4 |' in text
+  assert '| beta_c | 0/5 | n/a | n/a |' in text  # Made before eval.json recorded types.
+  path = hand_sweep / 'results.csv'
+  report.write_csv(path, report.rows(report.load_runs(str(hand_sweep))))
+  cells = {(r['run'], r['split']): r['recall_by_type'] for r in report.read_csv(path)}
+  assert cells[('beta_a_s0_f0', 'test')] == 'crack 1/4; fray 4/4'
+  assert cells[('beta_a_s0_f1', 'test')] == 'crack 3/4'
+  assert cells[('beta_c_s0_f0', 'test')] == 'n/a'
+  # A sweep of runs all made before: said, no crash.
+  for run in ('beta_a_s0_f0', 'beta_a_s0_f1'):
+    _record_types(hand_sweep / run, None)
+  text = report.markdown(report.rows(report.load_runs(str(hand_sweep))))
+  assert 'n/a: no run here recorded it.' in text
+
+
+def test_compare_sweeps_names_a_broken_results_csv(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location('compare_sweeps',
+                                                REPO / 'launch' / 'compare_sweeps.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for name, auroc in (('a', '0.7'), ('b', 'oops')):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'results.csv').write_text(
+        'variant,seed,fold,split,auroc,balanced_accuracy\n'
+        f'beta_a,0,0,test,{auroc},0.6\n')
+  assert module.main([f'--base={tmp_path / "a"}', f'--other={tmp_path / "b"}']) == 2
+  err = capsys.readouterr().err
+  assert f'{tmp_path / "b" / "results.csv"} line 2: could not convert' in err

@@ -2,7 +2,11 @@
 import functools
 import json
 import os
+import pathlib
 import shutil
+import signal
+import subprocess
+import sys
 
 import chex
 import jax
@@ -17,7 +21,10 @@ from smsdd_jax import losses
 from smsdd_jax import metric_writers
 from smsdd_jax import models
 from smsdd_jax import metrics as metrics_lib
+from smsdd_jax import rundir
 from smsdd_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def two_step_config(config, epochs=1):
@@ -289,3 +296,123 @@ def test_after_a_kill_and_resume_metrics_jsonl_holds_each_step_once_in_order(
   assert [r['step'] for r in records if 'test/accuracy' in r] == [4]
   assert records[:3] == before[:3]  # Up to the checkpoint: kept as written.
   assert not [p for p in os.listdir(workdir) if '.tmp' in p]
+
+
+# ------------------------------------------------------------------ the workdir
+
+
+def _snapshot(directory):
+  """{name: (size, mtime, bytes)} of every file under `directory`."""
+  return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                          p.read_bytes())
+          for p in sorted(pathlib.Path(directory).rglob('*')) if p.is_file()}
+
+
+def test_a_claim_is_refused_while_its_owner_lives_and_freed_when_it_dies(tmp_path):
+  workdir = tmp_path / 'run'
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from smsdd_jax import rundir; '
+       'rundir.Claim(sys.argv[1]).__enter__(); print("held", flush=True); time.sleep(600)',
+       str(workdir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    assert rundir.owner(str(workdir)) == str(holder.pid)
+    with pytest.raises(rundir.WorkdirError) as refused:
+      with rundir.Claim(str(workdir)):
+        pass
+    assert str(refused.value) == (
+        f'workdir {workdir} is in use by process {holder.pid} ({workdir}/.lock): wait for '
+        'it to end, or pass another --workdir')
+  finally:
+    holder.send_signal(signal.SIGKILL)  # No handler, no clean-up: the kernel frees it.
+    holder.wait()
+  assert rundir.owner(str(workdir)) is None
+  with rundir.Claim(str(workdir)) as claim:  # Its stale .lock file is no obstacle.
+    assert not claim.created and rundir.owner(str(workdir)) == str(os.getpid())
+  assert os.listdir(workdir) == []  # The lock file goes with the claim.
+
+
+def test_a_second_training_on_a_busy_workdir_is_refused_touching_nothing(
+    quick_config, tmp_path):
+  workdir = tmp_path / 'run'
+  with rundir.Claim(str(workdir)):  # As a training process holds it.
+    (workdir / 'metrics.jsonl').write_text('{"step": 1, "train/loss": 0.7}\n')
+    before = _snapshot(workdir)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'smsdd_jax.main', '--config=configs/beta_c.py:quick',
+         f'--workdir={workdir}', f'--config.data.data_dir={quick_config.data.data_dir}'],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+    assert _snapshot(workdir) == before
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error')]
+  assert errors == [f'error: workdir {workdir} is in use by process {os.getpid()} '
+                    f'({workdir}/.lock): wait for it to end, or pass another --workdir']
+  assert proc.stderr.endswith(errors[0] + '\n') and 'Traceback' not in proc.stderr
+
+
+def test_a_workdir_that_is_a_file_is_one_line(quick_config, tmp_path):
+  path = tmp_path / 'run'
+  path.write_text('mine')
+  with pytest.raises(rundir.WorkdirError) as refused:
+    train.train_and_evaluate(quick_config, str(path))
+  assert str(refused.value) == (f'workdir {path} is a file, not a directory; pass another '
+                                '--workdir (or move the file)')
+  with pytest.raises(rundir.WorkdirError) as refused:
+    train.train_and_evaluate(quick_config, str(path / 'run'))
+  assert str(refused.value) == (f'cannot create workdir {path / "run"}: {path} is a file, '
+                                'not a directory; pass another --workdir (or move the file)')
+  assert path.read_text() == 'mine'
+
+
+def test_a_workdir_where_nothing_can_be_written_is_one_line(quick_config):
+  """sysfs takes no new file or folder, not even from root (which any
+  chmod-ed folder would let through): the closest to a read-only disk that
+  every Linux machine has."""
+  with open('/proc/mounts', encoding='utf-8') as f:
+    if not any(line.split()[1:3] == ['/sys', 'sysfs'] for line in f):
+      pytest.skip('no sysfs mounted at /sys: no location that refuses writes')
+  with pytest.raises(rundir.WorkdirError) as refused:
+    train.train_and_evaluate(quick_config, '/sys/kernel/smsdd_run')
+  assert str(refused.value) == ('cannot create workdir /sys/kernel/smsdd_run: Operation '
+                                'not permitted; pass another --workdir')
+  with pytest.raises(rundir.WorkdirError) as refused:
+    train.train_and_evaluate(quick_config, '/sys/kernel')
+  assert str(refused.value) == ('cannot write in workdir /sys/kernel: Permission denied '
+                                '(/sys/kernel/.lock); pass another --workdir')
+
+
+def _refuse(config, tmp_path, refusal):
+  """Sets `config` up for a refusal before training; returns what it says."""
+  if refusal == 'fold':
+    config.data.kfold, config.data.fold = 5, 5
+    return 'config.data.kfold/fold'
+  init = tmp_path / refusal
+  config.model.init = str(init)
+  if refusal == 'junk_file':
+    init.write_bytes(b'not a weights file')
+    return 'unknown format'
+  init.mkdir()
+  if refusal == 'run_dir':
+    (init / 'config.json').write_text('{}')
+    return (f'config.model.init={init}: a training run directory, not a weights file: '
+            'expected an ImageNet VGG16 weights file (.pth state dict, .safetensors or '
+            f'Keras .h5); to continue that run, rerun its command with --workdir={init} '
+            'and no model.init')
+  return (f'config.model.init={init}: a directory, not a file: expected an ImageNet '
+          'VGG16 weights file (.pth state dict, .safetensors or Keras .h5)')
+
+
+@pytest.mark.parametrize('refusal', ['fold', 'junk_file', 'weights_dir', 'run_dir'])
+def test_a_run_refused_before_training_leaves_no_workdir_behind(quick_config, tmp_path,
+                                                               refusal):
+  want = _refuse(quick_config, tmp_path, refusal)
+  theirs = tmp_path / 'theirs'  # A workdir this run did not make: it stays as it was.
+  theirs.mkdir()
+  (theirs / 'notes.txt').write_text('keep me')
+  for workdir in (tmp_path / 'new' / 'run', theirs):
+    with pytest.raises(ValueError) as refused:
+      train.train_and_evaluate(quick_config, str(workdir))
+    assert want in str(refused.value) and '\n' not in str(refused.value)
+  assert not (tmp_path / 'new' / 'run').exists()
+  assert os.listdir(theirs) == ['notes.txt']
