@@ -56,6 +56,12 @@ def get_config(arg=None):
   config.data.defective_fraction = 0.5  # Share of defective images among sampled images.
   config.data.normalize = 'fixed'  # 'fixed' ([0,255] -> [-1,1]) | 'train_stats'.
   config.data.cache = True  # Keep decoded examples in memory (the sets are small).
+  # Where examples come from: 'tfds' (the TFDS build, read with tf.data) or
+  # 'export' (export_path: one file written by `python -m
+  # smsdd_jax.dataset_export` from that build, read in numpy without
+  # TensorFlow: smsdd_jax/numpy_pipeline.py; same pairs rules and splits).
+  config.data.source = 'tfds'
+  config.data.export_path = ''  # The export's .npz, with source 'export'.
 
   config.model = ml_collections.ConfigDict()
   config.model.width_mult = 1.0  # 1.0 = the paper's VGG16 (64..512 channels).

@@ -8,7 +8,9 @@
 The splits are those of smsdd_jax.main with the same data settings
 (configs/default.py's config.data with these overrides; --set KEY=VALUE sets
 any other config.data field), read through input_pipeline.prepare and
-split_names, fold by fold (--fold=all: every fold of --kfold). Models:
+split_names, fold by fold (--fold=all: every fold of --kfold); with
+--set=source=export --set=export_path=PATH from a dataset export, without
+TensorFlow (smsdd_jax/dataset_export.py). Models:
 
   pixel    ridge regression (y = +-1, lambda --ridge) on --size grey pixels
            (area interpolation): is there signal a linear look at the image finds?
@@ -51,7 +53,8 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from configs import default  # pylint: disable=wrong-import-position
-from smsdd_jax import input_pipeline, metrics, rundir  # pylint: disable=wrong-import-position
+from smsdd_jax import dataset_export, input_pipeline  # pylint: disable=wrong-import-position
+from smsdd_jax import metrics, rundir  # pylint: disable=wrong-import-position
 
 MODELS = ('pixel', 'anomaly', 'hog', 'boosted')
 FEATURES_OF = {'boosted': 'anomaly'}  # Models reading another model's features.
@@ -358,6 +361,11 @@ def fit_predict(model: str, feats: dict, labels: dict, ridge: float) -> tuple[di
 
 
 def load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 RGB images and labels of a split: of a TFDS build, or of a dataset
+  export (--set=source=export --set=export_path=PATH; no TensorFlow then)."""
+  if isinstance(builder, dataset_export.ExportedDataset):
+    index = builder.indices(split)
+    return builder.rgb(index), builder.labels[index].astype(np.int64)
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   images, labels = [], []
   for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):

@@ -1,8 +1,12 @@
-"""tf.data input: balanced training pairs and single-image eval batches.
+"""Input: balanced training pairs and single-image eval batches.
 
 Data comes from a TFDS builder (`config.data.name`), whose examples carry an
 `image` (the rectified screen ROI, uint8 RGB) and a `label` (0 good,
-1 defective).
+1 defective), read with tf.data: `config.data.source='tfds'`, the default.
+With `config.data.source='export'` it comes from a file written by
+`python -m smsdd_jax.dataset_export` (`config.data.export_path`) and is read
+by numpy_pipeline.py with the same rules and no TensorFlow: the functions
+below hand an export there, so callers never ask which source they read.
 
 Pair sampling rule (training). Two independent image streams A and B are
 drawn; each picks a defective image with probability
@@ -17,23 +21,61 @@ An epoch is `len(train split) // (2 * batch_size)` steps: as many images as
 the split holds. The stream is one seeded, deterministic sequence; resuming at
 step s skips its first s batches, so a resumed run sees the same data.
 
-TensorFlow here is only an input library: it is kept off any GPU.
+TensorFlow here is only an input library: it is imported on first use (an
+export never loads it) and kept off any GPU.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from smsdd_jax import dataset_export
 from smsdd_jax import preprocess
 
-# Keep TF away from accelerators: JAX owns them (big_vision does the same).
-tf.config.set_visible_devices([], 'GPU')
+SOURCES = ('tfds', 'export')  # config.data.source.
+
+
+class _LazyModule:
+  """A module imported on first attribute use: the tf.data code below loads
+  TensorFlow, a run on an export (numpy_pipeline) never does."""
+
+  def __init__(self, name: str):
+    self._name, self._module = name, None
+
+  def __getattr__(self, attr: str):
+    if self._module is None:
+      load_tensorflow()
+      self._module = importlib.import_module(self._name)
+    return getattr(self._module, attr)
+
+
+tf = _LazyModule('tensorflow')
+tfds = _LazyModule('tensorflow_datasets')
+_tf_loaded = False
+
+
+def load_tensorflow() -> None:
+  """Imports TensorFlow once and keeps it away from accelerators: JAX owns
+  them (big_vision does the same)."""
+  global _tf_loaded
+  if not _tf_loaded:
+    importlib.import_module('tensorflow').config.set_visible_devices([], 'GPU')
+    _tf_loaded = True
 
 GOOD, DEFECTIVE = 0, 1
+
+
+def _export(builder) -> bool:
+  """True when `builder` is a dataset export (numpy_pipeline reads it)."""
+  return isinstance(builder, dataset_export.ExportedDataset)
+
+
+def _numpy_pipeline():
+  from smsdd_jax import numpy_pipeline  # pylint: disable=import-outside-toplevel
+  return numpy_pipeline
 
 
 # Normalisation: (pixel - mean) / std per RGB channel, pixels in [0, 255].
@@ -64,6 +106,8 @@ normalize_np = preprocess.normalize  # The numpy twin of `preprocess` above.
 def compute_stats(builder, data_config) -> dict:
   """Per-channel mean/std: fixed, or measured on the training split only
   (never validation or test, which would leak them into training)."""
+  if _export(builder):
+    return _numpy_pipeline().compute_stats(builder, data_config)
   if data_config.normalize == 'fixed':
     return FIXED_STATS
   if data_config.normalize != 'train_stats':
@@ -82,9 +126,16 @@ def compute_stats(builder, data_config) -> dict:
   return {'mean': mean.tolist(), 'std': std.tolist()}
 
 
-def prepare(data_config) -> tfds.core.DatasetBuilder:
-  """Builds (once per source and preprocessing) and returns the builder:
-  see `smsdd_jax.datasets.builder`."""
+def prepare(data_config):
+  """Builds (once per source and preprocessing) and returns the builder
+  (`smsdd_jax.datasets.builder`), or with source 'export' the export it
+  names, checked against config.data (numpy_pipeline.prepare)."""
+  source = data_config.get('source', 'tfds')
+  if source not in SOURCES:
+    raise ValueError(f'config.data.source={source!r}: expected one of {SOURCES}')
+  if source == 'export':
+    return _numpy_pipeline().prepare(data_config)
+  load_tensorflow()
   from smsdd_jax import datasets  # pylint: disable=import-outside-toplevel
   builder = datasets.builder(data_config)
   check_image_size(builder, data_config)
@@ -113,11 +164,34 @@ class SplitInfo:
 
 def split_info(builder, split: str) -> SplitInfo:
   """Example counts per class (one pass over the labels only)."""
+  if _export(builder):
+    return _numpy_pipeline().split_info(builder, split)
   ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
   labels = np.fromiter((ex['label'] for ex in tfds.as_numpy(ds.map(
       lambda ex: {'label': ex['label']}))), dtype=np.int64)
   return SplitInfo(len(labels), int((labels == GOOD).sum()),
                    int((labels == DEFECTIVE).sum()))
+
+
+def defect_types(builder, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """(labels, defect type names) of every example of `split`, in the order
+  eval_batches gives them (no image decoded); None when the builder has no
+  `defect_type` feature."""
+  if _export(builder):
+    return _numpy_pipeline().defect_types(builder, split)
+  features = builder.info.features
+  if 'defect_type' not in features:
+    return None
+  skip = {k: tfds.decode.SkipDecoding() for k, f in features.items()
+          if isinstance(f, tfds.features.Image)}
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=skip).map(
+      lambda ex: {'label': ex['label'], 'defect_type': ex['defect_type']})
+  rows = list(tfds.as_numpy(ds))
+  names = getattr(features['defect_type'], 'names', None)  # ClassLabel; Text has none.
+  types = [names[r['defect_type']] if names else r['defect_type'].decode('utf-8')
+           for r in rows]
+  return (np.asarray([r['label'] for r in rows], np.int64),
+          np.asarray(types, dtype=str))
 
 
 def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
@@ -171,6 +245,9 @@ def train_pairs(builder, config, *, stats: dict = FIXED_STATS, start_step: int =
   only and yields batch_size // n pairs: this process's part of the global
   batch.
   """
+  if _export(builder):
+    return _numpy_pipeline().train_pairs(builder, config, stats=stats,
+                                         start_step=start_step, shard=shard)
   index, count = shard
   data_config = config.data
   if not 0.0 < data_config.defective_fraction < 1.0:
@@ -203,6 +280,9 @@ def eval_batches(builder, split: str, config, *,
   The last batch is padded to `config.eval_batch_size` (so the jitted eval
   step sees one shape) and `mask` is 1.0 for real examples, 0.0 for padding.
   """
+  if _export(builder):
+    yield from _numpy_pipeline().eval_batches(builder, split, config, stats=stats)
+    return
   size = config.eval_batch_size
   ds = _images(builder, split, config.data, stats, cache=False).batch(size)
   for batch in tfds.as_numpy(ds.prefetch(2)):

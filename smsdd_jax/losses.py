@@ -24,7 +24,6 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import optax
 
 LossContext = Mapping[str, jax.Array]
 LossTerm = Callable[[LossContext, object], jax.Array]
@@ -58,7 +57,17 @@ def contrastive_loss(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, *,
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Softmax cross-entropy with integer labels, mean over examples (eq. 3)."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - pick(logits, labels))
+
+
+def pick(values: jax.Array, labels: jax.Array) -> jax.Array:
+  """values[i, labels[i]], as a one-hot contraction: exactly the picked value
+  (the others add 0 x a finite number), and its gradient is no scatter, which
+  jax 0.11 refuses to shard on the train step's explicit mesh (the batch
+  split over 'data'; take_along_axis, as optax's integer-label cross-entropy
+  uses, fails there)."""
+  return jnp.sum(values * jax.nn.one_hot(labels, values.shape[-1], dtype=values.dtype),
+                 axis=-1)
 
 
 def focal_loss(logits: jax.Array, labels: jax.Array, *, gamma: float) -> jax.Array:
@@ -67,7 +76,7 @@ def focal_loss(logits: jax.Array, labels: jax.Array, *, gamma: float) -> jax.Arr
   Down-weights easy examples, a common remedy for a rare defective class.
   """
   log_p = jax.nn.log_softmax(logits)
-  log_pt = jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+  log_pt = pick(log_p, labels)
   return jnp.mean(-jnp.power(1.0 - jnp.exp(log_pt), gamma) * log_pt)
 
 

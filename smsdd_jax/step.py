@@ -46,7 +46,10 @@ def learning_rate(opt_config, total_steps: int | None = None):
   if opt_config.schedule != 'warmup_cosine':
     raise ValueError(f'config.optimizer.schedule={opt_config.schedule!r}: expected one '
                      f'of {SCHEDULES}')
-  total = max(int(total_steps or 0), 1)
+  # At least 2 steps, so that the cosine part is never empty: without a
+  # length (inference's restore target, whose values nothing reads) or for a
+  # 1-step run, optax refuses a decay over 0 steps.
+  total = max(int(total_steps or 0), 2)
   warmup = min(int(opt_config.warmup_steps), total - 1)
   return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 0) or 1, total)
 

@@ -8,8 +8,8 @@ threshold on validation by `config.eval.threshold_rule` and evaluates test at
 it. It writes to workdir: config.json (with package versions), metrics.jsonl,
 TensorBoard events and Orbax checkpoints under checkpoints/, from which a
 rerun resumes; at the end threshold.json, eval.json (val and test metrics at
-that threshold) and eval_val.npz / eval_test.npz (per-example prob, label,
-embedding).
+that threshold, and the recall per defect type) and eval_val.npz /
+eval_test.npz (per-example prob, label, embedding, defect type).
 
 It also watches the model's health (health.py): a constant, dead or stalled
 model is logged as a WARNING line when it sets in, and eval.json's "health"
@@ -314,20 +314,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics written ({'val/accuracy': ..., 'test/accuracy': ...}).
 
   Resumes from workdir's latest checkpoint. Ctrl-C saves the current step
-  before it exits (KeyboardInterrupt is re-raised)."""
+  before it exits (KeyboardInterrupt is re-raised).
+
+  Process 0 owns workdir while it runs (rundir.Claim): a second training on
+  it is refused (rundir.WorkdirError) before writing anything, and a run
+  refused before its first step removes the workdir it created."""
   validate_config(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  run = Run(config, workdir)
-  try:
-    state = run.initial_state()  # Refuses a mismatching checkpoint first...
-    write_run_info(config, workdir)  # ...so config.json still describes it.
-    logging.info('train split: %s; %d steps/epoch, %d steps; params %d; start at %d',
-                 run.train_info, run.steps_per_epoch, run.total_steps,
-                 models.count_params(state.params), int(state.step))
-    return _train_loop(run, state)
-  finally:
-    run.close()
+  with rundir.Claim(workdir, lock=jax.process_index() == 0) as claim:
+    run = Run(config, workdir)
+    try:
+      state = run.initial_state()  # Refuses a mismatching checkpoint first...
+      write_run_info(config, workdir)  # ...so config.json still describes it.
+      logging.info('train split: %s; %d steps/epoch, %d steps; params %d; start at %d',
+                   run.train_info, run.steps_per_epoch, run.total_steps,
+                   models.count_params(state.params), int(state.step))
+      claim.keep()
+      return _train_loop(run, state)
+    finally:
+      run.close()
 
 
 def _train_loop(run: Run, state: TrainState) -> dict:
@@ -432,8 +437,10 @@ def final_evaluation(run: Run, state: TrainState,
   Writes (process 0) threshold.json (read by inference.Predictor), eval.json
   ({'step', 'checkpoint', 'threshold', 'threshold_rule', 'val': {...},
   'test': {...}, 'undefined': {'test/precision': why, ...}, 'health':
-  {'status', 'reasons'}}; undefined metrics are null) and eval_val.npz /
-  eval_test.npz (prob, label, embedding). Returns the test metrics
+  {'status', 'reasons'}, 'recall_by_type': {'val': {type: {'defective',
+  'detected', 'recall'}}, 'test': ...}}; undefined metrics are null; no
+  recall_by_type for a dataset without defect types) and eval_val.npz /
+  eval_test.npz (prob, label, embedding, defect_type). Returns the test metrics
   ({'test/accuracy': ..., 'test/threshold': ...}) and the health report of the
   training history (`monitor`) plus the evaluated outputs."""
   cfg = run.config.eval
@@ -456,6 +463,15 @@ def final_evaluation(run: Run, state: TrainState,
                'val escape %.4f overkill %.4f', threshold, cfg.threshold_rule, which, step,
                val_m['escape_rate'], val_m['overkill_rate'])
   report = (monitor or health.Monitor()).diagnose({'val': val_m, 'test': test_m}, step)
+  types = {name: _defect_types(run, name, arrays['label'])
+           for name, arrays in (('val', val), ('test', test))}
+  by_type = {name: metrics_lib.recall_by_type(arrays['label'], arrays['prob'], types[name],
+                                              threshold)
+             for name, arrays in (('val', val), ('test', test)) if types[name] is not None}
+  if by_type.get('test'):
+    logging.info('test recall by defect type at threshold %.4g: %s', threshold, ', '.join(
+        f'{t} {r["recall"]:.3f} ({r["detected"]}/{r["defective"]})'
+        for t, r in by_type['test'].items()))
   if jax.process_index() == 0:
     base = {'threshold': threshold, 'threshold_rule': cfg.threshold_rule,
             'max_escape_rate': cfg.max_escape_rate, 'checkpoint': which, 'step': step}
@@ -463,18 +479,33 @@ def final_evaluation(run: Run, state: TrainState,
                {**base, 'val': metrics_lib.nan_to_none(
                    metrics_lib.threshold_report(val['label'], val['prob'], threshold))})
     for name, arrays in (('val', val), ('test', test)):
+      extra = {} if types[name] is None else {'defect_type': types[name]}
       rundir.write_npz(os.path.join(run.workdir, rundir.eval_npz(name)), step=step,
                        threshold=threshold, prob=arrays['prob'], label=arrays['label'],
-                       embedding=arrays['embedding'])
+                       embedding=arrays['embedding'], **extra)
     undefined = {f'{name}/{k}': why for name, m in (('val', val_m), ('test', test_m))
                  for k, why in metrics_lib.undefined_reasons(m).items()}
     # Last: a finished eval.json marks a finished run (launch/sweep.py).
     write_json(os.path.join(run.workdir, rundir.EVAL),
                {**base, 'val': metrics_lib.nan_to_none(val_m),
                 'test': metrics_lib.nan_to_none(test_m), 'undefined': undefined,
-                'health': report})
+                'health': report, **({'recall_by_type': by_type} if by_type else {})})
   return {**{f'test/{k}': v for k, v in test_m.items()},
           'test/checkpoint_step': step}, report
+
+
+def _defect_types(run: Run, prefix: str, labels: np.ndarray) -> np.ndarray | None:
+  """The defect type of each example predict_split gave for split 'val' or
+  'test', or None (the builder has none, or its order did not match the
+  labels: a per-type recall would then be wrong, not just missing)."""
+  found = input_pipeline.defect_types(run.builder, run.splits[prefix])
+  if found is None:
+    return None
+  if not np.array_equal(found[0], labels):
+    logging.warning('%s: defect types read in another order than the predictions; '
+                    'no recall per defect type', prefix)
+    return None
+  return found[1]
 
 
 class _DeferredInterrupt:

@@ -70,3 +70,33 @@ def trained_run(tmp_path_factory, data_dir) -> str:
   config.checkpoint.every_steps = 1
   train.train_and_evaluate(config, str(workdir))
   return str(workdir)
+
+
+def _write_crops(root: pathlib.Path) -> pathlib.Path:
+  """50 distinct small gray crops: 30 good, 10 'scratch' and 10 'oil'."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  for folder, n in (('good', 30), ('scratch', 10), ('oil', 10)):
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+      small = rng.integers(0, 255, (5, 9), dtype=np.uint8)
+      cv2.imwrite(str(root / folder / f'{folder}{i}.png'),
+                  cv2.resize(small, (60, 30), interpolation=cv2.INTER_CUBIC))
+  return root
+
+
+@pytest.fixture(scope='session')
+def crops_data(tmp_path_factory):
+  """config.data of a tiny built image_folder set (gray crops, grouped
+  5-fold, no near-duplicate grouping) and the path of its dataset export."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import dataset_export, input_pipeline  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp('crops')
+  d = default.get_config('quick').data
+  d.name, d.builder_config, d.near_dup_threshold = 'image_folder', 'none', -1
+  d.manual_dir = str(_write_crops(root / 'images'))
+  d.data_dir, d.kfold, d.fold = str(root / 'tfds'), 5, 0
+  path = str(root / 'crops.npz')
+  dataset_export.write(input_pipeline.prepare(d), d, path)
+  return d, path

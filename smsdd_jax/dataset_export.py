@@ -1,0 +1,393 @@
+"""A built dataset as one file that trains without TensorFlow.
+
+  python -m smsdd_jax.dataset_export --data=msd_screens \
+      --manual_dir=../shared/data/msd_screens [--set=KEY=VALUE ...] [--out=PATH]
+
+builds (or reuses) the TFDS dataset a run with these `config.data` settings
+reads, exactly as `python -m smsdd_jax.main` would, and writes every example
+of it once into one file, by default `exports/<name>_<height>x<width>.npz`.
+A run reads that file with `--config.data.source=export
+--config.data.export_path=PATH` (smsdd_jax/numpy_pipeline.py: the same pairs
+and eval batches, in numpy) and then imports no TensorFlow: what a machine
+without TensorFlow (the GPU machine) needs. Writing needs TensorFlow (it reads
+the TFDS build); `load` needs numpy and OpenCV only.
+
+The file is a plain .npz (read with allow_pickle=False):
+
+  png, png_offsets  every example's image once, PNG-encoded (lossless): the
+                    build's model inputs; one channel when every image of the
+                    set is gray (R = G = B, e.g. magnetic tiles: a third of
+                    the bytes), else RGB. Example i is png[offsets[i]:offsets[i+1]].
+  label             int64, 0 good / 1 defective
+  defect_type       str ('' where the build has no defect types)
+  file_name         str ('' where the build has no file names)
+  group             int64 near-duplicate group (-1 where the build has none)
+  split/<name>      int64 indices of every TFDS split's examples (train,
+                    validation, test, fold_0, ...) in the order TFDS reads them,
+                    and of each k-fold training split ('fold_1+fold_2+fold_3'):
+                    TFDS interleaves the pieces of such a split as it reads them
+  meta              JSON: format, dataset, config, version, image size, the
+                    channels stored, the build's metadata (dataset card,
+                    preprocessing, source fingerprint), the config.data it was
+                    made with and the sha256 of the arrays above
+
+An example in several splits (train and fold_3) is stored once.
+
+Why not TFDS' array_record files read by Grain: neither package is on the GPU
+machine (they would travel as wheels with their own dependencies), a TFDS
+build stores each example once per split it is in (magnetic_tile: 114 MB,
+past what travels), and the pair rule (two class-conditional streams, each
+class reshuffled per pass) is this project's own code under any reader.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import hashlib
+import json
+import os
+import sys
+import types
+from typing import Optional
+
+import cv2
+import numpy as np
+
+FORMAT = 'smsdd_jax.dataset_export/1'
+DEFAULT_DIR = 'exports'
+_ARRAYS = ('png', 'png_offsets', 'label', 'defect_type', 'file_name', 'group')
+
+
+# ------------------------------------------------------------------ reading
+
+
+class ExportedDataset:
+  """A loaded export: decoded uint8 images and their labels, splits, meta.
+
+  `name`, `version`, `builder_config.name` and `info.metadata` are the parts
+  of a TFDS builder a run reads besides the data (train writes them into
+  preprocessing.json), so a run records the same build on either source."""
+
+  def __init__(self, path: str, arrays: dict, meta: dict, images: np.ndarray):
+    self.path, self.meta, self.images = path, meta, images
+    self.labels = arrays['label']
+    self.defect_types = arrays['defect_type']
+    self.file_names = arrays['file_name']
+    self.groups = arrays['group']
+    self.splits = {k.removeprefix('split/'): v for k, v in arrays.items()
+                   if k.startswith('split/')}
+    self._normalized = (None, None, None)  # (stats key, images, means): the last asked for.
+    self.name = meta['name']
+    self.version = meta['version']
+    self.builder_config = types.SimpleNamespace(name=meta['config'])
+    self.info = types.SimpleNamespace(metadata=meta['metadata'])
+
+  @property
+  def image_size(self) -> tuple[int, int]:
+    return tuple(self.meta['image_size'])
+
+  @property
+  def has_defect_types(self) -> bool:
+    return bool(self.meta['has_defect_types'])
+
+  def indices(self, split: str) -> np.ndarray:
+    """Example indices of a TFDS split string ('fold_1+fold_2'), in TFDS'
+    reading order where the export recorded it (every split and k-fold
+    training split), else the pieces one after another."""
+    if split in self.splits:
+      return self.splits[split]
+    parts = [p.strip() for p in split.split('+')]
+    missing = [p for p in parts if p not in self.splits]
+    if missing:
+      raise ValueError(f'{self.path}: no split {missing[0]!r} in this export (it has '
+                       f'{", ".join(sorted(self.splits))})')
+    return np.concatenate([self.splits[p] for p in parts])
+
+  def rgb(self, index: np.ndarray) -> np.ndarray:
+    """uint8 (n, H, W, 3) images: a gray export replicated to RGB, as the
+    build stores them."""
+    images = self.images[index]
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+  def normalized(self, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Every image as the model sees it, float32 (n, H, W, 3)
+    (preprocess.normalize with `stats`), and each one's channel means,
+    (n, 1, 1, 3). Kept for the next call with the same stats: the runs of one
+    process on one export share them."""
+    key = json.dumps({k: list(map(float, stats[k])) for k in ('mean', 'std')})
+    if self._normalized[0] != key:
+      from smsdd_jax import preprocess  # pylint: disable=import-outside-toplevel
+      self._normalized = (None, None, None)  # Frees the old arrays first.
+      images = preprocess.normalize(self.images, stats)
+      self._normalized = (key, images, images.mean(axis=(1, 2), keepdims=True))
+    return self._normalized[1], self._normalized[2]
+
+  def describe(self) -> str:
+    n = len(self.labels)
+    h, w = self.image_size
+    return (f'{self.name}/{self.builder_config.name} {self.version}: {n} examples '
+            f'({int(self.labels.sum())} defective), {h}x{w}, '
+            f'{self.images.shape[-1]} channel(s) stored, splits '
+            f'{", ".join(sorted(k for k in self.splits if "+" not in k))}')
+
+
+def _open(path: str):
+  if not path:
+    raise ValueError('config.data.export_path is empty: name a file written by '
+                     'python -m smsdd_jax.dataset_export')
+  if not os.path.isfile(path):
+    raise ValueError(f'config.data.export_path={path!r}: no such file (write it with '
+                     'python -m smsdd_jax.dataset_export)')
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path}: not a dataset export ({e})') from None
+
+
+def _read_meta(path: str, data) -> dict:
+  if 'meta' not in data.files:
+    raise ValueError(f'{path}: not a dataset export (no "meta" entry)')
+  meta = json.loads(str(data['meta']))
+  if meta.get('format') != FORMAT:
+    raise ValueError(f'{path}: format {meta.get("format")!r}, this code reads {FORMAT!r}')
+  return meta
+
+
+def _decode(png: np.ndarray, offsets: np.ndarray, meta: dict, path: str) -> np.ndarray:
+  """Every image, (n, H, W, channels stored) uint8."""
+  h, w = meta['image_size']
+  c = int(meta['stored_channels'])
+  images = np.empty((len(offsets) - 1, h, w, c), np.uint8)
+  for i in range(len(images)):
+    image = cv2.imdecode(png[offsets[i]:offsets[i + 1]], cv2.IMREAD_UNCHANGED)
+    if image is None:
+      raise ValueError(f'{path}: image {i} does not decode')
+    image = image.reshape(image.shape[0], image.shape[1], -1)
+    if image.shape != (h, w, c):
+      raise ValueError(f'{path}: image {i} is {image.shape}, expected {(h, w, c)}')
+    images[i] = image if c == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+  return images
+
+
+def digest(arrays: dict) -> str:
+  """sha256 over the named arrays' bytes and the split arrays, in a fixed order."""
+  h = hashlib.sha256()
+  for key in sorted(arrays):
+    value = np.ascontiguousarray(arrays[key])
+    h.update(key.encode() + b'\0' + str(value.dtype).encode() + b'\0')
+    h.update(value.tobytes())
+  return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> ExportedDataset:
+  del mtime_ns, size  # Cache keys: a rewritten file is read again.
+  with _open(path) as data:
+    meta = _read_meta(path, data)
+    arrays = {k: data[k] for k in data.files if k != 'meta'}
+  missing = [k for k in _ARRAYS if k not in arrays]
+  if missing:
+    raise ValueError(f'{path}: not a dataset export (no {missing[0]!r} array)')
+  if digest(arrays) != meta['sha256']:
+    raise ValueError(f'{path}: contents do not match the sha256 recorded when it was '
+                     'written (a damaged or edited file): export it again')
+  images = _decode(arrays['png'], arrays['png_offsets'], meta, path)
+  return ExportedDataset(path, arrays, meta, images)
+
+
+def load(path: str) -> ExportedDataset:
+  """Reads (once per file version and process: runs of one process share it)
+  an export; ValueError in one line naming the file when it is not one."""
+  if not path or not os.path.isfile(path):
+    _open(path)  # Raises its one-line error.
+  st = os.stat(path)
+  return _load_cached(os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _json_safe(value):
+  """Builder metadata -> plain JSON types (numpy scalars and arrays too)."""
+  if isinstance(value, dict):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, bytes):
+    return value.decode('utf-8', 'replace')
+  return value
+
+
+def _png(image: np.ndarray) -> bytes:
+  if image.shape[-1] == 3:
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+  ok, buf = cv2.imencode('.png', np.ascontiguousarray(image), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+  if not ok:
+    raise ValueError('PNG encoding failed')
+  return buf.tobytes()
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def kfold_train_splits(split_names) -> list[str]:
+  """The training split strings of every fold of the builder's k-fold
+  splits (fold_0 ... fold_{k-1}), as a k-fold run asks for them."""
+  from smsdd_jax.datasets import splits  # pylint: disable=import-outside-toplevel
+  k = sum(name.startswith('fold_') for name in split_names)
+  if k < 3 or set(splits.kfold_split_names(k)) - set(split_names):
+    return []
+  return [splits.kfold_splits(k, i)['train'] for i in range(k)]
+
+
+def _read_build(builder) -> tuple[list[dict], dict[str, list[int]]]:
+  """Every example of every split once (keyed by file name, label and
+  pixels) and each split's example indices in reading order, k-fold
+  training splits included."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  features = builder.info.features
+  type_names = getattr(features['defect_type'], 'names', None) \
+      if 'defect_type' in features else None
+  examples, index_of, splits = [], {}, {}
+  for split in sorted(builder.info.splits.keys()):
+    order = []
+    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+      image = np.asarray(ex['image'], np.uint8)
+      defect = ''
+      if 'defect_type' in ex:
+        defect = type_names[int(ex['defect_type'])] if type_names else _text(ex['defect_type'])
+      row = {'image': image, 'label': int(ex['label']), 'defect_type': defect,
+             'file_name': _text(ex.get('file_name', b'')), 'group': int(ex.get('group', -1))}
+      key = (row['file_name'], row['label'], hashlib.sha256(image.tobytes()).hexdigest())
+      if key not in index_of:
+        index_of[key] = len(examples)
+        examples.append(row)
+      order.append(index_of[key])
+    splits[split] = order
+  by_name = {ex['file_name']: i for i, ex in enumerate(examples)}
+  combined = kfold_train_splits(splits)
+  if combined and (len(by_name) != len(examples) or '' in by_name):
+    raise ValueError(f'{builder.name}: k-fold splits need unique file names to export')
+  for split in combined:
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    splits[split] = [by_name[_text(ex['file_name'])] for ex in tfds.as_numpy(ds.map(
+        lambda ex: {'file_name': ex['file_name']}))]
+  return examples, splits
+
+
+def to_arrays(examples: list[dict], splits: dict[str, list[int]]) -> tuple[dict, int]:
+  """The file's arrays (module doc) and the channels stored."""
+  gray = all(np.array_equal(ex['image'][..., :1].repeat(3, -1), ex['image'])
+             for ex in examples)
+  blobs = [_png(ex['image'][..., :1] if gray else ex['image']) for ex in examples]
+  offsets = np.zeros(len(blobs) + 1, np.int64)
+  offsets[1:] = np.cumsum([len(b) for b in blobs])
+  arrays = {'png': np.frombuffer(b''.join(blobs), np.uint8), 'png_offsets': offsets,
+            'label': np.asarray([ex['label'] for ex in examples], np.int64),
+            'defect_type': np.asarray([ex['defect_type'] for ex in examples], str),
+            'file_name': np.asarray([ex['file_name'] for ex in examples], str),
+            'group': np.asarray([ex['group'] for ex in examples], np.int64)}
+  for name, order in splits.items():
+    arrays[f'split/{name}'] = np.asarray(order, np.int64)
+  return arrays, 1 if gray else 3
+
+
+def write(builder, data_config, path: str) -> ExportedDataset:
+  """Writes the export of a built TFDS dataset (atomically) and returns it
+  as `load` reads it back."""
+  from smsdd_jax import rundir  # pylint: disable=import-outside-toplevel
+  examples, splits = _read_build(builder)
+  if not examples:
+    raise ValueError(f'{builder.name}: the build holds no examples')
+  arrays, channels = to_arrays(examples, splits)
+  features = builder.info.features
+  meta = {
+      'format': FORMAT, 'name': builder.name, 'config': builder.builder_config.name,
+      'version': str(builder.version),
+      'image_size': [int(v) for v in examples[0]['image'].shape[:2]],
+      'stored_channels': channels, 'has_defect_types': 'defect_type' in features,
+      'num_examples': len(examples), 'split_sizes': {k: len(v) for k, v in splits.items()},
+      'metadata': _json_safe(dict(builder.info.metadata or {})),
+      'data': _json_safe(data_config.to_dict()), 'sha256': digest(arrays)}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with rundir.atomic_file(path, 'wb') as f:
+    np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+  return load(path)
+
+
+def default_path(data_config) -> str:
+  h, w = data_config.image_size
+  return os.path.join(DEFAULT_DIR, f'{data_config.name}_{int(h)}x{int(w)}.npz')
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # A bare word: a string.
+
+
+def data_config_from(args):
+  """configs/default.py's config.data with the command line's settings."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if repo not in sys.path:
+    sys.path.insert(0, repo)
+  from configs import default  # pylint: disable=import-outside-toplevel
+  data = default.get_config().data
+  settings = {'name': args.data, 'builder_config': args.builder_config,
+              'manual_dir': args.manual_dir, 'data_dir': args.data_dir}
+  for item in args.set:
+    key, sep, value = item.partition('=')
+    if not sep or not key.strip():
+      raise ValueError(f'--set={item!r}: expected KEY=VALUE, e.g. image_size=(110,230)')
+    settings[key.strip().removeprefix('data.')] = _value(value)
+  for key, value in settings.items():
+    if value is None:
+      continue
+    if key not in data or key in ('source', 'export_path'):
+      raise ValueError(f'--set: config.data has no field {key!r} to build with')
+    data[key] = tuple(value) if isinstance(value, list) else value
+  return data
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m smsdd_jax.dataset_export',
+                              description=__doc__.splitlines()[0])
+  p.add_argument('--data', default=None, help='config.data.name (TFDS builder)')
+  p.add_argument('--builder_config', default=None, help='config.data.builder_config')
+  p.add_argument('--manual_dir', default=None, help='config.data.manual_dir')
+  p.add_argument('--data_dir', default=None, help='config.data.data_dir (TFDS data_dir)')
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='any other config.data field, e.g. image_size=(110,230) (repeatable)')
+  p.add_argument('--out', default='', help='the file to write (default '
+                 'exports/<name>_<height>x<width>.npz)')
+  return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  args = parser().parse_args(argv)
+  try:
+    data_config = data_config_from(args)
+    from smsdd_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+    builder = input_pipeline.prepare(data_config)
+    path = args.out or default_path(data_config)
+    export = write(builder, data_config, path)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'{path}: {export.describe()}; {os.path.getsize(path) / 2 ** 20:.1f} MiB')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
