@@ -1,0 +1,69 @@
+"""launch/prediction_gains.py: flips and seed ensembles scored on each run's
+own test fold of a dataset export, paired, and its numbers equal what
+`predict`'s Predictor / ensemble give on the same images."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from smsdd_jax import dataset_export, inference, metrics, rundir, train
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'launch'))
+import prediction_gains  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope='module')
+def sweep(crops_data, tmp_path_factory):
+  """Two seeds of one variant on fold 0 of the tiny crops export, laid out as
+  launch/sweep.py lays out runs (sweep.json beside each run)."""
+  data, path = crops_data
+  out = tmp_path_factory.mktemp('sweep')
+  for seed in (0, 1):
+    config = default.get_config('quick')
+    config.data.update(data.to_dict())
+    config.data.source, config.data.export_path = 'export', path
+    config.seed, config.batch_size, config.num_epochs = seed, 4, 1
+    config.eval_batch_size, config.log_every_steps = 8, 5
+    workdir = out / f'beta_a_s{seed}_f0'
+    train.train_and_evaluate(config, str(workdir))
+    rundir.write_json(str(workdir / rundir.SWEEP),
+                      {'variant': 'beta_a', 'seed': seed, 'fold': 0, 'args': []})
+  return out, path
+
+
+def test_gains_are_scored_on_each_runs_test_fold_and_paired(sweep, tmp_path):
+  out_dir, export_path = sweep
+  result_path = tmp_path / 'gains.json'
+  assert prediction_gains.main([f'--sweep={out_dir}', f'--export={export_path}',
+                                f'--out={result_path}']) == 0
+  result = json.loads(result_path.read_text())
+  assert sorted(result['runs']) == ['beta_a_s0_f0', 'beta_a_s1_f0']
+  export = dataset_export.load(export_path)
+  index = export.indices('fold_0')
+  images, labels = export.rgb(index), export.labels[index]
+  runs = [str(out_dir / r) for r in sorted(result['runs'])]
+  for name, workdir in zip(sorted(result['runs']), runs):
+    plain = inference.Predictor(workdir).predict_proba(images)
+    assert result['runs'][name]['auroc'] == pytest.approx(metrics.auroc(labels, plain))
+  ensemble = inference.ensemble_probabilities(runs, images, tta='flips')
+  row = result['ensembles']['beta_a_f0']
+  assert row['ensemble_auroc_flips'] == pytest.approx(metrics.auroc(labels, ensemble), abs=1e-6)
+  assert row['members_best_auroc'] == pytest.approx(
+      max(r['auroc'] for r in result['runs'].values()))
+  one_pair = result['comparisons']['beta_a: flips minus plain (runs)']
+  assert one_pair['n'] == 2 and one_pair['verdict'] == 'not distinguishable'  # 2 < min pairs.
+  assert np.isfinite(one_pair['mean'])
+
+
+def test_a_sweep_without_kept_checkpoints_is_one_line(tmp_path, capsys, crops_data):
+  run = tmp_path / 'beta_a_s0_f0'
+  run.mkdir()
+  rundir.write_json(str(run / rundir.SWEEP), {'variant': 'beta_a', 'seed': 0, 'fold': 0})
+  rundir.write_json(str(run / rundir.EVAL), {})
+  assert prediction_gains.main([f'--sweep={tmp_path}', f'--export={crops_data[1]}']) == 2
+  err = capsys.readouterr().err
+  assert 'no checkpoints_best/' in err and err.strip().endswith(
+      'no finished run with its best checkpoint kept')
