@@ -1,6 +1,7 @@
-"""Figures of a sweep (launch/sweep.py's OUT directory), written by
-`python -m smsdd_jax.report --sweep=OUT [--out=OUT/figures]` (see report.py
-for what each PNG shows). Apart from the tables because it needs matplotlib.
+"""Figures of a sweep (launch/sweep.py's OUT directory) or of one run,
+written by `python -m smsdd_jax.report --sweep=OUT|RUN [--out=...]` (see
+report.py for what each PNG shows). Apart from the tables because it needs
+matplotlib.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from smsdd_jax import rundir
-from smsdd_jax.report import as_float, load_runs, mean_std, variant_names
+from smsdd_jax.report import as_float, load_runs, mean_std, no_runs_reason, variant_names
+
 
 def _pyplot():
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -53,14 +55,55 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
   return np.convolve(padded, kernel, mode='valid')
 
 
+def term_weights(runs: Sequence[dict]) -> dict:
+  """{term: sorted weights over the runs} of every loss term the runs used,
+  in the order their objectives add them (run['terms'], from config.json)."""
+  out = {}
+  for run in runs:
+    for term, weight in (run.get('terms') or {}).items():
+      out.setdefault(term, set()).add(weight)
+  return {term: sorted(weights) for term, weights in out.items()}
+
+
+def _weighted(term: str, weights: Sequence[float]) -> str:
+  """'contrastive', '0.01·contrastive', or 'w·contrastive' when runs differ."""
+  if len(weights) > 1:
+    return f'w·{term}'
+  return term if weights[0] == 1.0 else f'{weights[0]:g}·{term}'
+
+
+def objective_title(runs: Sequence[dict]) -> str:
+  """The training loss as the runs' configs define it, e.g.
+  'training loss = cross_entropy + 0.01·contrastive'; 'training loss' when
+  no run recorded its terms."""
+  terms = term_weights(runs)
+  if not terms:
+    return 'training loss'
+  return 'training loss = ' + ' + '.join(_weighted(t, w) for t, w in terms.items())
+
+
+def _term_title(term: str, weights: Sequence[float]) -> str:
+  if len(weights) > 1:
+    return f'train/{term} (weight {", ".join(f"{w:g}" for w in weights)} by variant)'
+  return f'train/{term} (weight {weights[0]:g})'
+
+
 def plot_loss_curves(runs: Sequence[dict], path: str) -> str:
+  """The training loss, every loss term the runs logged (train/<term>, its
+  weight from config.json in the title) and val balanced accuracy."""
   plt = _pyplot()
-  keys = ('train/loss', 'train/cross_entropy', 'val/balanced_accuracy')
-  titles = ('training loss (CE + β·contrastive)', 'training cross-entropy',
+  terms = term_weights(runs)
+  keys = ('train/loss', *(f'train/{t}' for t in terms), 'val/balanced_accuracy')
+  titles = (objective_title(runs), *(_term_title(t, w) for t, w in terms.items()),
             'validation balanced accuracy (threshold 0.5)')
   variants = variant_names(runs)
   colours = _colours(variants)
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  ncols = min(3, len(keys))
+  nrows = math.ceil(len(keys) / ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(5.4 * ncols, 4.5 * nrows), squeeze=False)
+  axes = axes.ravel()
+  for ax in axes[len(keys):]:
+    ax.set_visible(False)
   for v in variants:
     members = [r for r in runs if r['variant'] == v]
     curves = [read_curves(r['path'], keys) for r in members]
@@ -82,7 +125,7 @@ def plot_loss_curves(runs: Sequence[dict], path: str) -> str:
               label=_label(v, members[0]['beta']) + (f', {len(series)} runs'
                                                       if len(series) > 1 else ''))
   for ax, title in zip(axes, titles):
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
@@ -225,9 +268,10 @@ def write_figures(sweep: str, out: Optional[str] = None,
   """Every figure of FIGURES into `out` (default SWEEP/figures); their paths.
   `runs`: the sweep's load_runs, when the caller has read them already."""
   runs = load_runs(sweep) if runs is None else runs
-  if not any(r['finished'] for r in runs):
-    raise ValueError(f'{sweep}: no finished run (a run directory with sweep.json '
-                     'and eval.json)')
+  if not runs:
+    raise ValueError(no_runs_reason(sweep))
+  # An unfinished run (no eval.json yet) still has its training curves.
+  names = FIGURES if any(r['finished'] for r in runs) else ('loss_curves.png',)
   out = out or os.path.join(sweep, 'figures')
   os.makedirs(out, exist_ok=True)
-  return [fn(runs, os.path.join(out, name)) for name, fn in FIGURES.items()]
+  return [FIGURES[name](runs, os.path.join(out, name)) for name in names]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Iterator
 
 import numpy as np
@@ -57,11 +58,22 @@ tfds = _LazyModule('tensorflow_datasets')
 _tf_loaded = False
 
 
+# TensorFlow's import prints "oneDNN custom operations are on ..." through
+# absl before any log level applies (TF_CPP_MIN_LOG_LEVEL does not hide it):
+# only turning those ops off does. They are matmul/convolution kernels, which
+# this tf.data pipeline (decode, resize, flips, jitter) does not run. Level 1
+# hides TF's INFO lines (CPU-instruction notes) and keeps warnings and errors.
+# A value the user set wins.
+QUIET_TENSORFLOW = {'TF_ENABLE_ONEDNN_OPTS': '0', 'TF_CPP_MIN_LOG_LEVEL': '1'}
+
+
 def load_tensorflow() -> None:
-  """Imports TensorFlow once and keeps it away from accelerators: JAX owns
-  them (big_vision does the same)."""
+  """Imports TensorFlow once, without its start-up lines, and keeps it away
+  from accelerators: JAX owns them (big_vision does the same)."""
   global _tf_loaded
   if not _tf_loaded:
+    for name, value in QUIET_TENSORFLOW.items():
+      os.environ.setdefault(name, value)
     importlib.import_module('tensorflow').config.set_visible_devices([], 'GPU')
     _tf_loaded = True
 

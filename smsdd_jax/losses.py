@@ -6,13 +6,28 @@ The paper's objective (eq. 8) is  L = CE + beta * contrastive.  Here:
     + beta * terms[config.loss.pair]               (beta = config.loss.beta)
     + sum(w * terms[name] for name, w in config.loss.extra.items())
 
-A research variant is one registered function and one config line, e.g.
+A research variant is one registered function and one config line. The
+function may live in any module imported before the run starts: the config
+file itself is the simplest place (configs/examples/smoothed_ce.py):
 
-  @losses.register('my_term')
-  def _my_term(ctx, cfg):  # ctx: logits, labels, emb_a, emb_b, same
-    return ...
+  @losses.register('my_term', check=lambda cfg: ...)  # check: optional
+  def my_term(ctx, cfg):   # ctx: the CONTEXT below; cfg: config.loss
+    return ...             # a float32 scalar
 
   config.loss.extra = {'my_term': 0.5}     # or --config.loss.pair=my_term
+
+`ctx`, what a term receives (N pairs per step, so 2N images; traced arrays):
+
+  logits  (2N, 2) float   classifier outputs, images a then images b
+  labels  (2N,)   int32   0 good, 1 defective, in the order of logits
+  emb_a   (N, d)  float   embeddings of the pairs' first images
+  emb_b   (N, d)  float   embeddings of the pairs' second images
+  same    (N,)    float32 1.0 for a same-class pair, else 0.0
+  rng     PRNG key        fresh per step, for a stochastic term
+
+The float dtype is config.model.dtype's; d depends on config.model.embedding.
+With 'flatten_l2' (the default) or 'gap_l2' every embedding has norm 1, so a
+penalty on the embedding norm is a constant there (zero gradient).
 
 The base losses below are pure, keyword-only after their tensors, and reduce
 to a scalar mean exactly as their docstrings state (reductions differ between
@@ -20,14 +35,17 @@ libraries, so beta and margin only transfer between identical reductions).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import dataclasses
+import inspect
+import math
+import os
+from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
 LossContext = Mapping[str, jax.Array]
 LossTerm = Callable[[LossContext, object], jax.Array]
-_TERMS: dict[str, LossTerm] = {}
 
 
 def pairwise_distance(emb_a: jax.Array, emb_b: jax.Array) -> jax.Array:
@@ -94,12 +112,50 @@ def cosine_margin_loss(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, *,
 # ------------------------------------------------------------------ registry
 
 
-def register(name: str) -> Callable[[LossTerm], LossTerm]:
-  """Decorator: registers `fn(ctx, loss_config) -> scalar` under `name`."""
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  fn: LossTerm
+  check: Optional[Callable[[object], None]]
+
+
+_TERMS: dict[str, _Entry] = {}
+
+
+def _origin(fn) -> tuple[str, str]:
+  return (getattr(fn, '__module__', '?'), getattr(fn, '__qualname__', repr(fn)))
+
+
+def _same_function(a, b) -> bool:
+  """The same definition, perhaps re-executed: same module and qualified
+  name (a notebook cell run again), or same file and qualified name (a config
+  file loaded under another module name: ml_collections calls it
+  'config_config', importlib by its file name)."""
+  if _origin(a) == _origin(b):
+    return True
+  file_a, file_b = (getattr(getattr(f, '__code__', None), 'co_filename', None) for f in (a, b))
+  if file_a is None or file_b is None:
+    return False
+  # A relative path (a config named relative to the cwd) against an absolute one.
+  return (os.path.realpath(file_a) == os.path.realpath(file_b)
+          and getattr(a, '__qualname__', None) == getattr(b, '__qualname__', None))
+
+
+def register(name: str, *, check: Optional[Callable[[object], None]] = None
+             ) -> Callable[[LossTerm], LossTerm]:
+  """Decorator: registers `fn(ctx, loss_config) -> scalar` under `name`.
+
+  `check(loss_config)`, optional, validates the term's own parameters (its
+  fields of config.loss) before anything compiles, raising ValueError in one
+  line naming the field; it runs only when the term is in use. Registering the
+  same function again (same module, or same file, and qualified name: a
+  re-run notebook cell, a config file loaded twice) replaces it; a different
+  function under a taken name is refused.
+  """
   def wrap(fn: LossTerm) -> LossTerm:
-    if name in _TERMS:
-      raise ValueError(f'loss term {name!r} is already registered')
-    _TERMS[name] = fn
+    if name in _TERMS and not _same_function(_TERMS[name].fn, fn):
+      raise ValueError(f'loss term {name!r} is already registered by '
+                       f'{".".join(_origin(_TERMS[name].fn))}; pick another name')
+    _TERMS[name] = _Entry(fn, check)
     return fn
   return wrap
 
@@ -107,11 +163,30 @@ def register(name: str) -> Callable[[LossTerm], LossTerm]:
 def get_term(name: str) -> LossTerm:
   if name not in _TERMS:
     raise KeyError(f'unknown loss term {name!r}; registered: {sorted(_TERMS)}')
-  return _TERMS[name]
+  return _TERMS[name].fn
 
 
 def registered() -> list[str]:
   return sorted(_TERMS)
+
+
+def _finite(loss_config, field: str, low: float, high: float = math.inf, *,
+            low_open: bool = False, high_open: bool = False,
+            where: str = 'config.loss') -> float:
+  """<where>.<field> as a float in the interval, or one-line ValueError."""
+  value = loss_config[field]
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f'{where}.{field}={value!r}: must be a number') from None
+  below = x <= low if low_open else x < low
+  above = x >= high if high_open else x > high
+  if not math.isfinite(x) or below or above:
+    interval = (f'{"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
+                if math.isfinite(high) else f'{">" if low_open else ">="} {low:g}')
+    raise ValueError(f'{where}.{field}={value!r}: must be finite and '
+                     f'{"in " if math.isfinite(high) else ""}{interval}')
+  return x
 
 
 @register('cross_entropy')
@@ -120,48 +195,95 @@ def _cross_entropy_term(ctx, cfg):
   return cross_entropy(ctx['logits'], ctx['labels'])
 
 
-@register('focal')
+@register('focal', check=lambda cfg: _finite(cfg, 'focal_gamma', 0.0))
 def _focal_term(ctx, cfg):
   return focal_loss(ctx['logits'], ctx['labels'], gamma=cfg.focal_gamma)
 
 
-@register('contrastive')
+@register('contrastive', check=lambda cfg: _finite(cfg, 'margin', 0.0, low_open=True))
 def _contrastive_term(ctx, cfg):
   return contrastive_loss(ctx['emb_a'], ctx['emb_b'], ctx['same'], margin=cfg.margin)
 
 
-@register('cosine_margin')
+# A cosine lies in [-1, 1]: a margin of 1 or more never pushes a different
+# pair apart, one below -1 always does, so both are refused.
+@register('cosine_margin',
+          check=lambda cfg: _finite(cfg, 'cosine_margin', -1.0, 1.0, high_open=True))
 def _cosine_margin_term(ctx, cfg):
   return cosine_margin_loss(ctx['emb_a'], ctx['emb_b'], ctx['same'],
                             margin=cfg.cosine_margin)
 
 
+def terms_in_use(loss_config) -> dict[str, float]:
+  """{term: weight} of the objective, in the order combined_loss adds them
+  (a term named twice keeps its last weight)."""
+  return {loss_config.classification: 1.0, loss_config.pair: float(loss_config.beta),
+          **{k: float(w) for k, w in loss_config.extra.items()}}
+
+
+def _require_config_dict(loss_config) -> None:
+  if isinstance(loss_config, Mapping):  # ConfigDict is not a Mapping.
+    raise TypeError('loss_config must be an ml_collections.ConfigDict such as '
+                    'configs/default.py get_config().loss, not a '
+                    f'{type(loss_config).__name__}: wrap it with ConfigDict(...)')
+
+
 def validate(loss_config) -> None:
-  """Fails before any compile on an unknown term or a bad weight."""
+  """Fails before any compile on an unknown term, a bad weight, or a bad
+  parameter of a term in use (each term's own check); one line naming the
+  field. Parameters of terms not in use are not checked."""
+  _require_config_dict(loss_config)
   for field in ('classification', 'pair'):
     name = loss_config[field]
     if name not in _TERMS:
       raise ValueError(f'config.loss.{field}={name!r}: unknown loss term; '
                        f'registered: {registered()}')
-  for name, weight in loss_config.extra.items():
+  for name in loss_config.extra:
     if name not in _TERMS:
       raise ValueError(f'config.loss.extra.{name}: unknown loss term; '
                        f'registered: {registered()}')
-    if weight < 0:
-      raise ValueError(f'config.loss.extra.{name}={weight}: must be >= 0')
-  if loss_config.beta < 0:
-    raise ValueError(f'config.loss.beta={loss_config.beta}: must be >= 0')
-  if loss_config.margin <= 0:
-    raise ValueError(f'config.loss.margin={loss_config.margin}: must be > 0')
+    _finite(loss_config.extra, name, 0.0, where='config.loss.extra')
+  _finite(loss_config, 'beta', 0.0)
+  for name in terms_in_use(loss_config):
+    if _TERMS[name].check is not None:
+      _TERMS[name].check(loss_config)
+
+
+def describe(loss_config) -> dict[str, dict]:
+  """{term: {'weight', 'module', 'source'}} of the terms in use, for
+  config.json: where each term was defined (source relative to the current
+  directory when below it)."""
+  out = {}
+  for name, weight in terms_in_use(loss_config).items():
+    fn = get_term(name)
+    try:
+      source = inspect.getsourcefile(fn) or ''
+    except TypeError:  # A builtin or C function.
+      source = ''
+    if source and os.path.abspath(source).startswith(os.getcwd() + os.sep):
+      source = os.path.relpath(source)
+    out[name] = {'weight': weight, 'module': fn.__module__,
+                 'function': getattr(fn, '__qualname__', ''), 'source': source}
+  return out
 
 
 def combined_loss(ctx: LossContext, loss_config) -> tuple[jax.Array, dict]:
   """The total objective and each term's value (for logging).
 
+  Args:
+    ctx: the arrays a term reads (the CONTEXT of this module's docstring:
+      logits, labels, emb_a, emb_b, same, and rng for stochastic terms).
+    loss_config: an ml_collections.ConfigDict shaped like configs/default.py's
+      config.loss: classification, pair (term names), beta (float), extra
+      (ConfigDict {term: weight}) and the terms' parameters (margin,
+      focal_gamma, cosine_margin, ...). A plain dict is refused with a
+      TypeError; ml_collections.ConfigDict(d) of a full dict works.
+
   Weights are Python floats, fixed at trace time: a term with weight 0 is
   still computed for the logs but under stop_gradient and NOT added, so
   beta = 0 is exactly the cross-entropy run (no 0 * inf = NaN either).
   """
+  _require_config_dict(loss_config)
   weighted = [(loss_config.classification, 1.0),
               (loss_config.pair, float(loss_config.beta)),
               *((k, float(w)) for k, w in loss_config.extra.items())]

@@ -194,6 +194,8 @@ def _unknown_key_reason(error: BaseException, argv) -> str:
     parts = path.split('.')
     if parts[0] == 'config' and key in parts[1:]:
       reason = f'unknown config key {path!r} (from {arg!r})'
+      if parts[1:3] == ['loss', 'extra'] and len(parts) == 4:
+        return f'{reason}; {_extra_hint(parts[3], arg)}'
       if hint:
         suggested = '.'.join(parts[:parts.index(key, 1)] + [hint.group(1)])
         return f'{reason}; did you mean {suggested!r}?'
@@ -201,6 +203,14 @@ def _unknown_key_reason(error: BaseException, argv) -> str:
   if hint:
     return f'unknown config key {key!r}; did you mean {hint.group(1)!r}?'
   return f'unknown config key {key!r}; the keys are declared in configs/default.py'
+
+
+def _extra_hint(term: str, arg: str) -> str:
+  """loss.extra starts empty, so its entries are no keys to set one by one:
+  the whole dict is one value."""
+  weight = arg.partition('=')[2] or '0.5'
+  return (f'config.loss.extra is a dict of extra terms, set whole: '
+          f'--config.loss.extra="{{{term!r}: {weight}}}"')
 
 
 def _one_line_reason(error: Exception, argv) -> str:

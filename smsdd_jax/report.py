@@ -1,10 +1,12 @@
 """Tables and figures of a sweep (launch/sweep.py's OUT directory).
 
   python -m smsdd_jax.report --sweep=OUT [--out=OUT/figures]
+  python -m smsdd_jax.report --sweep=RUN     (one workdir: figures in RUN/figures)
 
 writes three PNGs:
 
-  loss_curves.png   training loss, its cross-entropy part and validation
+  loss_curves.png   training loss, each loss term the run logged (train/<term>,
+                    titled with its weight from config.json) and validation
                     balanced accuracy against the step, one colour per variant
                     (thin: each seed / fold; thick: their mean): the paper's Fig. 5
   roc_curves.png    ROC curves (overkill rate against 1 - escape rate) on val
@@ -32,6 +34,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -64,11 +67,48 @@ _EVAL_WAY_OUT = 'remove it and rerun the sweep to evaluate the run again'
 
 
 def run_dirs(sweep: str) -> list[str]:
-  """Run directories of a sweep (those with a sweep.json), sorted by name."""
+  """Run directories of a sweep (those with a sweep.json), sorted by name;
+  a sweep's own folder below (its sweep.json describes the launcher) is none."""
   if not os.path.isdir(sweep):
     raise FileNotFoundError(f'sweep directory {sweep} does not exist')
   return sorted(os.path.join(sweep, d) for d in os.listdir(sweep)
-                if os.path.isfile(os.path.join(sweep, d, rundir.SWEEP)))
+                if os.path.isfile(os.path.join(sweep, d, rundir.SWEEP))
+                and not is_sweep(os.path.join(sweep, d)))
+
+
+def is_sweep(path: str) -> bool:
+  """True for launch/sweep.py's OUT folder: its sweep.json records the
+  launcher's arguments ('configs'), a run's records its 'variant'."""
+  try:
+    meta = rundir.read_json(os.path.join(path, rundir.SWEEP), 'sweep record')
+  except (OSError, ValueError):
+    return False
+  return isinstance(meta, dict) and 'configs' in meta and 'variant' not in meta
+
+
+def is_single_run(path: str) -> bool:
+  """A training workdir made outside a sweep: config.json, no sweep.json."""
+  return (os.path.isfile(os.path.join(path, rundir.CONFIG))
+          and not os.path.isfile(os.path.join(path, rundir.SWEEP)))
+
+
+def sweeps_below(path: str) -> list[str]:
+  """Folders directly below `path` that are sweeps (for a helpful error)."""
+  if not os.path.isdir(path):
+    return []
+  return sorted(os.path.join(path, d) for d in os.listdir(path)
+                if os.path.isdir(os.path.join(path, d))
+                and (is_sweep(os.path.join(path, d)) or run_dirs(os.path.join(path, d))))
+
+
+def no_runs_reason(path: str) -> str:
+  """One line saying why `path` holds no run, and what to pass instead."""
+  below = sweeps_below(path)
+  if below:
+    return (f'{path} holds no run itself but {len(below)} sweep(s): '
+            f'{", ".join(below)}; pass one of them as --sweep')
+  return (f'{path}: no run found (a sweep folder of launch/sweep.py, one run '
+          'directory with config.json, or a folder of them)')
 
 
 def _field(obj, path: str, *keys):
@@ -96,20 +136,24 @@ def read_eval(path: str) -> dict:
   return ev
 
 
-def load_run(path: str) -> dict:
+def load_run(path: str, meta: Optional[dict] = None) -> dict:
   """What a run directory says about itself: name, variant, seed, fold,
-  beta, finished (eval.json present) and eval (its contents). Raises
-  ValueError naming the file when one cannot be read."""
+  beta, terms ({loss term: weight}, empty without config.json), finished
+  (eval.json present) and eval (its contents). `meta`: its sweep.json's
+  entries (read from it by default). Raises ValueError naming the file when
+  one cannot be read."""
   meta_path = os.path.join(path, rundir.SWEEP)
-  meta = rundir.read_json(meta_path, 'sweep record')
+  meta = rundir.read_json(meta_path, 'sweep record') if meta is None else meta
   run = {'run': os.path.basename(path), 'path': path,
          'variant': _field(meta, meta_path, 'variant'), 'seed': _field(meta, meta_path, 'seed'),
          'fold': meta.get('fold'), 'beta': None, 'finished': False, 'eval': None,
-         'recipe': 'paper'}
+         'recipe': 'paper', 'terms': {}}
   config_path = os.path.join(path, rundir.CONFIG)
   if os.path.isfile(config_path):
-    config = _field(rundir.read_json(config_path, 'run config'), config_path, 'config')
+    info = rundir.read_json(config_path, 'run config')
+    config = _field(info, config_path, 'config')
     run['beta'] = _field(config, config_path, 'loss', 'beta')
+    run['terms'] = loss_terms(info, config_path)
     run['recipe'] = recipe_label(config.get('recipe', 'paper'),  # Before recipes: the paper's.
                                  meta.get('args', ()))
   eval_path = os.path.join(path, rundir.EVAL)
@@ -117,6 +161,38 @@ def load_run(path: str) -> dict:
     run['eval'] = read_eval(eval_path)
     run['finished'] = True
   return run
+
+
+def loss_terms(info: dict, path: str) -> dict:
+  """{term: weight} of a run's config.json: its 'loss_terms' record, or for
+  runs made before it, what config.loss names (classification, pair, extra;
+  the paper's terms where a field is absent)."""
+  if isinstance(info.get('loss_terms'), dict):
+    return {k: float(_field(v, path, 'weight')) for k, v in info['loss_terms'].items()}
+  loss = _field(info, path, 'config', 'loss')
+  return {loss.get('classification', 'cross_entropy'): 1.0,
+          loss.get('pair', 'contrastive'): float(_field(loss, path, 'beta')),
+          **{k: float(w) for k, w in (loss.get('extra') or {}).items()}}
+
+
+def load_single_run(path: str) -> dict:
+  """load_run of a training workdir made outside a sweep: seed and fold come
+  from its config.json, the variant is the folder's name (less a sweep-style
+  '_s<seed>[_f<fold>]' ending, so that seeds of one variant group)."""
+  config_path = os.path.join(path, rundir.CONFIG)
+  config = _field(rundir.read_json(config_path, 'run config'), config_path, 'config')
+  data = config.get('data') or {}
+  name = os.path.basename(os.path.normpath(path))
+  variant = re.sub(r'_s\d+(_f\d+)?$', '', name) or name
+  meta = {'variant': variant, 'seed': config.get('seed', 0),
+          'fold': data.get('fold') if data.get('kfold') else None}
+  return load_run(path, meta)
+
+
+def single_runs_below(path: str) -> list[str]:
+  """Run directories made outside a sweep directly below `path`."""
+  return sorted(os.path.join(path, d) for d in os.listdir(path)
+                if is_single_run(os.path.join(path, d)))
 
 
 # main.py arguments a sweep sets on every run to place it (which data, seed,
@@ -145,11 +221,18 @@ def load_runs(sweep: str, unreadable: Optional[dict] = None) -> list[dict]:
   """load_run of every run of the sweep. With `unreadable` (a dict), a run
   whose files cannot be read is left out and its one-line reason stored
   there under its name, so that one broken file does not stop the others;
-  without, its ValueError is raised."""
+  without, its ValueError is raised. A single run directory (config.json,
+  no sweep.json) is a sweep of that one run; a folder of such runs, a sweep
+  of them (load_single_run)."""
+  if is_single_run(sweep):
+    return [load_single_run(sweep)]
   runs = []
-  for path in run_dirs(sweep):
+  paths = run_dirs(sweep)
+  # A folder of runs made one by one (no sweep.json) is read the same way.
+  load = load_run if paths else load_single_run
+  for path in paths or single_runs_below(sweep):
     try:
-      runs.append(load_run(path))
+      runs.append(load(path))
     except (OSError, ValueError) as e:
       if unreadable is None:
         raise
@@ -526,13 +609,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(prog='python -m smsdd_jax.report', description=(
       'Figures of a sweep: loss curves (Fig. 5), ROC curves, test-embedding '
       'projections (Fig. 3 idea).'))
-  p.add_argument('--sweep', required=True, help='the OUT directory of launch/sweep.py')
+  p.add_argument('--sweep', required=True, help='the OUT directory of launch/sweep.py, '
+                 'or one run directory (a workdir with config.json)')
   p.add_argument('--out', default=None, help='folder for the PNGs (default SWEEP/figures)')
   args = p.parse_args(argv)
   unreadable = {}
   try:
     from smsdd_jax import figures  # pylint: disable=import-outside-toplevel  (matplotlib)
     runs = load_runs(args.sweep, unreadable)
+    if not runs and not unreadable:
+      raise ValueError(no_runs_reason(args.sweep))
     for run, why in unreadable.items():  # Said, then drawn without them.
       print(f'left out {run}: {why}', file=sys.stderr)
     paths = figures.write_figures(args.sweep, args.out, runs)

@@ -161,7 +161,9 @@ def write_run_info(config, workdir: str) -> None:
       pass
   info = {'config': config.to_dict(), 'versions': versions,
           'python': sys.version.split()[0], 'git_commit': _git_commit(),
-          'devices': [str(d) for d in jax.devices()]}
+          'devices': [str(d) for d in jax.devices()],
+          # Weights alone do not say which code ran: a term may come from a config file.
+          'loss_terms': losses.describe(config.loss)}
   if config.model.init:  # The input convention the pretrained weights fixed.
     info['init_convention'] = pretrained.stats(config.model)['convention']
   if jax.process_index() == 0:

@@ -1,4 +1,5 @@
-"""Every config file loads, in both modes, with the paper's beta."""
+"""Every config file (examples/ included) loads, in both modes; the variants
+have the paper's beta."""
 import importlib.util
 import pathlib
 
@@ -16,7 +17,8 @@ def load(path):
   return module
 
 
-@pytest.mark.parametrize('path', sorted(CONFIGS.glob('*.py')), ids=lambda p: p.name)
+@pytest.mark.parametrize('path', sorted(CONFIGS.rglob('*.py')),
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
 @pytest.mark.parametrize('arg', [None, 'quick'])
 def test_every_config_loads(path, arg):
   if path.name == '__init__.py':

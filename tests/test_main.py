@@ -31,6 +31,10 @@ def _cli(module, *args):
     ('--config.loss.beta.x=1',
      "unknown config key 'config.loss.beta.x': config.loss.beta is a float, "
      'not a group of keys (see configs/default.py)'),
+    ('--config.loss.extra.focal=0.5',
+     "unknown config key 'config.loss.extra.focal' (from '--config.loss.extra.focal=0.5'); "
+     'config.loss.extra is a dict of extra terms, set whole: '
+     '--config.loss.extra="{\'focal\': 0.5}"'),
 ])
 def test_unknown_config_key_is_one_clean_line_before_any_work(override, want, tmp_path):
   workdir = tmp_path / 'run'
