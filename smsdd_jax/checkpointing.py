@@ -32,6 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from smsdd_jax import metrics as metrics_lib
+from smsdd_jax import models
 from smsdd_jax import rundir
 
 
@@ -75,10 +76,17 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
     try:
+      # Runs saved before the layers had VGG16's names: read under the old
+      # names, renamed below (the one place old trees are translated).
+      legacy = models.uses_legacy_names(self._saved_tree(step))
       self._check_shapes(step, target)
       abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
                                         flax.serialization.to_state_dict(target))
+      if legacy:
+        abstract = models.rename_legacy(abstract, inverse=True)
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      if legacy:
+        restored = models.rename_legacy(restored)
     except CheckpointMismatchError:
       raise
     except Exception as e:  # Orbax and TensorStore raise bare Exceptions too.
@@ -89,9 +97,13 @@ class Checkpointer:
           f'checkpoint {self.directory}/{step} is unreadable: {why}') from e
     return flax.serialization.from_state_dict(target, restored)
 
+  def _saved_tree(self, step: int) -> dict:
+    """The saved state's structure (metadata only, no array read)."""
+    return self._manager.item_metadata(step).tree
+
   def _check_shapes(self, step: int, target: Any) -> None:
     """Names the first mismatching array instead of a deep Orbax traceback."""
-    saved = _flat_shapes(self._manager.item_metadata(step).tree)
+    saved = _flat_shapes(models.rename_legacy(self._saved_tree(step)))
     wanted = _flat_shapes(flax.serialization.to_state_dict(target))
     order = lambda k: (not k.startswith('params/'), k)  # Name a param first.
     missing = sorted(set(wanted) - set(saved), key=order)

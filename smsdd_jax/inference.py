@@ -2,6 +2,8 @@
 
   predictor = inference.Predictor('runs/beta_c')        # best checkpoint
   probs = predictor.predict_proba(rois_rgb_uint8)       # (N, 110, 230, 3) -> (N,)
+  emb = predictor.embed(rois_rgb_uint8)                 # (N, d): what the contrastive loss compares
+  run = inference.load_run('runs/beta_c')               # config, model, params, model_state
   for result in inference.score_frames(predictor, paths):  # raw camera frames
     print(result.path, result.prob, result.error)
   inference.Predictor('runs/beta_c', tta='flips')      # mean over the image and its flips
@@ -37,14 +39,15 @@ before any pixel is decoded (`image_header`: JPEG SOF, PNG IHDR and BMP
 headers are parsed here directly; other formats that OpenCV decodes are
 checked after decoding).
 
-Heavy modules (TensorFlow through `train`, Orbax, Flax) are imported only when
-a Predictor is built, so `resolve_run` can refuse a bad workdir in well under
+Heavy modules (Orbax, Flax) are imported only when a run is loaded
+(`load_run`, a Predictor), so `resolve_run` can refuse a bad workdir in well under
 a second (predict.py's usage errors).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import pathlib
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -87,23 +90,99 @@ def tta_views(images: jax.Array, tta: str = 'none') -> jax.Array:
   return jnp.concatenate([images, images[:, :, ::-1], images[:, ::-1]])
 
 
+def normalize(images_uint8: jax.Array, mean, std) -> jax.Array:
+  """uint8 RGB -> the model's float32 input: the arithmetic of
+  input_pipeline.normalize_np, traceable (runs inside the jitted functions)."""
+  return (jnp.asarray(images_uint8).astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / \
+      jnp.asarray(std, jnp.float32)
+
+
 def probabilities(params, model_state, images_uint8: jax.Array, *, model,
                   mean, std, tta: str = 'none') -> jax.Array:
   """Pure: uint8 RGB ROIs (N, H, W, 3) -> defect probabilities (N,) float32.
-  Normalisation included (the arithmetic of input_pipeline.normalize_np);
-  with tta='flips' the mean over the image and its flips (`tta_views`)."""
+  Normalisation included (`normalize`); with tta='flips' the mean over the
+  image and its flips (`tta_views`)."""
   from smsdd_jax import models  # pylint: disable=import-outside-toplevel
   n = images_uint8.shape[0]
-  views = tta_views(images_uint8, tta)
-  x = (views.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / \
-      jnp.asarray(std, jnp.float32)
+  x = normalize(tta_views(images_uint8, tta), mean, std)
   logits, _ = models.forward(params, x, model=model, model_state=model_state,
                              train=False)
   return jax.nn.softmax(logits)[:, 1].reshape(-1, n).mean(axis=0)
 
 
+def embeddings(params, model_state, images_uint8: jax.Array, *, model,
+               mean, std) -> jax.Array:
+  """Pure: uint8 RGB ROIs (N, H, W, 3) -> (N, d) float32, the vector the
+  contrastive loss compares (`config.model.embedding`, models._embedding).
+  Never test-time augmented: a flip moves the features, so a mean over
+  flips would be a vector training never saw."""
+  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+  _, out = models.forward(params, normalize(images_uint8, mean, std), model=model,
+                          model_state=model_state, train=False)
+  return out['embedding']
+
+
+@dataclasses.dataclass
+class Run:
+  """A training run restored from its workdir alone (`load_run`).
+
+  files: RunFiles (workdir, step, note, threshold, ...); config: the run's
+  ConfigDict; model: the Flax module (`models.create(config.model)`); params
+  and model_state: the checkpoint's pytrees on this process's first device;
+  mean, std: the input normalisation (data_stats.json, or the fixed one)."""
+  files: RunFiles
+  config: object
+  model: object
+  params: object
+  model_state: object
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def step(self) -> int:
+    return self.files.step
+
+  def normalize(self, images_uint8) -> jax.Array:
+    """uint8 RGB (N, H, W, 3) -> the model's input, as training fed it."""
+    return normalize(images_uint8, self.mean, self.std)
+
+
+def load_run(workdir: str, step: Optional[int] = None) -> Run:
+  """Restores a run from its directory alone: the best checkpoint, or `step`
+  (see the module docstring for which one). Raises FileNotFoundError or
+  ValueError (checkpointing's mismatch / unreadable errors) in one line."""
+  files = resolve_run(workdir, step)
+  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import checkpointing, models, step as step_lib
+  config = run_config(files.config)
+  model = models.create(config.model)
+  # The restore target: create_train_state's structure, shapes and dtypes
+  # via eval_shape (initialising the real arrays compiles the model's init:
+  # 16 s on CPU at 1/16 width, for values that are overwritten anyway),
+  # each leaf placed on this process's first device whatever sharding the
+  # training run saved with.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda: step_lib.create_train_state(
+          config, model, step_lib.make_optimizer(config.optimizer))))
+  ckpt = checkpointing.Checkpointer(files.checkpoint_dir, max_to_keep=1)
+  try:
+    state = ckpt.restore(target, files.step)
+  except checkpointing.CheckpointUnreadableError as e:
+    raise checkpointing.CheckpointUnreadableError(f'{e}; {_other_checkpoints(files)}'
+                                                  ) from None
+  finally:
+    ckpt.close()
+  return Run(files=files, config=config, model=model, params=state.params,
+             model_state=state.model_state,
+             mean=np.asarray(files.stats['mean'], np.float32),
+             std=np.asarray(files.stats['std'], np.float32))
+
+
 class Predictor:
-  """A restored run: `predict_proba` on uint8 RGB ROIs, at a fixed batch size.
+  """A restored run (`load_run`): `predict_proba` and `embed` on uint8 RGB
+  ROIs, each one jitted function at a fixed batch size.
 
   Attributes: run (RunFiles: step, note, threshold, ...), config
   (ConfigDict), model, params, model_state, image_size (h, w), batch_size,
@@ -117,34 +196,12 @@ class Predictor:
       raise ValueError(f'batch_size={batch_size}: must be >= 1')
     if tta not in TTA_MODES:
       raise ValueError(f'tta={tta!r}: expected one of {TTA_MODES}')
-    self.run = resolve_run(workdir, step)
-    # pylint: disable=import-outside-toplevel
-    from smsdd_jax import checkpointing, models, step
-    self.config = run_config(self.run.config)
-    self.model = models.create(self.config.model)
+    loaded = load_run(workdir, step)
+    self.run, self.config, self.model = loaded.files, loaded.config, loaded.model
+    self.params, self.model_state = loaded.params, loaded.model_state
+    self.mean, self.std = loaded.mean, loaded.std
     self.image_size = tuple(int(v) for v in self.config.data.image_size)
     self.preprocessing = dataclasses.replace(self.run.preprocessing, size=self.image_size)
-    # The restore target: create_train_state's structure, shapes and dtypes
-    # via eval_shape (initialising the real arrays compiles the model's init:
-    # 16 s on CPU at 1/16 width, for values that are overwritten anyway),
-    # each leaf placed on this process's first device whatever sharding the
-    # training run saved with.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        jax.eval_shape(lambda: step.create_train_state(
-            self.config, self.model, step.make_optimizer(self.config.optimizer))))
-    ckpt = checkpointing.Checkpointer(self.run.checkpoint_dir, max_to_keep=1)
-    try:
-      state = ckpt.restore(target, self.run.step)
-    except checkpointing.CheckpointUnreadableError as e:
-      raise checkpointing.CheckpointUnreadableError(f'{e}; {_other_checkpoints(self.run)}'
-                                                    ) from None
-    finally:
-      ckpt.close()
-    self.params, self.model_state = state.params, state.model_state
-    self.mean = np.asarray(self.run.stats['mean'], np.float32)
-    self.std = np.asarray(self.run.stats['std'], np.float32)
     self.threshold = self.run.threshold
     self.batch_size = int(batch_size)
     self.tta = tta
@@ -156,6 +213,8 @@ class Predictor:
                            mean=self.mean, std=self.std, tta=self.tta)
 
     self._score = jax.jit(score)
+    self._embed = jax.jit(functools.partial(embeddings, model=self.model, mean=self.mean,
+                                            std=self.std))
 
   def describe(self) -> str:
     tta = '' if self.tta == 'none' else f'; tta {self.tta}'
@@ -171,19 +230,29 @@ class Predictor:
 
   def predict_proba(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB ROIs at the run's image size -> (N,) float32."""
+    return self._batched(self._score, images_rgb_uint8)
+
+  def embed(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB ROIs at the run's image size -> (N, d) float32:
+    the embedding the contrastive loss compares (`embeddings`; no TTA)."""
+    return self._batched(self._embed, images_rgb_uint8)
+
+  def _batched(self, fn, images_rgb_uint8: np.ndarray) -> np.ndarray:
+    """fn(params, model_state, batch) over fixed-size batches (the last one
+    zero-padded: one shape, one compile), concatenated."""
     images = np.asarray(images_rgb_uint8)
     want = (*self.image_size, 3)
     if images.ndim != 4 or images.shape[1:] != want or images.dtype != np.uint8:
       raise ValueError(f'expected uint8 images of shape (N, {want[0]}, {want[1]}, 3), '
                        f'got {images.dtype} {images.shape}')
     out = []
-    for i in range(0, len(images), self.batch_size):
+    for i in range(0, max(len(images), 1), self.batch_size):
       chunk = images[i:i + self.batch_size]
       n = len(chunk)
-      if n < self.batch_size:  # Pad: one shape, one compile.
+      if n < self.batch_size:
         chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *want), np.uint8)])
-      out.append(np.asarray(self._score(self.params, self.model_state, chunk))[:n])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+      out.append(np.asarray(fn(self.params, self.model_state, chunk))[:n])
+    return np.concatenate(out)
 
   def decide(self, prob: float) -> str:
     return 'defective' if prob >= self.threshold else 'good'

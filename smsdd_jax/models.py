@@ -12,6 +12,13 @@ Everything outside this file sees pure functions over pytrees:
   logits, out = models.forward(params, images, model=model)
 
 `out['embedding']` is the vector the contrastive loss compares.
+
+The parameter tree uses VGG16's own layer names, as Keras writes them:
+block1_conv1 ... block5_conv3 (each block's 3x3 convs), block<b>_conv<c>_bn
+for their batch norms, and 'predictions' for the classifier, so the tree
+sorts in network order. Runs saved with Flax's automatic names (Conv_0 ..
+Conv_12, BatchNorm_i, Dense_0) are renamed on restore (`rename_legacy`,
+called by checkpointing.Checkpointer.restore).
 """
 from __future__ import annotations
 
@@ -28,6 +35,26 @@ from smsdd_jax import conv, onednn, winograd  # onednn loads its library on firs
 VGG16_LAYERS: tuple[Any, ...] = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
                                  512, 512, 512, 'M', 512, 512, 512, 'M')
 NUM_POOLS = sum(1 for v in VGG16_LAYERS if v == 'M')
+
+
+def _conv_names() -> tuple[str, ...]:
+  names, block, conv = [], 1, 1
+  for v in VGG16_LAYERS:
+    if v == 'M':
+      block, conv = block + 1, 1
+    else:
+      names.append(f'block{block}_conv{conv}')
+      conv += 1
+  return tuple(names)
+
+
+CONV_NAMES = _conv_names()  # block1_conv1 ... block5_conv3, Keras' VGG16 names.
+HEAD_NAME = 'predictions'  # Keras' name for VGG16's classifier layer.
+BN_SUFFIX = '_bn'  # block1_conv1_bn: the batch norm after block1_conv1.
+# Flax's automatic names (runs saved before the layers were named) -> ours.
+LEGACY_NAMES = {**{f'Conv_{i}': n for i, n in enumerate(CONV_NAMES)},
+                **{f'BatchNorm_{i}': n + BN_SUFFIX for i, n in enumerate(CONV_NAMES)},
+                'Dense_0': HEAD_NAME}
 EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
 # model.conv_impl -> the conv function nn.Conv calls. Every impl but 'xla'
 # also takes conv.py's max-pool (its backward is ~10x XLA:CPU's). 'custom_fused'
@@ -85,26 +112,26 @@ class SiameseVGG16(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False):
     x = images.astype(self.dtype)
     fused = self.conv_impl in FUSED_IMPLS and not self.batch_norm
-    n_conv = 0
+    names = iter(CONV_NAMES)
     for v in channels(self.width_mult):
       if v == 'M':
         x = (nn.max_pool(x, (2, 2), strides=(2, 2)) if self.conv_impl == 'xla'
              else conv.max_pool2x2(x))
         continue
-      if fused:  # Named as nn.Conv would be: checkpoints move between impls.
-        x = ConvBiasReLU(v, dtype=self.dtype, name=f'Conv_{n_conv}')(x)
-        n_conv += 1
+      name = next(names)
+      if fused:  # Named as nn.Conv is: checkpoints move between impls.
+        x = ConvBiasReLU(v, dtype=self.dtype, name=name)(x)
         continue
       x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
                   kernel_init=CONV_INIT, dtype=self.dtype,
-                  conv_general_dilated=CONV_IMPLS[self.conv_impl])(x)
+                  conv_general_dilated=CONV_IMPLS[self.conv_impl], name=name)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         dtype=self.dtype)(x)
+                         dtype=self.dtype, name=name + BN_SUFFIX)(x)
       x = nn.relu(x)
     features = x.reshape((x.shape[0], -1))
     logits = nn.Dense(self.num_classes, kernel_init=DENSE_INIT,
-                      dtype=self.dtype)(features)
+                      dtype=self.dtype, name=HEAD_NAME)(features)
     out = {'embedding': _embedding(x, self.embedding).astype(jnp.float32)}
     return logits.astype(jnp.float32), out
 
@@ -205,6 +232,23 @@ def siamese_forward(params, images_a: jax.Array, images_b: jax.Array, *,
   emb = out['embedding']
   return logits, {'emb_a': emb[:n], 'emb_b': emb[n:],
                   'model_state': out['model_state']}
+
+
+def uses_legacy_names(tree) -> bool:
+  """Whether a (nested dict) tree holds Flax's automatic layer names anywhere."""
+  if not isinstance(tree, dict):
+    return False
+  return any(k in LEGACY_NAMES or uses_legacy_names(v) for k, v in tree.items())
+
+
+def rename_legacy(tree, *, inverse: bool = False):
+  """The nested dict `tree` (params, model_state, an optimizer state's
+  params-shaped parts: every level) with Flax's automatic layer names
+  replaced by VGG16's (`LEGACY_NAMES`); `inverse` maps ours back."""
+  names = {v: k for k, v in LEGACY_NAMES.items()} if inverse else LEGACY_NAMES
+  if not isinstance(tree, dict):
+    return tree
+  return {names.get(k, k): rename_legacy(v, inverse=inverse) for k, v in tree.items()}
 
 
 def count_params(params) -> int:

@@ -3,7 +3,7 @@
   python -m smsdd_jax.predict --workdir=runs/beta_c --input=PATH --output=preds.csv
       [--roi=auto|hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
       [--save_rois=DIR] [--sheet=decisions.png] [--workers=2] [--tta=none|flips]
-      [--workdir=runs/other ...]
+      [--embeddings=emb.npz] [--workdir=runs/other ...]
 
 PATH is an image file, a folder (searched recursively for .jpg/.jpeg/.png/
 .bmp) or a quoted glob pattern ('frames/**/*.jpg'; every matching file). Each
@@ -48,6 +48,13 @@ Exit status: 0 when every row was scored, 1 when any row has an error (a
 summary line lists them), 2 for usage errors (bad flags, missing workdir or
 checkpoints, an unreadable checkpoint, no input files, unwritable output or
 a write to it failing): one line on stderr.
+
+--embeddings=FILE writes, beside the CSV, an npz of the scored files (those
+without error, in input order): `files` (N,) str, `embeddings` (N, d) float32
+(the vector the contrastive loss compares, inference.Predictor.embed) and
+`probabilities` (N,) float32 (the CSV's prob_defective, unrounded). One run
+only (an ensemble's members embed into different spaces). Like the CSV it goes
+to a temporary file moved over FILE once complete, after the model loaded.
 
 --sheet writes a PNG contact sheet of the decisions: defective first (most
 confident first), then errors, then good (closest to the threshold first),
@@ -107,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                  help='refuse images with more pixels (read from the header)')
   p.add_argument('--save_rois', default=None, help='folder for the rectified ROIs (PNG)')
   p.add_argument('--sheet', default=None, help='PNG contact sheet of the decisions')
+  p.add_argument('--embeddings', default=None,
+                 help='npz to write: files, embeddings (N, d), probabilities of the '
+                 'scored files (one run only)')
   p.add_argument('--workers', type=int, default=2,
                  help='threads reading frames and searching ROIs')
   return p
@@ -340,22 +350,58 @@ def _not_a_file(path: str) -> bool:
   return os.path.exists(path) and not os.path.isfile(path)
 
 
-def _check_output(path: str) -> None:
-  """Refuses an --output that cannot be written, before the model loads
+def _check_output(path: str, flag: str = '--output') -> None:
+  """Refuses an output file that cannot be written, before the model loads
   (touching nothing but creating its folder)."""
   if os.path.isdir(path):
-    raise UsageError(f'cannot write --output {path}: it is a directory')
+    raise UsageError(f'cannot write {flag} {path}: it is a directory')
   if _not_a_file(path):
     if not os.access(path, os.W_OK):
-      raise UsageError(f'cannot write --output {path}: permission denied')
+      raise UsageError(f'cannot write {flag} {path}: permission denied')
     return
   parent = os.path.dirname(os.path.realpath(path))
   try:
     os.makedirs(parent, exist_ok=True)
   except OSError as e:
-    raise UsageError(f'cannot write --output {path}: {e.strerror or e}') from None
+    raise UsageError(f'cannot write {flag} {path}: {e.strerror or e}') from None
   if not os.access(parent, os.W_OK):
-    raise UsageError(f'cannot write --output {path}: permission denied in {parent}')
+    raise UsageError(f'cannot write {flag} {path}: permission denied in {parent}')
+
+
+class Embeddings:
+  """The scored files' embeddings, gathered per chunk and written as one npz
+  through a temporary file beside `path` (an existing file is replaced only
+  by a complete one)."""
+
+  def __init__(self, path: str, predictor):
+    self.path, self.predictor = path, predictor
+    self.files, self.embeddings, self.probs = [], [], []
+
+  def add(self, results) -> None:
+    good = [r for r in results if r.ok and r.roi is not None]
+    if good:
+      self.embeddings.append(self.predictor.embed(np.stack([r.roi for r in good])))
+      self.files += [r.path for r in good]
+      self.probs += [r.prob for r in good]
+
+  def write(self) -> int:
+    """Writes the npz; returns the number of rows. OSError -> UsageError."""
+    emb = (np.concatenate(self.embeddings) if self.embeddings else
+           self.predictor.embed(np.zeros((0, *self.predictor.image_size, 3), np.uint8)))
+    target = os.path.realpath(self.path)
+    tmp = f'{target}.tmp{os.getpid()}'
+    try:
+      with open(tmp, 'wb') as f:  # A file object: np.savez adds no '.npz'.
+        np.savez(f, files=np.asarray(self.files, dtype=str), embeddings=emb,
+                 probabilities=np.asarray(self.probs, np.float32))
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, target)
+    except OSError as e:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+      raise UsageError(f'cannot write --embeddings {self.path}: {e.strerror or e}') from None
+    return len(self.files)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -399,6 +445,11 @@ def _run(args) -> int:
       except OSError as e:
         raise UsageError(f'cannot create {flag} {path}: {e.strerror or e}') from None
   _check_output(args.output)
+  if args.embeddings:
+    if len(workdirs) > 1:
+      raise UsageError(f'--embeddings applies to one run; an ensemble of {len(workdirs)} '
+                       'embeds into different spaces')
+    _check_output(args.embeddings, flag='--embeddings')
   try:  # The model first: nothing is written if it cannot be loaded.
     predictor = inference.load(workdirs, step=args.step, batch_size=args.batch_size,
                                tta=args.tta)
@@ -432,11 +483,14 @@ def _score(args, predictor, paths, out_file, inference) -> int:
   writer.writeheader()
   rois = RoiWriter(args.save_rois, paths, args.input) if args.save_rois else None
   sheet = Sheet(predictor.threshold) if args.sheet else None
+  embeddings = Embeddings(args.embeddings, predictor) if args.embeddings else None
   progress = Progress(len(paths))
   done, failures, counts = 0, [], {'good': 0, 'defective': 0}
   t0 = time.perf_counter()
   try:
     for results in _frame_results(args, predictor, paths, inference):
+      if embeddings is not None:
+        embeddings.add(results)
       for r in results:
         if rois is not None and r.roi is not None:
           try:
@@ -462,6 +516,8 @@ def _score(args, predictor, paths, out_file, inference) -> int:
     return 130
   out_file.commit()
   elapsed = time.perf_counter() - t0
+  if embeddings is not None:
+    print(f'embeddings: {args.embeddings} ({embeddings.write()} scored files)')
   if sheet is not None:
     try:
       shown = sheet.write(args.sheet)

@@ -126,14 +126,15 @@ def _replace(path, fmt, index, plan, params, model_state):
       kernel = kernel[:, :, ::-1, :] if layer.index == 0 else kernel
     else:  # torch OIHW -> HWIO; both are cross-correlations, no spatial flip.
       kernel = kernel.transpose(2, 3, 1, 0)
-    conv = dict(params[f'Conv_{layer.index}'])
-    conv['kernel'] = _like(kernel, conv['kernel'], f'Conv_{layer.index}/kernel')
+    conv_name = models.CONV_NAMES[layer.index]
+    conv = dict(params[conv_name])
+    conv['kernel'] = _like(kernel, conv['kernel'], f'{conv_name}/kernel')
     if layer.bn is None:
-      conv['bias'] = _like(bias, conv['bias'], f'Conv_{layer.index}/bias')
+      conv['bias'] = _like(bias, conv['bias'], f'{conv_name}/bias')
     else:
       # Our conv has no bias before batch norm; torchvision's has one. BN
       # subtracts the running mean right after it, so folding it there is exact.
-      name = f'BatchNorm_{layer.index}'
+      name = conv_name + models.BN_SUFFIX
       read = {k: index[v].read().astype(np.float32) for k, v in layer.bn.items()}
       norm = dict(params[name])
       norm['scale'] = _like(read['scale'], norm['scale'], f'{name}/scale')
@@ -143,7 +144,7 @@ def _replace(path, fmt, index, plan, params, model_state):
       bn_stats['mean'] = _like(read['mean'] - bias, bn_stats['mean'], f'{name}/mean')
       bn_stats['var'] = _like(read['var'], bn_stats['var'], f'{name}/var')
       batch_stats[name] = bn_stats
-    params[f'Conv_{layer.index}'] = conv
+    params[conv_name] = conv
   if batch_stats:
     model_state = {**model_state, 'batch_stats': batch_stats}
   logging.info('initialised the %d conv layers from %s (%s, %s convention)',
@@ -231,7 +232,7 @@ def _torch_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
             'var': f'features.{p + 1}.running_var'}
     layer = _Layer(i, f'features.{p}.weight', f'features.{p}.bias',
                    (cout, cin, 3, 3), bn)
-    _check_shape(path, index, layer.kernel, layer.kernel_shape, 'OIHW', f'Conv_{i}')
+    _check_shape(path, index, layer.kernel, layer.kernel_shape, 'OIHW', models.CONV_NAMES[i])
     for key in (layer.bias, *(bn or {}).values()):
       _check_shape(path, index, key, (cout,), 'channels', f'layer {i}')
     plan.append(layer)
@@ -242,21 +243,14 @@ def _keras_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
   if batch_norm:
     _fail(path, 'Keras\' VGG16 weights have no batch norm but '
           'config.model.batch_norm=True: set it to False or use vgg16_bn-6c64b313.pth')
-  names, block, conv = [], 1, 1
-  for v in models.VGG16_LAYERS:
-    if v == 'M':
-      block, conv = block + 1, 1
-    else:
-      names.append(f'block{block}_conv{conv}')
-      conv += 1
-  plan = []
-  for i, (name, (cin, cout)) in enumerate(zip(names, shapes)):
+  plan = []  # Keras names its layers as our tree does.
+  for i, (name, (cin, cout)) in enumerate(zip(models.CONV_NAMES, shapes)):
     layer = _Layer(i, f'{name}/kernel', f'{name}/bias', (3, 3, cin, cout))
     hint = ''
     if layer.kernel in index and tuple(index[layer.kernel].shape) == (cout, cin, 3, 3):
       hint = ': a Theano-ordered file? use the tf_dim_ordering one'
-    _check_shape(path, index, layer.kernel, layer.kernel_shape, 'HWIO', f'Conv_{i}', hint)
-    _check_shape(path, index, layer.bias, (cout,), 'channels', f'Conv_{i}')
+    _check_shape(path, index, layer.kernel, layer.kernel_shape, 'HWIO', name, hint)
+    _check_shape(path, index, layer.bias, (cout,), 'channels', name)
     plan.append(layer)
   return plan
 

@@ -11,9 +11,12 @@ import sys
 import textwrap
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from configs import default
 from smsdd_jax import checkpointing
 from smsdd_jax import metric_writers
 from smsdd_jax import models
@@ -60,7 +63,7 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(quick_config, trained_
   wider = small_run(quick_config.copy_and_resolve_references(), 2)
   wider.model.width_mult = 1 / 8
   with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match=r'params/Conv_0/bias is \(4,\) there but \(8,\) here'
+                     match=r'params/block1_conv1/bias is \(4,\) there but \(8,\) here'
                            r'.*width_mult=0.0625'):
     train.train_and_evaluate(wider, str(workdir))
   bn = small_run(quick_config.copy_and_resolve_references(), 2)
@@ -203,3 +206,50 @@ def test_the_readme_plain_orbax_restore_is_silent(trained_run, caplog):
   assert sorted(scope['state']) == ['model_state', 'opt_state', 'params', 'rng', 'step']
   assert int(scope['state']['step']) == 2
   assert not [r for r in caplog.records if 'could not' in r.getMessage()], caplog.text
+
+
+def test_a_run_saved_with_flax_automatic_layer_names_still_loads(trained_run, tmp_path):
+  """Runs saved before the layers had VGG16's names (Conv_0 .. Conv_12,
+  Dense_0) restore, renamed, through checkpointing alone."""
+  from smsdd_jax import inference  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'old_run'
+  shutil.copytree(trained_run, workdir)
+  new = inference.load_run(str(workdir))
+  best = str(workdir / 'checkpoints_best')
+  handler = ocp.StandardCheckpointHandler()
+  with ocp.CheckpointManager(best, item_handlers=handler) as manager:
+    saved = manager.restore(new.step)
+  old_tree = models.rename_legacy(saved, inverse=True)
+  assert {'Conv_0', 'Conv_12', 'Dense_0'} <= set(old_tree['params'])
+  assert not any(k.startswith('block') for k in old_tree['params'])
+  shutil.rmtree(os.path.join(best, str(new.step)))
+  with ocp.CheckpointManager(best, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+    manager.save(new.step, args=ocp.args.StandardSave(old_tree))
+    manager.wait_until_finished()
+    assert models.uses_legacy_names(manager.item_metadata(new.step).tree)
+  old = inference.load_run(str(workdir))
+  assert list(old.params) == list(new.params)  # VGG16's names, network order.
+  for a, b in ((old.params, new.params), (old.model_state, new.model_state)):
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    assert all(np.array_equal(x, y) for x, y in leaves)
+  rois = np.random.default_rng(0).integers(0, 256, (3, 110, 230, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(inference.Predictor(str(workdir)).predict_proba(rois),
+                                inference.Predictor(trained_run).predict_proba(rois))
+
+
+def test_legacy_names_cover_batch_norm_and_round_trip():
+  """Flax numbered BatchNorm_i like Conv_i (one per conv); the names map both
+  ways and touch nothing else."""
+  config = default.get_config('quick')
+  config.model.batch_norm = True
+  model = models.create(config.model)
+  params, state = jax.eval_shape(lambda: models.init(model, jax.random.PRNGKey(0),
+                                                     (32, 32, 3)))
+  tree = {'params': params, 'model_state': state, 'step': 0}
+  old = models.rename_legacy(tree, inverse=True)
+  assert sorted(old['params']) == sorted(
+      [f'Conv_{i}' for i in range(13)] + [f'BatchNorm_{i}' for i in range(13)] + ['Dense_0'])
+  assert sorted(old['model_state']['batch_stats']) == sorted(f'BatchNorm_{i}' for i in range(13))
+  assert old['params']['BatchNorm_12']['scale'].shape == params['block5_conv3_bn']['scale'].shape
+  assert models.uses_legacy_names(old) and not models.uses_legacy_names(tree)
+  assert models.rename_legacy(old) == tree

@@ -19,10 +19,13 @@ def test_paper_size_tower_shapes_and_param_count():
   model = models.create(default.get_config().model)
   params = jax.eval_shape(lambda: models.init(model, jax.random.PRNGKey(0),
                                               (110, 230, 3))[0])
-  convs = [k for k in params if k.startswith('Conv')]
-  assert len(convs) == 13
+  # VGG16's own names (Keras'), sorted in network order.
+  assert list(params) == sorted(params) == [
+      'block1_conv1', 'block1_conv2', 'block2_conv1', 'block2_conv2',
+      'block3_conv1', 'block3_conv2', 'block3_conv3', 'block4_conv1', 'block4_conv2',
+      'block4_conv3', 'block5_conv1', 'block5_conv2', 'block5_conv3', 'predictions']
   assert models.feature_shape((110, 230), 1.0) == (3, 7, 512)
-  assert params['Dense_0']['kernel'].shape == (3 * 7 * 512, 2)
+  assert params['predictions']['kernel'].shape == (3 * 7 * 512, 2)
   # VGG16 conv tower has 14,714,688 parameters; plus the 10752 x 2 + 2 head.
   assert models.count_params(params) == 14_714_688 + 3 * 7 * 512 * 2 + 2
 

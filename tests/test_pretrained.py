@@ -256,9 +256,9 @@ def ours(config, image: np.ndarray) -> tuple[list, object]:
   x = input_pipeline.normalize_np(image, pretrained.stats(config.model))
   _, inter = model.apply({'params': state.params, **state.model_state}, x,
                          capture_intermediates=True, mutable=['intermediates'])
-  name = 'BatchNorm' if config.model.batch_norm else 'Conv'
-  return [np.asarray(inter['intermediates'][f'{name}_{i}']['__call__'][0])
-          for i in range(13)], state
+  suffix = models.BN_SUFFIX if config.model.batch_norm else ''
+  return [np.asarray(inter['intermediates'][name + suffix]['__call__'][0])
+          for name in models.CONV_NAMES], state
 
 
 def full_config(path='', batch_norm=False):
@@ -303,8 +303,8 @@ def test_torchvision_formats_match_an_independent_forward(fmt, batch_norm, image
   # The classifier stays as a from-scratch init of the same seed made it.
   scratch = train.create_train_state(full_config(batch_norm=batch_norm), models.create(
       config.model), train.make_optimizer(config.optimizer))
-  np.testing.assert_array_equal(state_ours.params['Dense_0']['kernel'],
-                                scratch.params['Dense_0']['kernel'])
+  np.testing.assert_array_equal(state_ours.params['predictions']['kernel'],
+                                scratch.params['predictions']['kernel'])
 
 
 def test_keras_h5_matches_an_independent_bgr_forward(image, tmp_path):
@@ -350,7 +350,7 @@ def test_eval_shape_of_the_state_does_not_read_the_file():
   config.model.width_mult = 1 / 16
   shapes = jax.eval_shape(lambda: train.create_train_state(
       config, models.create(config.model), train.make_optimizer(config.optimizer)))
-  assert shapes.params['Conv_0']['kernel'].shape == (3, 3, 3, 4)
+  assert shapes.params['block1_conv1']['kernel'].shape == (3, 3, 3, 4)
 
 
 def test_data_stats_and_config_json_record_the_convention(tmp_path):
@@ -395,7 +395,7 @@ def _refusal_cases(tmp):
   bad = torchvision_state(False, layers=1)
   bad['features.0.weight'] = np.zeros((64, 3, 5, 5), np.float32)
   cases.append(('torch shape', _small_torch(tmp / 'bad.pth', bad), {},
-                "features.0.weight has shape (64, 3, 5, 5) but the model's Conv_0 needs "
+                "features.0.weight has shape (64, 3, 5, 5) but the model's block1_conv1 needs "
                 '(64, 3, 3, 3) (OIHW)'))
   theano = tmp / 'th.h5'
   layers = keras_layers(layers=1)
@@ -403,7 +403,7 @@ def _refusal_cases(tmp):
                             layers['block1_conv1'][1])
   write_keras_h5(theano, layers)
   cases.append(('keras shape', theano, {}, 'block1_conv1/kernel has shape (64, 3, 3, 3) '
-                "but the model's Conv_0 needs (3, 3, 3, 64) (HWIO): a Theano"))
+                "but the model's block1_conv1 needs (3, 3, 3, 64) (HWIO): a Theano"))
   cases.append(('bn into plain', _small_torch(tmp / 'bn.pth', torchvision_state(
       True, layers=1)), {}, 'VGG16-BN weights (with batch norm) but config.model.batch_norm=False'))
   cases.append(('plain into bn', _small_torch(tmp / 'plain.pth', torchvision_state(
