@@ -42,8 +42,8 @@ health and test AUROC, compilations and cache reads), the tables, and with
 --archive one .tar.gz of OUT's small files (no checkpoints, npz or events):
 the GPU machine hands back only a few files.
 
-On the GPU machine (no TensorFlow, no ml-collections; ../shared does not
-travel) the exports, their floors and the ml-collections wheel travel with
+On the GPU machine (no TensorFlow, no ml-collections; the raw data does
+not travel) the exports, their floors and the ml-collections wheel travel with
 the tree: see README.md, "Training without TensorFlow". The same command at
 1/16 width on a CPU (--quick) is the proof before GPU time is spent
 (tests/test_gpu_protocol.py runs it on a tiny export with TensorFlow

@@ -1,7 +1,7 @@
 """A built dataset as one file that trains without TensorFlow.
 
   python -m smsdd_jax.dataset_export --data=msd_screens \
-      --manual_dir=../shared/data/msd_screens [--set=KEY=VALUE ...] [--out=PATH]
+      --manual_dir=DIR [--set=KEY=VALUE ...] [--out=PATH]
 
 builds (or reuses) the TFDS dataset a run with these `config.data` settings
 reads, exactly as `python -m smsdd_jax.main` would, and writes every example

@@ -125,11 +125,16 @@ def compute_stats(builder, data_config) -> dict:
   if data_config.normalize != 'train_stats':
     raise ValueError(f'config.data.normalize={data_config.normalize!r}: expected '
                      "'fixed' or 'train_stats'")
-  total, total_sq, count = np.zeros(3), np.zeros(3), 0
   ds = builder.as_dataset(split=split_names(data_config)['train']).map(
       lambda ex: ex['image'])
-  for image in tfds.as_numpy(ds.batch(256)):
-    pixels = image.reshape(-1, 3).astype(np.float64)
+  return pixel_stats(tfds.as_numpy(ds.batch(256)))
+
+
+def pixel_stats(image_batches) -> dict:
+  """Per-channel mean and std of uint8 RGB image batches (both sources)."""
+  total, total_sq, count = np.zeros(3), np.zeros(3), 0
+  for images in image_batches:
+    pixels = images.reshape(-1, 3).astype(np.float64)
     total += pixels.sum(0)
     total_sq += (pixels ** 2).sum(0)
     count += len(pixels)

@@ -88,15 +88,8 @@ def compute_stats(export, data_config) -> dict:
     raise ValueError(f'config.data.normalize={data_config.normalize!r}: expected '
                      "'fixed' or 'train_stats'")
   index = export.indices(input_pipeline.split_names(data_config)['train'])
-  total, total_sq, count = np.zeros(3), np.zeros(3), 0
-  for start in range(0, len(index), 256):
-    pixels = export.rgb(index[start:start + 256]).reshape(-1, 3).astype(np.float64)
-    total += pixels.sum(0)
-    total_sq += (pixels ** 2).sum(0)
-    count += len(pixels)
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-6))
-  return {'mean': mean.tolist(), 'std': std.tolist()}
+  return input_pipeline.pixel_stats(export.rgb(index[start:start + 256])
+                                    for start in range(0, len(index), 256))
 
 
 class ClassStream:
