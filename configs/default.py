@@ -70,6 +70,9 @@ def get_config(arg=None):
   # (3x7x512 = 10752 ReLU dims, distances in the hundreds). '_l2' normalises it
   # so distances lie in [0, 2] and margin=1 is meaningful (see docs in README).
   config.model.embedding = 'flatten_l2'  # 'flatten' | 'flatten_l2' | 'gap' | 'gap_l2'
+  # What the classifier reads: 'flatten' (the paper: the 3x7xC map, one weight
+  # per position) | 'gap' | 'gmp' (global average / max over positions).
+  config.model.head = 'flatten'
   config.model.num_classes = 2  # 0 good, 1 defective.
   config.model.dtype = 'float32'  # Compute dtype; params stay float32.
   # 'auto' (onednn on CPU where built, else custom; xla on GPU/TPU:

@@ -56,6 +56,11 @@ LEGACY_NAMES = {**{f'Conv_{i}': n for i, n in enumerate(CONV_NAMES)},
                 **{f'BatchNorm_{i}': n + BN_SUFFIX for i, n in enumerate(CONV_NAMES)},
                 'Dense_0': HEAD_NAME}
 EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
+# What the classifier reads from the last feature map: the paper's flattened
+# map ('flatten': one weight per position, so a defect is scored by where it
+# sits), or its global average / max ('gap' | 'gmp': the same weights at every
+# position, as in ResNet-style heads; 'gmp' keeps the strongest local response).
+HEADS = ('flatten', 'gap', 'gmp')
 # model.conv_impl -> the conv function nn.Conv calls. Every impl but 'xla'
 # also takes conv.py's max-pool (its backward is ~10x XLA:CPU's). 'custom_fused'
 # is 'custom' with each conv + bias + ReLU as one custom_vjp (conv.py) where
@@ -105,6 +110,7 @@ class SiameseVGG16(nn.Module):
   batch_norm: bool
   num_classes: int
   embedding: str
+  head: str  # A key of HEADS.
   dtype: Any
   conv_impl: str  # A key of CONV_IMPLS (resolved from the config's 'auto' by create).
   # Flax's automatic names (Conv_i, BatchNorm_i, Dense_0) instead of VGG16's:
@@ -144,7 +150,7 @@ class SiameseVGG16(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          dtype=self.dtype, name=bn_name)(x)
       x = nn.relu(x)
-    features = x.reshape((x.shape[0], -1))
+    features = _head_features(x, self.head)
     logits = nn.Dense(self.num_classes, kernel_init=DENSE_INIT,
                       dtype=self.dtype,
                       name='Dense_0' if self.legacy_names else HEAD_NAME)(features)
@@ -163,6 +169,15 @@ class ConvBiasReLU(nn.Module):
     kernel = self.param('kernel', CONV_INIT, (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
     return conv.conv3x3_bias_relu(x, kernel.astype(self.dtype), bias.astype(self.dtype))
+
+
+def _head_features(feature_map: jax.Array, head: str) -> jax.Array:
+  """The classifier's input vector from the last feature map (see HEADS)."""
+  if head == 'gap':
+    return feature_map.mean(axis=(1, 2))
+  if head == 'gmp':
+    return feature_map.max(axis=(1, 2))
+  return feature_map.reshape((feature_map.shape[0], -1))
 
 
 def _embedding(feature_map: jax.Array, kind: str) -> jax.Array:
@@ -199,6 +214,8 @@ def create(model_config: ml_collections.ConfigDict) -> SiameseVGG16:
   if model_config.embedding not in EMBEDDINGS:
     raise ValueError(f'config.model.embedding={model_config.embedding!r}: '
                      f'expected one of {EMBEDDINGS}')
+  if model_config.head not in HEADS:
+    raise ValueError(f'config.model.head={model_config.head!r}: expected one of {HEADS}')
   conv_impl = resolve_conv_impl(model_config.conv_impl)
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f'config.model.conv_impl={model_config.conv_impl!r}: '
@@ -209,6 +226,7 @@ def create(model_config: ml_collections.ConfigDict) -> SiameseVGG16:
                       batch_norm=model_config.batch_norm,
                       num_classes=model_config.num_classes,
                       embedding=model_config.embedding,
+                      head=model_config.head,
                       dtype=jnp.dtype(model_config.dtype),
                       conv_impl=conv_impl)
 

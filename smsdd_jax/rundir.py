@@ -325,6 +325,7 @@ FIELDS_ADDED = {
     'recipe': 'paper',
     'model.conv_impl': 'auto',  # Speed only: every implementation computes the same function.
     'model.init': '',
+    'model.head': 'flatten',
     'data.normalize': 'fixed',
     'data.aspect': 'stretch',
     'data.channels': 'rgb',
