@@ -22,6 +22,9 @@ The file is a plain .npz (read with allow_pickle=False):
   defect_type       str ('' where the build has no defect types)
   file_name         str ('' where the build has no file names)
   group             int64 near-duplicate group (-1 where the build has none)
+  mask_png, mask_offsets
+                    only where the build has a `mask` feature (magnetic_tile):
+                    every example's defect mask, one channel, PNG, as png
   split/<name>      int64 indices of every TFDS split's examples (train,
                     validation, test, fold_0, ...) in the order TFDS reads them,
                     and of each k-fold training split ('fold_1+fold_2+fold_3'):
@@ -77,6 +80,10 @@ class ExportedDataset:
     self.groups = arrays['group']
     self.splits = {k.removeprefix('split/'): v for k, v in arrays.items()
                    if k.startswith('split/')}
+    # (n, H, W) uint8 defect masks (255 inside), or None: the build had none.
+    self.masks = (_decode(arrays['mask_png'], arrays['mask_offsets'], {**meta,
+                                                                       'stored_channels': 1},
+                          path)[..., 0] if 'mask_png' in arrays else None)
     self._normalized = (None, None, None)  # (stats key, images, means): the last asked for.
     self.name = meta['name']
     self.version = meta['version']
@@ -264,6 +271,8 @@ def _read_build(builder) -> tuple[list[dict], dict[str, list[int]]]:
         defect = type_names[int(ex['defect_type'])] if type_names else _text(ex['defect_type'])
       row = {'image': image, 'label': int(ex['label']), 'defect_type': defect,
              'file_name': _text(ex.get('file_name', b'')), 'group': int(ex.get('group', -1))}
+      if 'mask' in ex:
+        row['mask'] = np.asarray(ex['mask'], np.uint8).reshape(image.shape[:2])
       key = (row['file_name'], row['label'], hashlib.sha256(image.tobytes()).hexdigest())
       if key not in index_of:
         index_of[key] = len(examples)
@@ -294,6 +303,11 @@ def to_arrays(examples: list[dict], splits: dict[str, list[int]]) -> tuple[dict,
             'defect_type': np.asarray([ex['defect_type'] for ex in examples], str),
             'file_name': np.asarray([ex['file_name'] for ex in examples], str),
             'group': np.asarray([ex['group'] for ex in examples], np.int64)}
+  if examples and all('mask' in ex for ex in examples):
+    masks = [_png(ex['mask'][..., None]) for ex in examples]
+    mask_offsets = np.zeros(len(masks) + 1, np.int64)
+    mask_offsets[1:] = np.cumsum([len(b) for b in masks])
+    arrays.update(mask_png=np.frombuffer(b''.join(masks), np.uint8), mask_offsets=mask_offsets)
   for name, order in splits.items():
     arrays[f'split/{name}'] = np.asarray(order, np.int64)
   return arrays, 1 if gray else 3
@@ -313,6 +327,7 @@ def write(builder, data_config, path: str) -> ExportedDataset:
       'version': str(builder.version),
       'image_size': [int(v) for v in examples[0]['image'].shape[:2]],
       'stored_channels': channels, 'has_defect_types': 'defect_type' in features,
+      'has_masks': 'mask_png' in arrays,
       'num_examples': len(examples), 'split_sizes': {k: len(v) for k, v in splits.items()},
       'metadata': _json_safe(dict(builder.info.metadata or {})),
       'data': _json_safe(data_config.to_dict()), 'sha256': digest(arrays)}

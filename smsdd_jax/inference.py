@@ -3,6 +3,7 @@
   predictor = inference.Predictor('runs/beta_c')        # best checkpoint
   probs = predictor.predict_proba(rois_rgb_uint8)       # (N, 110, 230, 3) -> (N,)
   emb = predictor.embed(rois_rgb_uint8)                 # (N, d): what the contrastive loss compares
+  heat = predictor.maps(rois_rgb_uint8)                 # (N, 110, 230) in [0, 1]: where (maps.py)
   run = inference.load_run('runs/beta_c')               # config, model, params, model_state
   for result in inference.score_frames(predictor, paths):  # raw camera frames
     print(result.path, result.prob, result.error)
@@ -215,6 +216,8 @@ class Predictor:
     self._score = jax.jit(score)
     self._embed = jax.jit(functools.partial(embeddings, model=self.model, mean=self.mean,
                                             std=self.std))
+    self._gradcam = {}  # layer -> jitted maps_lib.gradcam
+    self._logodds = None  # jitted normalised batch -> defect log-odds (occlusion)
 
   def describe(self) -> str:
     tta = '' if self.tta == 'none' else f'; tta {self.tta}'
@@ -237,14 +240,43 @@ class Predictor:
     the embedding the contrastive loss compares (`embeddings`; no TTA)."""
     return self._batched(self._embed, images_rgb_uint8)
 
-  def _batched(self, fn, images_rgb_uint8: np.ndarray) -> np.ndarray:
-    """fn(params, model_state, batch) over fixed-size batches (the last one
-    zero-padded: one shape, one compile), concatenated."""
+  def maps(self, images_rgb_uint8: np.ndarray, method: str = 'gradcam', *,
+           layer: str = 'block5', patch: int = 16, stride: int = 8) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB ROIs -> (N, H, W) float32 in [0, 1]: what raised
+    each image's defect score (smsdd_jax/maps.py: 'gradcam' at `layer`, or
+    'occlusion' with `patch` x `patch` windows `stride` apart). Of the image
+    itself, never test-time augmented."""
+    from smsdd_jax import maps as maps_lib  # pylint: disable=import-outside-toplevel
+    if method == 'gradcam':
+      if layer not in self._gradcam:
+        self._gradcam[layer] = jax.jit(functools.partial(
+            maps_lib.gradcam, model=self.model, mean=self.mean, std=self.std, layer=layer))
+      return self._batched(self._gradcam[layer], images_rgb_uint8)
+    if method != 'occlusion':
+      raise ValueError(f'method={method!r}: expected one of {maps_lib.METHODS}')
+    images = self._checked(images_rgb_uint8)
+    if self._logodds is None:
+      from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+      self._logodds = jax.jit(lambda x: maps_lib.defect_score(models.forward(
+          self.params, x, model=self.model, model_state=self.model_state)[0]))
+    windows = maps_lib.occlusion_windows(self.image_size, patch, stride)
+    x = np.asarray(normalize(images, self.mean, self.std))
+    return np.stack([maps_lib.occlusion(self._logodds, im, windows) for im in x]) \
+        if len(x) else np.zeros((0, *self.image_size), np.float32)
+
+  def _checked(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     images = np.asarray(images_rgb_uint8)
     want = (*self.image_size, 3)
     if images.ndim != 4 or images.shape[1:] != want or images.dtype != np.uint8:
       raise ValueError(f'expected uint8 images of shape (N, {want[0]}, {want[1]}, 3), '
                        f'got {images.dtype} {images.shape}')
+    return images
+
+  def _batched(self, fn, images_rgb_uint8: np.ndarray) -> np.ndarray:
+    """fn(params, model_state, batch) over fixed-size batches (the last one
+    zero-padded: one shape, one compile), concatenated."""
+    images = self._checked(images_rgb_uint8)
+    want = images.shape[1:]
     out = []
     for i in range(0, max(len(images), 1), self.batch_size):
       chunk = images[i:i + self.batch_size]
@@ -302,6 +334,12 @@ class Ensemble:
     """(N, H, W, 3) uint8 RGB -> (N,) float32, the members' mean."""
     return np.mean([m.predict_proba(images_rgb_uint8) for m in self.members],
                    axis=0).astype(np.float32)
+
+  def maps(self, images_rgb_uint8: np.ndarray, method: str = 'gradcam', **kwargs) -> np.ndarray:
+    """The members' mean map (`Predictor.maps`), renormalised to [0, 1]."""
+    heat = np.mean([m.maps(images_rgb_uint8, method, **kwargs) for m in self.members], axis=0)
+    peak = heat.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, heat / np.where(peak > 0, peak, 1), 0).astype(np.float32)
 
   def decide(self, prob: float) -> str:
     return 'defective' if prob >= self.threshold else 'good'
@@ -370,6 +408,7 @@ class FrameResult:
   roi: Optional[np.ndarray] = None
   error: str = ''
   source_size: Optional[tuple[int, int]] = None  # (width, height) of the file.
+  heat: Optional[np.ndarray] = None  # (H, W) in [0, 1] where maps were asked for (maps.py).
 
   @property
   def ok(self) -> bool:

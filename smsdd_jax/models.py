@@ -61,6 +61,9 @@ EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
 # sits), or its global average / max ('gap' | 'gmp': the same weights at every
 # position, as in ResNet-style heads; 'gmp' keeps the strongest local response).
 HEADS = ('flatten', 'gap', 'gmp')
+# Block outputs (before each pool) that apply() can return and differentiate.
+TAPS = tuple(f'block{b}' for b in range(1, 6))
+TAP_COLLECTIONS = ('intermediates', 'perturbations')
 # model.conv_impl -> the conv function nn.Conv calls. Every impl but 'xla'
 # also takes conv.py's max-pool (its backward is ~10x XLA:CPU's). 'custom_fused'
 # is 'custom' with each conv + bias + ReLU as one custom_vjp (conv.py) where
@@ -128,13 +131,23 @@ class SiameseVGG16(nn.Module):
       return f'Conv_{i}', f'BatchNorm_{i}'
     return CONV_NAMES[i], CONV_NAMES[i] + BN_SUFFIX
 
+  def _tap(self, name: str, x: jax.Array) -> jax.Array:
+    """Each block's output before its pool (TAPS), for maps.py's Grad-CAM:
+    sown into 'intermediates' and given a zero 'perturbations' entry whose
+    gradient is d(output)/d(activation). Both are no-ops unless apply() is
+    asked for those collections, so training and scoring are unchanged."""
+    self.sow('intermediates', name, x)
+    return self.perturb(name, x)
+
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False):
     x = images.astype(self.dtype)
     fused = self.conv_impl in FUSED_IMPLS and not self.batch_norm
-    i = 0
+    i = block = 0
     for v in channels(self.width_mult):
       if v == 'M':
+        block += 1
+        x = self._tap(f'block{block}', x)
         x = (nn.max_pool(x, (2, 2), strides=(2, 2)) if self.conv_impl == 'xla'
              else conv.max_pool2x2(x))
         continue
@@ -239,7 +252,8 @@ def init(model: SiameseVGG16, rng: jax.Array, image_shape: Sequence[int]):
       rng, jnp.zeros((1, *image_shape), jnp.float32))
   variables = rename_legacy(dict(variables))
   params = variables['params']
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  # BatchNorm statistics only: init also fills _tap's collections.
+  model_state = {k: v for k, v in variables.items() if k not in ('params',) + TAP_COLLECTIONS}
   return params, model_state
 
 

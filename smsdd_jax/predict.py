@@ -3,7 +3,7 @@
   python -m smsdd_jax.predict --workdir=runs/beta_c --input=PATH --output=preds.csv
       [--roi=auto|hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
       [--save_rois=DIR] [--sheet=decisions.png] [--workers=2] [--tta=none|flips]
-      [--embeddings=emb.npz] [--workdir=runs/other ...]
+      [--embeddings=emb.npz] [--maps=DIR] [--workdir=runs/other ...]
 
 PATH is an image file, a folder (searched recursively for .jpg/.jpeg/.png/
 .bmp) or a quoted glob pattern ('frames/**/*.jpg'; every matching file). Each
@@ -59,6 +59,13 @@ to a temporary file moved over FILE once complete, after the model loaded.
 --sheet writes a PNG contact sheet of the decisions: defective first (most
 confident first), then errors, then good (closest to the threshold first),
 at most SHEET_MAX_TILES tiles.
+
+--maps=DIR writes, for every scored file, where the network looked: the ROI
+with the map of what raised its defect score overlaid (smsdd_jax/maps.py;
+Grad-CAM at the last block by default, --map_method=occlusion for the slower,
+gradient-free one; an ensemble's is the members' mean), as a PNG under DIR
+mirroring the inputs' paths (as --save_rois). With --sheet, the sheet's tiles
+show the overlay too.
 """
 from __future__ import annotations
 
@@ -117,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--embeddings', default=None,
                  help='npz to write: files, embeddings (N, d), probabilities of the '
                  'scored files (one run only)')
+  p.add_argument('--maps', default=None,
+                 help='folder for overlays of where the network looked (one PNG per '
+                 'scored file; the --sheet tiles show them too)')
+  p.add_argument('--map_method', choices=('gradcam', 'occlusion'), default='gradcam',
+                 help='how --maps are made (smsdd_jax/maps.py)')
   p.add_argument('--workers', type=int, default=2,
                  help='threads reading frames and searching ROIs')
   return p
@@ -270,6 +282,20 @@ class Sheet:
     return len(tiles)
 
 
+def _add_maps(predictor, results, method: str) -> None:
+  """Sets `heat` on every scored result of one chunk (one batched call)."""
+  scored = [r for r in results if r.ok and r.roi is not None]
+  if scored:
+    heat = predictor.maps(np.stack([r.roi for r in scored]), method)
+    for r, h in zip(scored, heat):
+      r.heat = h
+
+
+def _overlay(result) -> np.ndarray:
+  from smsdd_jax import maps  # pylint: disable=import-outside-toplevel
+  return maps.overlay(result.roi, result.heat)
+
+
 _TILE_ROI = (110, 230)
 
 
@@ -286,7 +312,8 @@ def _tile(result) -> np.ndarray:
     color, line2 = (0, 200, 0), f'p={result.prob:.3f} good'
   tile[:h + 8] = color
   if result.roi is not None:
-    roi = result.roi if result.roi.shape[:2] == (h, w) else cv2.resize(result.roi, (w, h))
+    roi = result.roi if result.heat is None else _overlay(result)
+    roi = roi if roi.shape[:2] == (h, w) else cv2.resize(roi, (w, h))
     tile[4:4 + h, 4:4 + w] = cv2.cvtColor(roi, cv2.COLOR_RGB2BGR)
   else:
     tile[4:4 + h, 4:4 + w] = 0
@@ -437,10 +464,11 @@ def _run(args) -> int:
     if others:
       print(f'note: {others} file(s) under {args.input} without an image extension '
             f'({"/".join(inference.IMAGE_EXTENSIONS)}) are not read')
-  for flag, path in (('--save_rois', args.save_rois), ('--sheet', args.sheet)):
+  for flag, path in (('--save_rois', args.save_rois), ('--sheet', args.sheet),
+                     ('--maps', args.maps)):
     if path:
       try:
-        os.makedirs(path if flag == '--save_rois' else
+        os.makedirs(path if flag in ('--save_rois', '--maps') else
                     os.path.dirname(os.path.abspath(path)), exist_ok=True)
       except OSError as e:
         raise UsageError(f'cannot create {flag} {path}: {e.strerror or e}') from None
@@ -482,6 +510,7 @@ def _score(args, predictor, paths, out_file, inference) -> int:
   writer = csv.DictWriter(out_file, fieldnames=CSV_COLUMNS)
   writer.writeheader()
   rois = RoiWriter(args.save_rois, paths, args.input) if args.save_rois else None
+  overlays = RoiWriter(args.maps, paths, args.input) if args.maps else None
   sheet = Sheet(predictor.threshold) if args.sheet else None
   embeddings = Embeddings(args.embeddings, predictor) if args.embeddings else None
   progress = Progress(len(paths))
@@ -491,12 +520,19 @@ def _score(args, predictor, paths, out_file, inference) -> int:
     for results in _frame_results(args, predictor, paths, inference):
       if embeddings is not None:
         embeddings.add(results)
+      if overlays is not None:
+        _add_maps(predictor, results, args.map_method)
       for r in results:
         if rois is not None and r.roi is not None:
           try:
             rois.write(r.path, r.roi)
           except OSError as e:  # The score stands; the row says what failed.
             r.error = f'scored, but saving the ROI failed: {e}'
+        if overlays is not None and r.heat is not None:
+          try:
+            overlays.write(r.path, _overlay(r))
+          except OSError as e:
+            r.error = f'scored, but saving the map failed: {e}'
         writer.writerow(_row(r, predictor.threshold, args.tta, runs))
         if sheet is not None:
           sheet.add(r, done)
@@ -504,7 +540,7 @@ def _score(args, predictor, paths, out_file, inference) -> int:
           failures.append((r.path, r.error))
         if r.decision:
           counts[r.decision] += 1
-        r.roi = None  # Free it.
+        r.roi = r.heat = None  # Free them.
         done += 1
       out_file.flush()
       progress.update(done, len(failures))
@@ -527,6 +563,8 @@ def _score(args, predictor, paths, out_file, inference) -> int:
       failures.append((args.sheet, str(e)))
   if rois is not None:
     print(f'rois: {args.save_rois}')
+  if overlays is not None:
+    print(f'maps: {args.maps} ({args.map_method})')
   scored = counts['good'] + counts['defective']
   print(f'summary: {scored}/{len(paths)} scored ({counts["defective"]} defective, '
         f'{counts["good"]} good at threshold {predictor.threshold:g}), '

@@ -36,6 +36,7 @@ def test_export_holds_the_build_once_and_evaluates_identically(crops_data):
   export = input_pipeline.prepare(export_config.data)
   assert export.images.shape == (50, 110, 230, 1)  # Gray files: one channel stored.
   assert len(export.labels) == 50 and export.name == 'image_folder'
+  assert export.masks is None and not export.meta['has_masks']  # A build without masks.
   assert export.info.metadata['card'] == build.info.metadata['card']
   # Every split, and every k-fold training split, in TFDS' own reading order.
   names = ['train', 'validation', 'test', *(f'fold_{i}' for i in range(5)),

@@ -338,6 +338,20 @@ def test_magnetic_tile_fixture(tiles_fixture, tiles_dir):
     assert (ex['mask'].max() == 255) == (ex['label'] == 1)
 
 
+def test_magnetic_tile_export_carries_the_masks(tiles_fixture, tmp_path):
+  """The export keeps each crop's mask (launch/localization.py reads them
+  from it), identical to the build's, and only builds with masks get them."""
+  from smsdd_jax import dataset_export  # pylint: disable=import-outside-toplevel
+  d = default.get_config().data
+  export = dataset_export.write(tiles_fixture, d, str(tmp_path / 'mt.npz'))
+  assert export.meta['has_masks'] and export.masks.shape == (25, 110, 230)
+  by_name = {str(n): i for i, n in enumerate(export.file_names)}
+  for ex in tfds.as_numpy(tiles_fixture.as_dataset(split='test')):
+    i = by_name[ex['file_name'].decode()]
+    np.testing.assert_array_equal(export.masks[i], ex['mask'][..., 0])
+  assert ((export.masks > 0).any(axis=(1, 2)) == (export.labels == 1)).all()
+
+
 def test_magnetic_tile_at_another_size(tiles_dir, tmp_path):
   b = _build(magnetic_tile.MagneticTile, tiles_dir, tmp_path, image_size=(40, 88))
   assert '_40x88_' in b.builder_config.name

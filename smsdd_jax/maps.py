@@ -1,0 +1,186 @@
+"""Where the network looks: a map per image of what raised its defect score.
+
+  maps = predictor.maps(rois_rgb_uint8)                  # (N, H, W) in [0, 1]
+  rgb = maps_lib.overlay(roi, maps[0])                    # what predict --maps writes
+  maps_lib.pixel_auroc(maps[0], mask), maps_lib.pointing_hit(maps[0], mask)
+
+The score explained is the defect log-odds, logit[1] - logit[0], not the
+probability: a confident softmax saturates, and its gradient with it, so the
+map of a crop scored 0.999 would be noise.
+
+Methods (`METHODS`):
+
+  gradcam    Grad-CAM (Selvaraju et al., 2017) at a block's output before its
+             pool (models.TAPS; default the last, 'block5': 1/16 of the ROI's
+             size): relu(sum_c w_c A_c) with w_c the spatial mean of
+             d(score)/dA_c, bilinearly upsampled to the ROI. One forward and
+             one backward per image, jitted per batch like the scores.
+  occlusion  The drop of the score when a patch of the normalised input is set
+             to the training mean (zero), averaged over the patches covering
+             each pixel. Model-agnostic and needs no gradient, but costs one
+             forward per patch position (hundreds per ROI).
+
+Floors without the network, for the localisation tables: `residual_map`
+(the absolute residual of the grey image against its median blur: the
+background the anomaly floor of launch/floors.py subtracts) and
+`random_map` (uniform noise: pixel AUROC 0.5 in expectation, pointing game
+= the mask's share of the image).
+
+Every map is normalised per image to [0, 1] by its maximum (an all-zero map
+stays zero: nothing raised the score).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smsdd_jax import metrics
+
+METHODS = ('gradcam', 'occlusion')
+DEFAULT_LAYER = 'block5'
+
+
+def defect_score(logits: jax.Array) -> jax.Array:
+  """(N, 2) logits -> (N,) defect log-odds (see the module doc for why)."""
+  return logits[:, 1] - logits[:, 0]
+
+
+def _normalise(maps: jax.Array) -> jax.Array:
+  """Per-image division by the maximum; all-zero maps stay zero."""
+  peak = maps.max(axis=(1, 2), keepdims=True)
+  return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+
+def gradcam(params, model_state, images_uint8: jax.Array, *, model, mean, std,
+            layer: str = DEFAULT_LAYER) -> jax.Array:
+  """Pure: uint8 RGB ROIs (N, H, W, 3) -> Grad-CAM maps (N, H, W) float32 in
+  [0, 1]. Eval mode (BatchNorm's running statistics), so every image's map
+  depends on that image alone and one backward of the batch's summed score
+  gives each image's gradient."""
+  from smsdd_jax import inference, models  # pylint: disable=import-outside-toplevel
+  if layer not in models.TAPS:
+    raise ValueError(f'layer={layer!r}: expected one of {models.TAPS}')
+  x = inference.normalize(images_uint8, mean, std)
+  variables = {'params': params, **(model_state or {})}
+
+  def run(perturbations):
+    (logits, _), taps = model.apply({**variables, 'perturbations': perturbations}, x,
+                                    train=False, mutable=['intermediates'])
+    return defect_score(logits).sum(), taps['intermediates'][layer][0]
+
+  # The perturbations' shapes are the taps' own: read them without computing.
+  _, shapes = jax.eval_shape(lambda: model.apply(variables, x, train=False,
+                                                 mutable=['intermediates']))
+  zeros = {name: jnp.zeros(v[0].shape, v[0].dtype)
+           for name, v in shapes['intermediates'].items()}
+  grads, activation = jax.grad(run, has_aux=True)(zeros)
+  weights = grads[layer].astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
+  cam = jax.nn.relu((weights * activation.astype(jnp.float32)).sum(-1))
+  h, w = images_uint8.shape[1:3]
+  cam = jax.image.resize(cam, (cam.shape[0], h, w), method='bilinear')
+  return _normalise(jax.nn.relu(cam))
+
+
+def occlusion_windows(size: tuple[int, int], patch: int, stride: int) -> np.ndarray:
+  """(P, H, W) bool: each patch position's window, a stride apart, the last
+  row and column flush with the border so every pixel is covered."""
+  h, w = size
+  if patch < 1 or stride < 1:
+    raise ValueError(f'patch={patch}, stride={stride}: both must be >= 1')
+  if patch > min(h, w):
+    raise ValueError(f'patch={patch} is larger than the image ({h}x{w})')
+  ys = sorted(set(range(0, h - patch + 1, stride)) | {h - patch})
+  xs = sorted(set(range(0, w - patch + 1, stride)) | {w - patch})
+  windows = np.zeros((len(ys) * len(xs), h, w), bool)
+  for i, (y, x) in enumerate((y, x) for y in ys for x in xs):
+    windows[i, y:y + patch, x:x + patch] = True
+  return windows
+
+
+def occlusion(score_fn: Callable[[jax.Array], jax.Array], image: jax.Array,
+              windows: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+  """One normalised image (H, W, C) -> its occlusion map (H, W) in [0, 1].
+
+  score_fn: a jitted (B, H, W, C) float32 -> (B,) defect log-odds for a fixed
+  B = chunk (the last chunk is padded, so it compiles once)."""
+  image = jnp.asarray(image)
+  base = float(score_fn(jnp.broadcast_to(image, (chunk, *image.shape)))[0])
+  drops = []
+  for i in range(0, len(windows), chunk):
+    win = windows[i:i + chunk]
+    n = len(win)
+    if n < chunk:
+      win = np.concatenate([win, np.zeros((chunk - n, *win.shape[1:]), bool)])
+    occluded = jnp.where(jnp.asarray(win)[..., None], 0.0, image[None])
+    drops.append(np.asarray(base - score_fn(occluded))[:n])
+  drop = np.concatenate(drops)
+  total = np.tensordot(np.maximum(drop, 0.0), windows.astype(np.float32), axes=1)
+  heat = total / np.maximum(windows.sum(0), 1)
+  return np.asarray(_normalise(jnp.asarray(heat)[None])[0])
+
+
+# ------------------------------------------------------------------ floors
+
+
+def residual_map(image: np.ndarray) -> np.ndarray:
+  """(H, W[, C]) uint8 -> (H, W) float32 in [0, 1]: |grey - median blur| over
+  a tenth of the short side (launch/floors.py's anomaly background)."""
+  grey = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image[..., :3]),
+                                                    cv2.COLOR_RGB2GRAY)
+  k = max(3, int(0.1 * min(grey.shape)) | 1)
+  residual = np.abs(grey.astype(np.float32) - cv2.medianBlur(grey, k).astype(np.float32))
+  peak = residual.max()
+  return residual / peak if peak > 0 else residual
+
+
+def random_map(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+  return rng.random(size, dtype=np.float32)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _mask2d(mask: np.ndarray) -> np.ndarray:
+  mask = np.asarray(mask)
+  return (mask[..., 0] if mask.ndim == 3 else mask) > 0
+
+
+def pixel_auroc(heat: np.ndarray, mask: np.ndarray) -> float:
+  """AUROC of the map's values as a score for "this pixel is defect" against
+  the mask; NaN where the mask is empty or covers everything."""
+  m = _mask2d(mask)
+  if heat.shape != m.shape:
+    raise ValueError(f'map {heat.shape} and mask {m.shape} differ in size')
+  if m.all() or not m.any():
+    return float('nan')
+  return metrics.auroc(m.ravel().astype(np.int64), np.asarray(heat, np.float64).ravel())
+
+
+def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> float:
+  """1.0 when the map's peak lies inside the mask (the pointing game,
+  Zhang et al., 2016, without tolerance), 0.0 when not; NaN for an empty
+  mask. Ties at the peak count the share of peak pixels inside."""
+  m = _mask2d(mask)
+  if heat.shape != m.shape:
+    raise ValueError(f'map {heat.shape} and mask {m.shape} differ in size')
+  if not m.any():
+    return float('nan')
+  peak = heat >= heat.max()
+  return float(m[peak].mean())
+
+
+# ------------------------------------------------------------------ pictures
+
+
+def overlay(roi_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+  """The ROI (H, W, 3) uint8 RGB with the map (H, W) in [0, 1] blended over it
+  in a jet colour scale (blue: nothing, red: what raised the score most)."""
+  if roi_rgb.shape[:2] != heat.shape:
+    raise ValueError(f'ROI {roi_rgb.shape[:2]} and map {heat.shape} differ in size')
+  colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)
+  colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
+  return cv2.addWeighted(np.ascontiguousarray(roi_rgb, np.uint8), 1 - alpha, colour, alpha, 0)
