@@ -80,7 +80,7 @@ def summarise(per_crop: dict, types: np.ndarray) -> dict:
 
 def defective_crops(export, workdir: str):
   """Indices of the run's test split, and which of them are defective with a mask."""
-  index = export.indices(prediction_gains.test_split(workdir))
+  index = export.indices(rundir.test_split(workdir))
   has_mask = (export.masks[index] > 0).any(axis=(1, 2))
   return index, (export.labels[index] == 1) & has_mask
 
@@ -157,41 +157,17 @@ def comparisons(per_run: dict, per_fold_floors: dict) -> dict:
   return out
 
 
-def examples_figure(run: dict, export, path: str, per_kind: int = 2) -> None:
-  """True and false decisions on one run's test fold, each ROI beside its
-  Grad-CAM overlay, the mask outlined in white where there is one."""
+def examples_figure(run: dict, export, path: str) -> None:
+  """True and false decisions on one run's test fold with their maps
+  (maps.decision_sheet), written as a PNG."""
   import cv2  # pylint: disable=import-outside-toplevel
   predictor = inference.Predictor(run['workdir'])
-  index = export.indices(prediction_gains.test_split(run['workdir']))
-  images, labels = export.rgb(index), np.asarray(export.labels[index])
-  prob = predictor.predict_proba(images)
-  decided = prob >= predictor.threshold
-  rows = []
-  for name, sel in (('true defective', labels.astype(bool) & decided),
-                    ('missed defect', labels.astype(bool) & ~decided),
-                    ('false alarm', ~labels.astype(bool) & decided),
-                    ('true good', ~labels.astype(bool) & ~decided)):
-    order = np.flatnonzero(sel)
-    # The most confident of each kind: highest probability where it said
-    # defective, lowest where it said good.
-    order = order[np.argsort(-prob[order] if name in ('true defective', 'false alarm')
-                             else prob[order])][:per_kind]
-    if not len(order):
-      continue
-    heat = predictor.maps(images[order])
-    for i, h in zip(order, heat):
-      left, right = images[i].copy(), maps.overlay(images[i], h)
-      contours, _ = cv2.findContours((export.masks[index[i]] > 0).astype(np.uint8),
-                                     cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-      cv2.drawContours(right, contours, -1, (255, 255, 255), 1)
-      label = np.zeros((18, left.shape[1] * 2, 3), np.uint8)
-      text = f'{name}: p={prob[i]:.2f} {export.defect_types[index[i]] or "good"}'
-      cv2.putText(label, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-      rows.append(np.concatenate([label, np.concatenate([left, right], 1)], 0))
-  if rows:
+  index = export.indices(rundir.test_split(run['workdir']))
+  sheet = maps.decision_sheet(predictor, export.rgb(index), export.labels[index],
+                              masks=export.masks[index], names=export.defect_types[index])
+  if sheet is not None:
     with rundir.atomic_file(path, 'wb') as f:
-      f.write(cv2.imencode('.png', cv2.cvtColor(np.concatenate(rows, 0),
-                                                cv2.COLOR_RGB2BGR))[1].tobytes())
+      f.write(cv2.imencode('.png', cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes())
 
 
 def evaluate(runs: list[dict], export, args) -> dict:

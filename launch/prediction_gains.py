@@ -66,11 +66,7 @@ def finished_runs(sweep: str, variant: str | None) -> list[dict]:
   return runs
 
 
-def test_split(workdir: str) -> str:
-  data = rundir.read_config(workdir)['data']
-  if not data.get('kfold'):
-    return data.get('test_split', 'test')
-  return f'fold_{data["fold"]}'
+test_split = rundir.test_split  # Kept for the scripts that import it from here.
 
 
 def score_run(run: dict, export, batch_size: int) -> dict:

@@ -263,10 +263,51 @@ FIGURES = {'loss_curves.png': plot_loss_curves, 'roc_curves.png': plot_roc_curve
            'embeddings.png': plot_embeddings}
 
 
+def maps_run(runs: Sequence[dict]) -> Optional[dict]:
+  """The run whose test decisions maps.png shows: finished, its best
+  checkpoint kept; beta = 0 first, then the lowest seed and fold."""
+  kept = [r for r in runs if r['finished'] and
+          os.path.isdir(os.path.join(r['path'], rundir.CHECKPOINTS_BEST))]
+  if not kept:
+    return None
+  return min(kept, key=lambda r: (r['beta'] != 0, r['seed'], r['fold'] or 0, r['run']))
+
+
+def plot_maps(runs: Sequence[dict], path: str, export) -> Optional[str]:
+  """maps.png: true and false decisions on one run's test split with
+  where the network looked (maps.decision_sheet), from a dataset export of
+  the run's build (the images are not in the run directory)."""
+  # pylint: disable=import-outside-toplevel
+  import cv2
+  from smsdd_jax import inference, maps
+  run = maps_run(runs)
+  if run is None:
+    return None
+  predictor = inference.Predictor(run['path'])
+  if tuple(predictor.image_size) != tuple(export.image_size):
+    raise ValueError(f'{run["path"]}: image size {predictor.image_size} but '
+                     f'{export.path} holds {export.image_size}')
+  index = export.indices(rundir.test_split(run['path']))
+  names = export.defect_types[index] if export.has_defect_types else None
+  sheet = maps.decision_sheet(predictor, export.rgb(index), export.labels[index],
+                              masks=None if export.masks is None else export.masks[index],
+                              names=names)
+  if sheet is None:
+    return None
+  caption = np.zeros((22, sheet.shape[1], 3), np.uint8)
+  cv2.putText(caption, f'{run["run"]}, test split {rundir.test_split(run["path"])}', (4, 15),
+              cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+  with rundir.atomic_file(path, 'wb') as f:
+    f.write(cv2.imencode('.png', cv2.cvtColor(np.concatenate([caption, sheet]),
+                                              cv2.COLOR_RGB2BGR))[1].tobytes())
+  return path
+
+
 def write_figures(sweep: str, out: Optional[str] = None,
-                  runs: Optional[Sequence[dict]] = None) -> list[str]:
+                  runs: Optional[Sequence[dict]] = None, export=None) -> list[str]:
   """Every figure of FIGURES into `out` (default SWEEP/figures); their paths.
-  `runs`: the sweep's load_runs, when the caller has read them already."""
+  `runs`: the sweep's load_runs, when the caller has read them already.
+  `export` (a loaded dataset export of the runs' build): maps.png too."""
   runs = load_runs(sweep) if runs is None else runs
   if not runs:
     raise ValueError(no_runs_reason(sweep))
@@ -274,4 +315,8 @@ def write_figures(sweep: str, out: Optional[str] = None,
   names = FIGURES if any(r['finished'] for r in runs) else ('loss_curves.png',)
   out = out or os.path.join(sweep, 'figures')
   os.makedirs(out, exist_ok=True)
-  return [FIGURES[name](runs, os.path.join(out, name)) for name in names]
+  paths = [FIGURES[name](runs, os.path.join(out, name)) for name in names]
+  if export is not None:
+    made = plot_maps(runs, os.path.join(out, 'maps.png'), export)
+    paths += [made] if made else []
+  return paths

@@ -184,3 +184,37 @@ def overlay(roi_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.nd
   colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)
   colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
   return cv2.addWeighted(np.ascontiguousarray(roi_rgb, np.uint8), 1 - alpha, colour, alpha, 0)
+
+
+def decision_sheet(predictor, images: np.ndarray, labels: np.ndarray, *, masks=None,
+                   names=None, per_kind: int = 2):
+  """An RGB picture of true and false decisions with their maps, or None
+  when there are none: per kind (true defective, missed defect, false alarm,
+  true good) the `per_kind` most confident (highest probability where it said
+  defective, lowest where it said good), each ROI beside its Grad-CAM
+  overlay, the mask (where given) outlined in white, a caption with the
+  probability and `names` (e.g. the defect type)."""
+  labels = np.asarray(labels).astype(bool)
+  prob = predictor.predict_proba(images)
+  decided = prob >= predictor.threshold
+  rows = []
+  for kind, sel, said_defective in (('true defective', labels & decided, True),
+                                    ('missed defect', labels & ~decided, False),
+                                    ('false alarm', ~labels & decided, True),
+                                    ('true good', ~labels & ~decided, False)):
+    order = np.flatnonzero(sel)
+    order = order[np.argsort(-prob[order] if said_defective else prob[order])][:per_kind]
+    if not len(order):
+      continue
+    for i, heat in zip(order, predictor.maps(images[order])):
+      right = overlay(images[i], heat)
+      if masks is not None:
+        contours, _ = cv2.findContours((np.asarray(masks[i]) > 0).astype(np.uint8),
+                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(right, contours, -1, (255, 255, 255), 1)
+      caption = np.zeros((18, images.shape[2] * 2, 3), np.uint8)
+      text = f'{kind}: p={prob[i]:.2f}' + (f' {names[i]}' if names is not None else '')
+      cv2.putText(caption, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                  cv2.LINE_AA)
+      rows.append(np.concatenate([caption, np.concatenate([images[i], right], 1)], 0))
+  return np.concatenate(rows, 0) if rows else None

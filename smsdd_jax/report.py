@@ -15,6 +15,14 @@ writes three PNGs:
                     components, coloured by class, for beta = 0 beside the best
                     beta > 0 by mean val balanced accuracy (the idea of Fig. 3)
 
+and with --export=FILE (a dataset export of the runs' build, whose test
+images the runs do not keep) a fourth, from the first run with its best
+checkpoint kept (beta = 0 first):
+
+  maps.png          true and false decisions on its test split, each ROI beside
+                    where the network looked (smsdd_jax/maps.py), the defect
+                    mask outlined where the export has one
+
 A run of a sweep is a directory OUT/<variant>_s<seed>[_f<fold>]/ holding
 sweep.json (written by the launcher), the training workdir files and, once
 finished, eval.json, eval_val.npz and eval_test.npz (train.final_evaluation).
@@ -612,6 +620,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--sweep', required=True, help='the OUT directory of launch/sweep.py, '
                  'or one run directory (a workdir with config.json)')
   p.add_argument('--out', default=None, help='folder for the PNGs (default SWEEP/figures)')
+  p.add_argument('--export', default=None, help='dataset export of the runs\' build '
+                 '(python -m smsdd_jax.dataset_export): adds maps.png')
   args = p.parse_args(argv)
   unreadable = {}
   try:
@@ -621,7 +631,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise ValueError(no_runs_reason(args.sweep))
     for run, why in unreadable.items():  # Said, then drawn without them.
       print(f'left out {run}: {why}', file=sys.stderr)
-    paths = figures.write_figures(args.sweep, args.out, runs)
+    export = None
+    if args.export:
+      from smsdd_jax import dataset_export  # pylint: disable=import-outside-toplevel
+      export = dataset_export.load(args.export)
+    paths = figures.write_figures(args.sweep, args.out, runs, export=export)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

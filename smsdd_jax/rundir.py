@@ -300,6 +300,15 @@ def finished_steps(directory: str) -> list[int]:
                 if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
+def test_split(workdir: str) -> str:
+  """The TFDS split a run was tested on: its fold under k-fold, else its
+  config's test split."""
+  data = read_config(workdir).get('data', {})
+  if not data.get('kfold'):
+    return data.get('test_split', 'test')
+  return f'fold_{data["fold"]}'
+
+
 def read_config(workdir: str) -> dict:
   """The "config" entry of workdir/config.json (a plain dict).
 

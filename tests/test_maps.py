@@ -202,3 +202,16 @@ def test_predict_maps_writes_one_overlay_per_scored_frame(trained_run, frames, t
   got = cv2.cvtColor(cv2.imread(str(maps_dir / name)), cv2.COLOR_BGR2RGB)
   assert np.abs(got.astype(int) - expected).max() <= 2
   assert cv2.imread(str(sheet)) is not None
+
+
+def test_report_draws_test_decisions_with_their_maps_from_an_export(trained_run, tmp_path):
+  from smsdd_jax import dataset_export, input_pipeline, report, rundir  # pylint: disable=import-outside-toplevel
+  config = rundir.run_config(rundir.read_config(trained_run))
+  export = tmp_path / 'build.npz'
+  dataset_export.write(input_pipeline.prepare(config.data), config.data, str(export))
+  out = tmp_path / 'figures'
+  assert report.main([f'--sweep={trained_run}', f'--out={out}', f'--export={export}']) == 0
+  sheet = cv2.imread(str(out / 'maps.png'))
+  assert sheet is not None and sheet.shape[1] == 2 * config.data.image_size[1]
+  assert report.main([f'--sweep={trained_run}', f'--out={tmp_path / "none"}',
+                      f'--export={tmp_path / "missing.npz"}']) == 1
