@@ -6,6 +6,7 @@
   python -m smsdd_jax.benchmark --only=ab --impls=custom,xla --rounds=5 [--compare-torch=PATH]
   python -m smsdd_jax.benchmark --only=layers --impls=custom,xla --steps=5
   python -m smsdd_jax.benchmark --only=runtimes --impls=xla,custom --cores=1
+  python -m smsdd_jax.benchmark --only=maps --width_mult=0.0625 --cores=1
 
 Times are medians of `--steps` repeated runs after a warm-up (compile) run.
 `--compare-torch` runs the PyTorch twin of the step in the same invocation
@@ -356,6 +357,35 @@ def bench_runtimes(steps: int, width_mult: float, impls: str) -> dict:
   return {k: round(v * 1e3, 1) for k, v in out.items()}
 
 
+def bench_maps(steps: int, width_mult: float, batch: int) -> dict:
+  """Per ROI: the plain score against its Grad-CAM map and its occlusion
+  map (maps.py's defaults), alone (batch 1) and in batches of `batch`."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import inference, maps, models  # pylint: disable=import-outside-toplevel
+  p = _random_predictor(width_mult)
+  kw = dict(model=p.model, mean=p.mean, std=p.std)
+  score = jax.jit(functools.partial(inference.probabilities, **kw))
+  cam = jax.jit(functools.partial(maps.gradcam, **kw))
+  logodds = jax.jit(lambda x: maps.defect_score(models.forward(
+      p.params, x, model=p.model, model_state=p.model_state)[0]))
+  windows = maps.occlusion_windows((110, 230), 16, 8)
+  rng = np.random.default_rng(0)
+  out = {}
+  for n in (1, batch):
+    images = rng.integers(0, 256, (n, 110, 230, 3), dtype=np.uint8)
+    for name, fn in (('score', score), ('gradcam', cam)):
+      t = _median_time(lambda: jax.block_until_ready(fn(p.params, p.model_state, images)),  # noqa: B023
+                       steps)  # Called within this iteration: it sees this fn and images.
+      out[f'{name}_ms_per_roi_batch{n}'] = round(t / n * 1e3, 2)
+  x = np.asarray(inference.normalize(images[0], p.mean, p.std))
+  t = _median_time(lambda: maps.occlusion(logodds, x, windows), max(1, steps // 2))
+  out['occlusion_ms_per_roi'] = round(t * 1e3, 1)
+  out['occlusion_forwards_per_roi'] = len(windows)
+  return out
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--pairs', default='4', help='comma-separated batch sizes (pairs)')
@@ -371,7 +401,8 @@ def main(argv=None) -> None:
   p.add_argument('--only', default='train',
                  help='comma-separated: train, ab (interleaved A/B of --impls), '
                  'layers (per-layer conv timings), runtimes (one ROI through jit / '
-                 'jax.export / SavedModel), pipeline, inference')
+                 'jax.export / SavedModel), pipeline, inference, maps (a score against '
+                 'its Grad-CAM and occlusion maps, per ROI)')
   p.add_argument('--data-dir', '--data_dir', default='', help='TFDS data_dir (pipeline)')
   p.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: all)')
   p.add_argument('--inference-batch', type=int, default=16)
@@ -416,6 +447,10 @@ def main(argv=None) -> None:
       r.update(bench_torch_forward(args.compare_torch, args.steps, args.width_mult))
     print('one ROI -> probability: ' + ', '.join(f'{k} {v}' for k, v in r.items()), flush=True)
     summary['runtimes'] = r
+  if 'maps' in parts:
+    r = bench_maps(args.steps, args.width_mult, args.inference_batch)
+    print('maps, ms per ROI: ' + ', '.join(f'{k} {v}' for k, v in r.items()), flush=True)
+    summary['maps'] = r
   if 'pipeline' in parts:
     summary.update(bench_pipeline(args.data_dir, 200))
     print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)
