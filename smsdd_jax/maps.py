@@ -80,9 +80,21 @@ def gradcam(params, model_state, images_uint8: jax.Array, *, model, mean, std,
   grads, activation = jax.grad(run, has_aux=True)(zeros)
   weights = grads[layer].astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
   cam = jax.nn.relu((weights * activation.astype(jnp.float32)).sum(-1))
-  h, w = images_uint8.shape[1:3]
-  cam = jax.image.resize(cam, (cam.shape[0], h, w), method='bilinear')
-  return _normalise(jax.nn.relu(cam))
+  stride = 2 ** (models.TAPS.index(layer))  # blockB's output has been pooled B - 1 times.
+  return _normalise(jax.nn.relu(to_input_grid(cam, images_uint8.shape[1:3], stride)))
+
+
+def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
+  """(N, h, w) block output -> (N, H, W) on the input's pixels. Cell (i, j)
+  of a block `stride` = 2^pools input pixels apart covers input rows
+  [i stride, (i + 1) stride); the pools' floor division leaves the last rows
+  and columns (fewer than `stride`) uncovered: they take the nearest cell's
+  value, where a plain resize to (H, W) would stretch the map over them and
+  shift every cell (up to 14 px at the bottom of a 110-row ROI at block5)."""
+  n, h, w = cam.shape
+  up = jax.image.resize(cam, (n, h * stride, w * stride), method='bilinear')
+  return jnp.pad(up, ((0, 0), (0, size[0] - h * stride), (0, size[1] - w * stride)),
+                 mode='edge')
 
 
 def occlusion_windows(size: tuple[int, int], patch: int, stride: int) -> np.ndarray:

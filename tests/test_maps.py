@@ -49,7 +49,10 @@ def _gradcam_by_hand(run, images):
 
   grad = jax.grad(score)(block5)
   cam = jax.nn.relu((grad.mean(axis=(1, 2), keepdims=True) * block5).sum(-1))
-  cam = jax.image.resize(cam, (len(images), *images.shape[1:3]), 'bilinear')
+  h, w = block5.shape[1:3]  # 16 input pixels a cell; the uncovered edge repeats.
+  cam = jax.image.resize(cam, (len(images), 16 * h, 16 * w), 'bilinear')
+  cam = jnp.pad(cam, ((0, 0), (0, images.shape[1] - 16 * h), (0, images.shape[2] - 16 * w)),
+                mode='edge')
   peak = cam.max(axis=(1, 2), keepdims=True)
   return np.asarray(jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1), 0))
 
@@ -114,6 +117,15 @@ def test_an_unknown_head_is_refused_by_name():
   config.model.head = 'mlp'
   with pytest.raises(ValueError, match=r"config.model.head='mlp'"):
     models.create(config.model)
+
+
+def test_a_cell_lands_on_the_input_pixels_it_covers():
+  cam = jnp.zeros((1, 6, 14)).at[0, 2, 5].set(1.0)  # Rows 32-47, columns 80-95 at stride 16.
+  grid = np.asarray(maps.to_input_grid(cam, (110, 230), 16))[0]
+  assert grid.shape == (110, 230)
+  y, x = np.unravel_index(np.argmax(grid), grid.shape)
+  assert 32 <= y < 48 and 80 <= x < 96
+  assert (grid[96:] == grid[95]).all() and (grid[:, 224:] == grid[:, 223:224]).all()
 
 
 def test_occlusion_finds_the_only_region_the_score_reads():
