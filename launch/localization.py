@@ -16,8 +16,9 @@ crops, and per defect type. Floors per fold: the residual against a median
 blur (launch/floors.py's anomaly background) and a uniform random map.
 
 Comparisons (smsdd_jax.stats.compare, paired over (seed, fold)): each method
-against the residual floor, and every variant against beta_a (beta = 0)
-on the same units. The export must carry masks (dataset_export writes them
+against the residual floor, every variant against beta_a (beta = 0) on the
+same units, and with several sweeps (variants labelled '<sweep>/<variant>')
+each sweep's variant against the first sweep's. The export must carry masks (dataset_export writes them
 for builds with a `mask` feature). Writes a JSON (default
 <first sweep>/localization.json) and prints markdown tables.
 """
@@ -118,10 +119,24 @@ def evaluate_run(run: dict, export, layers: list[str], n_occlusion: int, batch_s
   return out, crops
 
 
+def _bases(label: str, labels: list[str]) -> list[str]:
+  """What a variant is paired against: beta_a of its own sweep, and (several
+  sweeps, labels '<sweep>/<variant>') the same variant of the first sweep."""
+  sweep, _, variant = label.rpartition('/')
+  out = []
+  own = f'{sweep}/{BASE_VARIANT}' if sweep else BASE_VARIANT
+  if variant != BASE_VARIANT and own in labels:
+    out.append(own)
+  first = labels[0].rpartition('/')[0] if sweep else ''
+  if sweep and sweep != first and f'{first}/{variant}' in labels:
+    out.append(f'{first}/{variant}')
+  return out
+
+
 def comparisons(per_run: dict, per_fold_floors: dict) -> dict:
   out = {}
   methods = sorted({m for r in per_run.values() for m in r['maps']})
-  variants = sorted({r['variant'] for r in per_run.values()})
+  variants = list(dict.fromkeys(r['variant'] for r in per_run.values()))  # Sweeps' order.
   for metric in METRICS:
     for variant in variants:
       runs = {k: r for k, r in per_run.items() if r['variant'] == variant}
@@ -140,20 +155,16 @@ def comparisons(per_run: dict, per_fold_floors: dict) -> dict:
                 for r in runs.values() for m in r['maps'] if m.endswith('@occlusion_crops')}
         out[f'{metric}: {variant} occlusion minus Grad-CAM (same crops)'] = stats.compare(occ,
                                                                                        grad)
-    if BASE_VARIANT in variants:
-      base = {f's{r["seed"]}_f{r["fold"]}': r for r in per_run.values()
-              if r['variant'] == BASE_VARIANT}
-      for variant in variants:
-        if variant == BASE_VARIANT:
-          continue
-        other = {f's{r["seed"]}_f{r["fold"]}': r for r in per_run.values()
-                 if r['variant'] == variant}
+    for variant in variants:
+      for base in _bases(variant, variants):
+        a = {f's{r["seed"]}_f{r["fold"]}': r for r in per_run.values() if r['variant'] == variant}
+        b = {f's{r["seed"]}_f{r["fold"]}': r for r in per_run.values() if r['variant'] == base}
         for method in methods:
           if '@' in method or method == 'occlusion':
             continue
-          out[f'{metric}: {variant} minus {BASE_VARIANT}, {method}'] = stats.compare(
-              {k: r['maps'][method][metric] for k, r in other.items()},
-              {k: r['maps'][method][metric] for k, r in base.items()})
+          out[f'{metric}: {variant} minus {base}, {method}'] = stats.compare(
+              {k: r['maps'][method][metric] for k, r in a.items() if method in r['maps']},
+              {k: r['maps'][method][metric] for k, r in b.items() if method in r['maps']})
   return out
 
 
@@ -220,8 +231,11 @@ def main(argv=None) -> int:
     for sweep in args.sweep:
       if not os.path.isdir(sweep):
         raise ValueError(f'--sweep={sweep}: no such directory')
+      name = os.path.basename(os.path.normpath(sweep))
       for run in prediction_gains.finished_runs(sweep, args.variant):
-        runs.append({**run, 'key': f'{os.path.basename(os.path.normpath(sweep))}/{run["run"]}'})
+        # Several sweeps: a variant is labelled by its sweep too (their runs pair by seed and fold).
+        label = f'{name}/{run["variant"]}' if len(args.sweep) > 1 else run['variant']
+        runs.append({**run, 'variant': label, 'key': f'{name}/{run["run"]}'})
     if not runs:
       raise ValueError(f'--sweep={",".join(args.sweep)}: no finished run with its best '
                        'checkpoint kept')
@@ -231,7 +245,8 @@ def main(argv=None) -> int:
                        '`mask` feature, e.g. magnetic_tile, again)')
     result = evaluate(runs, export, args)
     examples = args.examples or os.path.join(args.sweep[0], 'maps.png')
-    first = min(runs, key=lambda r: (r['variant'] != BASE_VARIANT, r['seed'], r['fold']))
+    first = min(runs, key=lambda r: (not r['variant'].endswith(BASE_VARIANT), r['seed'],
+                                   r['fold']))
     examples_figure(first, export, examples)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -67,3 +67,34 @@ def test_a_sweep_without_kept_checkpoints_is_one_line(tmp_path, capsys, crops_da
   err = capsys.readouterr().err
   assert 'no checkpoints_best/' in err and err.strip().endswith(
       'no finished run with its best checkpoint kept')
+
+
+def test_localization_scores_each_runs_maps_against_masks_and_floors(sweep, tmp_path):
+  """launch/localization.py on the same two runs, with hand-made masks added to
+  the export in memory (the crops carry none): one map per defective crop,
+  values equal to maps.py's metrics on Predictor.maps, floors per fold."""
+  import localization  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import maps  # pylint: disable=import-outside-toplevel
+  out_dir, export_path = sweep
+  export = dataset_export.load(export_path)
+  h, w = export.image_size
+  export.masks = np.zeros((len(export.labels), h, w), np.uint8)
+  export.masks[export.labels == 1, h // 4:h // 2, w // 4:w // 2] = 255
+  runs = [{**r, 'key': r['run']} for r in prediction_gains.finished_runs(str(out_dir), None)]
+  args = localization.parser().parse_args([f'--sweep={out_dir}', f'--export={export_path}',
+                                           '--layers=block5,block4'])
+  result = localization.evaluate(runs, export, args)
+  index = export.indices('fold_0')
+  crops = index[export.labels[index] == 1]
+  heat = inference.Predictor(runs[0]['workdir']).maps(export.rgb(crops))
+  got = result['runs']['beta_a_s0_f0']
+  assert got['crops'] == len(crops)
+  assert got['maps']['gradcam_block5']['pixel_auroc'] == pytest.approx(np.mean(
+      [maps.pixel_auroc(m, export.masks[i]) for m, i in zip(heat, crops)]))
+  assert set(got['maps']) == {'gradcam_block5', 'gradcam_block4'}
+  assert result['floors']['0']['random']['pixel_auroc'] == pytest.approx(0.5, abs=0.05)
+  key = 'pixel_auroc: beta_a gradcam_block5 minus residual floor'
+  assert result['comparisons'][key]['n'] == 2
+  assert '| floor: residual |' in localization.markdown(result)
+  assert localization._bases('b/beta_c', ['a/beta_a', 'a/beta_c', 'b/beta_a', 'b/beta_c']) == [
+      'b/beta_a', 'a/beta_c']
