@@ -24,6 +24,24 @@ def pytest_configure(config):
     os.environ[name.upper()] = str(value)
 
 
+def _loss_ctx(seed: int = 0) -> dict:
+  """A combined_loss ctx (smsdd_jax/losses.py's contract): 4 pairs, 6-d
+  embeddings, drawn from `seed`."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  k = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return {'logits': jax.random.normal(k[0], (8, 2)),
+          'labels': jnp.array([0, 1, 0, 1, 1, 0, 0, 1]),
+          'emb_a': jax.random.normal(k[1], (4, 6)),
+          'emb_b': jax.random.normal(k[2], (4, 6)),
+          'same': jnp.array([1.0, 0.0, 0.0, 1.0]), 'rng': k[0]}
+
+
+@pytest.fixture
+def loss_ctx():
+  """The builder of a loss ctx from a seed (`_loss_ctx`)."""
+  return _loss_ctx
+
+
 @pytest.fixture(scope='session')
 def shared_data() -> pathlib.Path:
   """The workplace's real images, if present (SMSDD_SHARED_DATA overrides);

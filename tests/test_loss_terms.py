@@ -32,23 +32,14 @@ def parse(*args):
     return values.config
 
 
-def ctx(seed=0):
-  k = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return {'logits': jax.random.normal(k[0], (8, 2)),
-          'labels': jnp.array([0, 1, 0, 1, 1, 0, 0, 1]),
-          'emb_a': jax.random.normal(k[1], (4, 6)),
-          'emb_b': jax.random.normal(k[2], (4, 6)),
-          'same': jnp.array([1.0, 0.0, 0.0, 1.0]), 'rng': k[0]}
-
-
-def test_example_config_defines_selects_and_validates_its_term(monkeypatch):
+def test_example_config_defines_selects_and_validates_its_term(monkeypatch, loss_ctx):
   monkeypatch.chdir(REPO)
   config = parse(f'--config={EXAMPLE}:quick', '--config.loss.smoothing=0.2')
   parse(f'--config={EXAMPLE}')  # Loaded again: the same function, accepted...
   spec = importlib.util.spec_from_file_location('smoothed_ce', REPO / EXAMPLE)
   spec.loader.exec_module(importlib.util.module_from_spec(spec))  # ...under its own name too.
   losses.validate(config.loss)
-  c = ctx()
+  c = loss_ctx()
   total, aux = losses.combined_loss(c, config.loss)
   log_p = np.asarray(jax.nn.log_softmax(c['logits']))
   target = 0.8 * np.eye(2)[np.asarray(c['labels'])] + 0.1
@@ -128,11 +119,11 @@ def test_new_term_check_runs_only_when_in_use():
     losses.validate(loss_config(extra={'test_checked_term': 1.0}))
 
 
-def test_combined_loss_refuses_a_dict_in_one_line_and_runs_under_grad():
+def test_combined_loss_refuses_a_dict_in_one_line_and_runs_under_grad(loss_ctx):
   cfg = loss_config(beta=0.1)
   with pytest.raises(TypeError, match='^loss_config must be an ml_collections.ConfigDict'):
-    losses.combined_loss(ctx(), cfg.to_dict())
-  c = ctx(1)
+    losses.combined_loss(loss_ctx(), cfg.to_dict())
+  c = loss_ctx(1)
   grad = jax.grad(lambda e: losses.combined_loss({**c, 'emb_a': e}, cfg)[0])(c['emb_a'])
   assert grad.shape == c['emb_a'].shape and np.all(np.isfinite(np.asarray(grad)))
   losses.combined_loss(c, ml_collections.ConfigDict(cfg.to_dict()))  # The fix it names.

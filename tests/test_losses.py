@@ -62,17 +62,8 @@ def test_cosine_margin_hand_computed():
   np.testing.assert_allclose(float(got), (1.0 + (np.sqrt(0.5) - 0.5)) / 2, rtol=1e-5)
 
 
-def _ctx(seed=0):
-  k = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return {'logits': jax.random.normal(k[0], (8, 2)),
-          'labels': jnp.array([0, 1, 0, 1, 1, 0, 0, 1]),
-          'emb_a': jax.random.normal(k[1], (4, 6)),
-          'emb_b': jax.random.normal(k[2], (4, 6)),
-          'same': jnp.array([1.0, 0.0, 0.0, 1.0])}
-
-
-def test_combined_is_ce_plus_beta_contrastive():
-  ctx, cfg = _ctx(), loss_config(beta=0.1, margin=1.5)
+def test_combined_is_ce_plus_beta_contrastive(loss_ctx):
+  ctx, cfg = loss_ctx(), loss_config(beta=0.1, margin=1.5)
   total, aux = losses.combined_loss(ctx, cfg)
   ce = losses.cross_entropy(ctx['logits'], ctx['labels'])
   con = losses.contrastive_loss(ctx['emb_a'], ctx['emb_b'], ctx['same'], margin=1.5)
@@ -80,8 +71,8 @@ def test_combined_is_ce_plus_beta_contrastive():
   assert set(aux) == {'cross_entropy', 'contrastive'}
 
 
-def test_beta_zero_is_exactly_cross_entropy_value_and_gradient():
-  ctx, cfg = _ctx(1), loss_config(beta=0.0)
+def test_beta_zero_is_exactly_cross_entropy_value_and_gradient(loss_ctx):
+  ctx, cfg = loss_ctx(1), loss_config(beta=0.0)
 
   def total(emb_a, logits):
     return losses.combined_loss({**ctx, 'emb_a': emb_a, 'logits': logits}, cfg)[0]
@@ -96,8 +87,8 @@ def test_beta_zero_is_exactly_cross_entropy_value_and_gradient():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_swap_terms_and_extra_term_by_config():
-  ctx = _ctx(2)
+def test_swap_terms_and_extra_term_by_config(loss_ctx):
+  ctx = loss_ctx(2)
   cfg = loss_config(classification='focal', pair='cosine_margin', beta=0.5)
   cfg.extra = ml_collections.ConfigDict({'contrastive': 0.25})
   total, aux = losses.combined_loss(ctx, cfg)
@@ -110,13 +101,13 @@ def test_swap_terms_and_extra_term_by_config():
   assert set(aux) == {'focal', 'cosine_margin', 'contrastive'}
 
 
-def test_registering_a_new_term_is_one_function():
+def test_registering_a_new_term_is_one_function(loss_ctx):
   name = 'test_mean_logit'
   if name not in losses.registered():
     losses.register(name)(lambda ctx, cfg: jnp.mean(ctx['logits']))
   cfg = loss_config(beta=0.0)
   cfg.extra = ml_collections.ConfigDict({name: 2.0})
-  ctx = _ctx(3)
+  ctx = loss_ctx(3)
   total, _ = losses.combined_loss(ctx, cfg)
   want = losses.cross_entropy(ctx['logits'], ctx['labels']) + 2 * jnp.mean(ctx['logits'])
   np.testing.assert_allclose(float(total), float(want), rtol=1e-6)
