@@ -38,7 +38,7 @@ for path in (REPO, HERE):
 import numpy as np  # pylint: disable=wrong-import-position
 
 import prediction_gains  # pylint: disable=wrong-import-position
-from smsdd_jax import dataset_export, inference, maps, rundir, stats  # pylint: disable=wrong-import-position
+from smsdd_jax import dataset_export, figures, inference, maps, report, rundir, stats  # pylint: disable=wrong-import-position
 
 METRICS = ('pixel_auroc', 'pointing')
 BASE_VARIANT = 'beta_a'
@@ -56,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--variant', default=None, help='only this variant (default: all)')
   p.add_argument('--out', default=None, help='JSON (default <first sweep>/localization.json)')
   p.add_argument('--examples', default=None,
-                 help='PNG of test decisions with their maps (default <first sweep>/maps.png)')
+                 help='PNG of test decisions with their maps, as report --export draws them '
+                 '(default <first sweep>/maps.png)')
   p.add_argument('--batch_size', type=int, default=32)
   return p
 
@@ -133,6 +134,11 @@ def _bases(label: str, labels: list[str]) -> list[str]:
   return out
 
 
+def _unit(run: dict) -> str:
+  """The pairing unit of a run: its seed and fold."""
+  return f's{run["seed"]}_f{run["fold"]}'
+
+
 def comparisons(per_run: dict, per_fold_floors: dict) -> dict:
   out = {}
   methods = sorted({m for r in per_run.values() for m in r['maps']})
@@ -143,22 +149,21 @@ def comparisons(per_run: dict, per_fold_floors: dict) -> dict:
       for method in methods:
         if '@' in method:
           continue
-        unit = lambda r: f's{r["seed"]}_f{r["fold"]}'  # noqa: E731
-        values = {unit(r): r['maps'][method][metric] for r in runs.values()
+        values = {_unit(r): r['maps'][method][metric] for r in runs.values()
                   if method in r['maps']}
-        floor = {unit(r): per_fold_floors[r['fold']]['residual'][metric] for r in runs.values()}
+        floor = {_unit(r): per_fold_floors[r['fold']]['residual'][metric] for r in runs.values()}
         out[f'{metric}: {variant} {method} minus residual floor'] = stats.compare(values, floor)
       if 'occlusion' in methods:
-        occ = {f's{r["seed"]}_f{r["fold"]}': r['maps']['occlusion'][metric]
+        occ = {_unit(r): r['maps']['occlusion'][metric]
                for r in runs.values() if 'occlusion' in r['maps']}
-        grad = {f's{r["seed"]}_f{r["fold"]}': r['maps'][m][metric]
+        grad = {_unit(r): r['maps'][m][metric]
                 for r in runs.values() for m in r['maps'] if m.endswith('@occlusion_crops')}
         out[f'{metric}: {variant} occlusion minus Grad-CAM (same crops)'] = stats.compare(occ,
                                                                                        grad)
     for variant in variants:
       for base in _bases(variant, variants):
-        a = {f's{r["seed"]}_f{r["fold"]}': r for r in per_run.values() if r['variant'] == variant}
-        b = {f's{r["seed"]}_f{r["fold"]}': r for r in per_run.values() if r['variant'] == base}
+        a = {_unit(r): r for r in per_run.values() if r['variant'] == variant}
+        b = {_unit(r): r for r in per_run.values() if r['variant'] == base}
         for method in methods:
           if '@' in method or method == 'occlusion':
             continue
@@ -166,19 +171,6 @@ def comparisons(per_run: dict, per_fold_floors: dict) -> dict:
               {k: r['maps'][method][metric] for k, r in a.items() if method in r['maps']},
               {k: r['maps'][method][metric] for k, r in b.items() if method in r['maps']})
   return out
-
-
-def examples_figure(run: dict, export, path: str) -> None:
-  """True and false decisions on one run's test fold with their maps
-  (maps.decision_sheet), written as a PNG."""
-  import cv2  # pylint: disable=import-outside-toplevel
-  predictor = inference.Predictor(run['workdir'])
-  index = export.indices(rundir.test_split(run['workdir']))
-  sheet = maps.decision_sheet(predictor, export.rgb(index), export.labels[index],
-                              masks=export.masks[index], names=export.defect_types[index])
-  if sheet is not None:
-    with rundir.atomic_file(path, 'wb') as f:
-      f.write(cv2.imencode('.png', cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes())
 
 
 def evaluate(runs: list[dict], export, args) -> dict:
@@ -247,7 +239,7 @@ def main(argv=None) -> int:
     examples = args.examples or os.path.join(args.sweep[0], 'maps.png')
     first = min(runs, key=lambda r: (not r['variant'].endswith(BASE_VARIANT), r['seed'],
                                    r['fold']))
-    examples_figure(first, export, examples)
+    figures.plot_maps([report.load_run(first['workdir'])], examples, export)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -66,12 +66,9 @@ def finished_runs(sweep: str, variant: str | None) -> list[dict]:
   return runs
 
 
-test_split = rundir.test_split  # Kept for the scripts that import it from here.
-
-
 def score_run(run: dict, export, batch_size: int) -> dict:
   """Test labels and probabilities of one run, plain and with flips."""
-  index = export.indices(test_split(run['workdir']))
+  index = export.indices(rundir.test_split(run['workdir']))
   images, labels = export.rgb(index), np.asarray(export.labels[index])
   out = {'labels': labels}
   for tta in ('none', 'flips'):

@@ -337,9 +337,9 @@ class Ensemble:
 
   def maps(self, images_rgb_uint8: np.ndarray, method: str = 'gradcam', **kwargs) -> np.ndarray:
     """The members' mean map (`Predictor.maps`), renormalised to [0, 1]."""
+    from smsdd_jax import maps as maps_lib  # pylint: disable=import-outside-toplevel
     heat = np.mean([m.maps(images_rgb_uint8, method, **kwargs) for m in self.members], axis=0)
-    peak = heat.max(axis=(1, 2), keepdims=True)
-    return np.where(peak > 0, heat / np.where(peak > 0, peak, 1), 0).astype(np.float32)
+    return np.asarray(maps_lib.normalise(jnp.asarray(heat, jnp.float32)))
 
   def decide(self, prob: float) -> str:
     return 'defective' if prob >= self.threshold else 'good'

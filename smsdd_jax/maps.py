@@ -55,7 +55,7 @@ def defect_score(logits: jax.Array) -> jax.Array:
   return logits[:, 1] - logits[:, 0]
 
 
-def _normalise(maps: jax.Array) -> jax.Array:
+def normalise(maps: jax.Array) -> jax.Array:
   """Per-image division by the maximum; all-zero maps stay zero."""
   peak = maps.max(axis=(1, 2), keepdims=True)
   return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0)
@@ -87,7 +87,7 @@ def gradcam(params, model_state, images_uint8: jax.Array, *, model, mean, std,
   weights = grads[layer].astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
   cam = jax.nn.relu((weights * activation.astype(jnp.float32)).sum(-1))
   stride = 2 ** (models.TAPS.index(layer))  # blockB's output has been pooled B - 1 times.
-  return _normalise(jax.nn.relu(to_input_grid(cam, images_uint8.shape[1:3], stride)))
+  return normalise(jax.nn.relu(to_input_grid(cam, images_uint8.shape[1:3], stride)))
 
 
 def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
@@ -138,7 +138,7 @@ def occlusion(score_fn: Callable[[jax.Array], jax.Array], image: jax.Array,
   drop = np.concatenate(drops)
   total = np.tensordot(np.maximum(drop, 0.0), windows.astype(np.float32), axes=1)
   heat = total / np.maximum(windows.sum(0), 1)
-  return np.asarray(_normalise(jnp.asarray(heat)[None])[0])
+  return np.asarray(normalise(jnp.asarray(heat)[None])[0])
 
 
 # ------------------------------------------------------------------ floors

@@ -195,10 +195,8 @@ def _head_features(feature_map: jax.Array, head: str) -> jax.Array:
 
 def _embedding(feature_map: jax.Array, kind: str) -> jax.Array:
   """The vector the contrastive loss compares, from the last feature map."""
-  if kind.startswith('gap'):
-    emb = feature_map.mean(axis=(1, 2))
-  else:  # The paper's choice: the flattened tower output (3 x 7 x 512).
-    emb = feature_map.reshape((feature_map.shape[0], -1))
+  # 'flatten' is the paper's choice: the flattened tower output (3 x 7 x 512).
+  emb = _head_features(feature_map, 'gap' if kind.startswith('gap') else 'flatten')
   if kind.endswith('_l2'):
     # L2-normalised so distances live in [0, 2] and a margin of O(1) bites;
     # eps keeps the gradient finite for an all-zero (dead ReLU) feature map.
