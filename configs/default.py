@@ -75,11 +75,12 @@ def get_config(arg=None):
   config.model.head = 'flatten'
   config.model.num_classes = 2  # 0 good, 1 defective.
   config.model.dtype = 'float32'  # Compute dtype; params stay float32.
-  # 'auto' (onednn on CPU where built, else custom; xla on GPU/TPU:
+  # 'auto' (onednn_fused on CPU where built, else custom; xla on GPU/TPU:
   # models.resolve_conv_impl) | 'xla'
   # (lax) | 'custom' (conv.py's 3x3 conv + 2x2 pool backward) | 'custom_fused'
   # (+ bias and ReLU in the same custom_vjp) | 'onednn' (oneDNN's primitives
-  # through XLA's FFI, smsdd_jax/onednn; 'custom' where not built) | 'winograd'
+  # through XLA's FFI, smsdd_jax/onednn; 'custom' where not built) |
+  # 'onednn_fused' (conv + bias + ReLU as one oneDNN primitive) | 'winograd'
   # (Winograd F(4,3)/F(2,3) per layer, mostly the weight gradient).
   config.model.conv_impl = 'auto'
   config.model.init = ''  # '' = from scratch (the paper); else local VGG16 weights .pth/.safetensors/.h5.

@@ -393,7 +393,8 @@ def main(argv=None) -> None:
   p.add_argument('--width-mult', '--width_mult', type=float, default=1.0)
   p.add_argument('--dtype', default='float32', help='compute dtype: float32 | bfloat16')
   p.add_argument('--conv-impl', '--conv_impl', default='',
-                 help="model.conv_impl: 'xla' | 'custom' | 'custom_fused' | 'onednn' | 'winograd' "
+                 help="model.conv_impl: 'xla' | 'custom' | 'custom_fused' | 'onednn' | "
+                 "'onednn_fused' | 'winograd' "
                  "(default: the config's)")
   p.add_argument('--compare-torch', '--compare_torch', default='',
                  help='path of the PyTorch twin script to run side by side (train: '

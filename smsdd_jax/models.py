@@ -22,7 +22,7 @@ called by checkpointing.Checkpointer.restore).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -69,13 +69,17 @@ TAP_COLLECTIONS = ('intermediates', 'perturbations')
 # is 'custom' with each conv + bias + ReLU as one custom_vjp (conv.py) where
 # there is no batch norm between them; 'onednn' calls oneDNN's convolution
 # primitives through XLA's FFI (smsdd_jax/onednn/, built at install; falls
-# back to 'custom' with one line where the library is missing); 'winograd' is
+# back to 'custom' with one line where the library is missing); 'onednn_fused'
+# is 'onednn' with conv + bias + ReLU as one primitive (post-ops); 'winograd' is
 # 'custom' with Winograd F(4,3) / F(2,3) where winograd.pick_plan measured it faster.
 CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'custom': conv.conv_general_dilated,
               'custom_fused': conv.conv_general_dilated,
               'onednn': onednn.conv_general_dilated,
+              'onednn_fused': onednn.conv_general_dilated,
               'winograd': winograd.conv_general_dilated}
-FUSED_IMPLS = ('custom_fused',)
+# The fused impls' conv + bias + ReLU, one custom_vjp per layer (ConvBiasReLU).
+FUSED_IMPLS = {'custom_fused': conv.conv3x3_bias_relu,
+               'onednn_fused': onednn.conv3x3_bias_relu}
 
 # Kaiming-normal with fan_out, as torchvision initialises VGG. It keeps the
 # ReLU activations' variance roughly constant through 13 layers, so the
@@ -154,7 +158,8 @@ class SiameseVGG16(nn.Module):
       name, bn_name = self._names(i)
       i += 1
       if fused:  # Named as nn.Conv is: checkpoints move between impls.
-        x = ConvBiasReLU(v, dtype=self.dtype, name=name)(x)
+        x = ConvBiasReLU(v, dtype=self.dtype, impl=FUSED_IMPLS[self.conv_impl],
+                         name=name)(x)
         continue
       x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
                   kernel_init=CONV_INIT, dtype=self.dtype,
@@ -172,16 +177,18 @@ class SiameseVGG16(nn.Module):
 
 
 class ConvBiasReLU(nn.Module):
-  """relu(conv3x3(x) + bias) as one custom_vjp (conv.conv3x3_bias_relu), with
-  nn.Conv's parameters (same names, shapes, init), so either loads the other's."""
+  """relu(conv3x3(x) + bias) as one custom_vjp (`impl`: a value of
+  FUSED_IMPLS), with nn.Conv's parameters (same names, shapes, init), so
+  either loads the other's."""
   features: int
   dtype: Any
+  impl: Callable = conv.conv3x3_bias_relu
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', CONV_INIT, (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    return conv.conv3x3_bias_relu(x, kernel.astype(self.dtype), bias.astype(self.dtype))
+    return self.impl(x, kernel.astype(self.dtype), bias.astype(self.dtype))
 
 
 def _head_features(feature_map: jax.Array, head: str) -> jax.Array:
@@ -208,16 +215,17 @@ def _embedding(feature_map: jax.Array, kind: str) -> jax.Array:
 def resolve_conv_impl(conv_impl: str, platform: str | None = None,
                       onednn_built: bool | None = None) -> str:
   """'auto' -> the measured fastest per platform (docs/performance.md):
-  on CPU oneDNN's primitives through the FFI where the library was built
-  (1.10x PyTorch's step at 4 pairs, against 0.67x for 'custom' in the same
-  interleaved run), else conv.py's hand-written backward; on GPU/TPU XLA's
+  on CPU oneDNN's primitives through the FFI, each conv + bias + ReLU as one
+  (the fused path took the step's time outside the convolutions from ~280
+  to ~60-100 ms at 8 pairs), where the library was built, else conv.py's
+  hand-written backward; on GPU/TPU XLA's
   own convolutions (cuDNN), which either would replace with slower ones."""
   if conv_impl != 'auto':
     return conv_impl
   if (platform or jax.default_backend()) != 'cpu':
     return 'xla'
   built = onednn.available() if onednn_built is None else onednn_built
-  return 'onednn' if built else 'custom'
+  return 'onednn_fused' if built else 'custom'
 
 
 def create(model_config: ml_collections.ConfigDict) -> SiameseVGG16:

@@ -100,7 +100,7 @@ def test_model_loss_and_grads_match_xla_impl():
 
   l_x, g_x = loss_and_grads('xla')
   from smsdd_jax import onednn
-  impls = ('custom', 'custom_fused', 'winograd') + (('onednn',) if onednn.available() else ())
+  impls = ('custom', 'custom_fused', 'winograd') + (('onednn', 'onednn_fused') if onednn.available() else ())
   for impl in impls:  # Same parameter tree: checkpoints move between impls.
     l_c, g_c = loss_and_grads(impl)
     np.testing.assert_allclose(l_c, l_x, rtol=1e-5)

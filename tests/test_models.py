@@ -91,7 +91,7 @@ def test_too_small_image_and_bad_fields_are_refused():
 def test_conv_impl_auto_per_platform():
   # Measured: oneDNN through the FFI wins on CPU, then the custom backward
   # where the library was not built; on GPU/TPU cuDNN/XLA's own do.
-  assert models.resolve_conv_impl('auto', 'cpu', onednn_built=True) == 'onednn'
+  assert models.resolve_conv_impl('auto', 'cpu', onednn_built=True) == 'onednn_fused'
   assert models.resolve_conv_impl('auto', 'cpu', onednn_built=False) == 'custom'
   for built in (True, False):
     assert models.resolve_conv_impl('auto', 'gpu', onednn_built=built) == 'xla'

@@ -133,6 +133,49 @@ def test_flax_conv_uses_onednn():
     _assert_close(g, r, 'flax grads')
 
 
+def _bias_relu_ref(x, w, b):
+  return jax.nn.relu(_ref(x, w) + b)
+
+
+@needs_onednn
+@pytest.mark.parametrize('shape', SHAPES)
+def test_fused_bias_relu_matches_the_three_ops(shape):
+  """One primitive with bias and ReLU post-ops forward, the bias gradient
+  from the weight-gradient kernel backward: the values of the three ops."""
+  x, w, ct = _inputs(shape)
+  b = jnp.asarray(np.random.default_rng(1).standard_normal(shape[-1]), jnp.float32)
+  b = b.at[0].set(-1e3)  # One channel dead everywhere: its gradients must be 0.
+  loss = lambda fn: lambda x, w, b: jnp.sum(fn(x, w, b) * ct)
+  assert _uses_onednn(jax.grad(loss(onednn.conv3x3_bias_relu), argnums=(0, 1, 2)), x, w, b)
+  got = jax.jit(jax.grad(loss(onednn.conv3x3_bias_relu), argnums=(0, 1, 2)))(x, w, b)
+  want = jax.grad(loss(_bias_relu_ref), argnums=(0, 1, 2))(x, w, b)
+  _assert_close(jax.jit(onednn.conv3x3_bias_relu)(x, w, b), _bias_relu_ref(x, w, b), 'y')
+  for name, g, r in zip(('dx', 'dw', 'db'), got, want):
+    _assert_close(g, r, name)
+  assert float(got[2][0]) == 0.0 and not np.any(np.asarray(got[1][..., 0]))
+
+
+def test_fused_bias_relu_falls_back_without_the_library(monkeypatch):
+  monkeypatch.setattr(onednn, '_state', {'lib': None, 'reason': 'library missing (test)',
+                                         'warned': True})
+  x, w, _ = _inputs((2, 5, 7, 4, 8))
+  b = jnp.zeros(8, jnp.float32)
+  assert not _uses_onednn(onednn.conv3x3_bias_relu, x, w, b)
+  _assert_close(onednn.conv3x3_bias_relu(x, w, b), _bias_relu_ref(x, w, b), 'y')
+
+
+@needs_onednn
+def test_stats_count_calls_and_time():
+  x, w, ct = _inputs((2, 5, 7, 8, 16))
+  onednn.stats(reset=True)
+  _value_and_grads(onednn.conv3x3, x, w, ct)
+  rows = {r['op']: r for r in onednn.stats(reset=True) if r['shape'] == (2, 5, 7, 8, 16)}
+  assert set(rows) == {'fwd', 'bwd_data', 'bwd_weights'}, rows
+  assert all(r['calls'] == 1 and r['conv_ms'] > 0 and r['reorder_ms'] >= 0
+             for r in rows.values()), rows
+  assert onednn.stats() == []  # Reset after the read.
+
+
 @pytest.mark.parametrize('case', ['stride2', '5x5', 'float16', 'dilated'])
 def test_other_convs_fall_back(case):
   x, w, _ = _inputs((2, 9, 11, 4, 8))

@@ -31,8 +31,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from smsdd_jax import conv
 
-__all__ = ['available', 'reason', 'load_library', 'conv3x3', 'conv_general_dilated',
-           'plans']
+__all__ = ['available', 'reason', 'load_library', 'conv3x3', 'conv3x3_bias_relu',
+           'conv_general_dilated', 'plans', 'stats']
 
 LIB_ENV = 'SMSDD_ONEDNN_LIB'  # Overrides the built library's path (tests, experiments).
 RUNTIME_DIST = 'onednn-cpu-gomp'  # The pip package that ships libdnnl.so.3.
@@ -40,6 +40,8 @@ TARGETS = {  # FFI target name -> the symbol in conv_ffi.cc.
     'smsdd_onednn_conv3x3_fwd': 'OnednnConv3x3Fwd',
     'smsdd_onednn_conv3x3_bwd_data': 'OnednnConv3x3BwdData',
     'smsdd_onednn_conv3x3_bwd_weights': 'OnednnConv3x3BwdWeights',
+    'smsdd_onednn_conv3x3_bias_relu_fwd': 'OnednnConv3x3BiasReluFwd',
+    'smsdd_onednn_conv3x3_bwd_weights_bias': 'OnednnConv3x3BwdWeightsBias',
 }
 _log = logging.getLogger(__name__)
 _state: dict = {}  # 'lib' and 'reason' once loaded; 'warned' once logged.
@@ -94,6 +96,8 @@ def load_library(path: str | os.PathLike | None = None):
   lib.SmsddOnednnVersion.restype = ctypes.c_char_p
   lib.SmsddOnednnPlans.restype = ctypes.c_char_p
   lib.SmsddOnednnNumPlans.restype = ctypes.c_int64
+  lib.SmsddOnednnStats.restype = ctypes.c_char_p
+  lib.SmsddOnednnStats.argtypes = [ctypes.c_int]
   error = lib.SmsddOnednnInit().decode()
   if error:
     return None, _one_line(f'oneDNN CPU engine: {error}')
@@ -144,10 +148,29 @@ def plans() -> list[str]:
   return lib.SmsddOnednnPlans().decode().splitlines() if lib is not None else []
 
 
-def _ffi(target: str, shape, *args):
+def stats(reset: bool = False) -> list[dict]:
+  """Per primitive that ran since the last reset: calls and the summed
+  milliseconds of the convolution and of its weights reorder."""
+  lib = _load_once()
+  if lib is None:
+    return []
+  rows = []
+  for line in lib.SmsddOnednnStats(int(reset)).decode().splitlines():
+    op, n, h, w, c, k, calls, conv_ms, reorder_ms = line.split()
+    rows.append({'op': op, 'shape': tuple(int(v) for v in (n, h, w, c, k)),
+                 'calls': int(calls), 'conv_ms': float(conv_ms),
+                 'reorder_ms': float(reorder_ms)})
+  return rows
+
+
+def _ffi(target: str, shapes, *args):
+  """Calls a target; shapes: one float32 result's shape, or a list of them."""
   if _load_once() is None:  # Registers the targets on first use.
     raise RuntimeError(f'smsdd_jax.onednn: {reason()}')
-  out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+  if isinstance(shapes, list):
+    out = [jax.ShapeDtypeStruct(tuple(s), jnp.float32) for s in shapes]
+  else:
+    out = jax.ShapeDtypeStruct(tuple(shapes), jnp.float32)
   return jax.ffi.ffi_call(target, out)(*args)
 
 
@@ -184,6 +207,47 @@ def _conv3x3_bwd(res, dy):
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _bias_relu_call(x, w, b):
+  y = _ffi('smsdd_onednn_conv3x3_bias_relu_fwd', (*x.shape[:3], w.shape[3]), x, w, b)
+  return _with_batch_sharding(y, x)
+
+
+@jax.custom_vjp
+def _bias_relu(x, w, b):
+  return _bias_relu_call(x, w, b)
+
+
+def _bias_relu_fwd(x, w, b):
+  y = _bias_relu_call(x, w, b)
+  return y, (x, w, y)
+
+
+def _bias_relu_bwd(res, dy):
+  x, w, y = res
+  g = jnp.where(y > 0, dy, jnp.zeros_like(dy))  # relu'(0) = 0, as jax.nn.relu.
+  dx = _ffi('smsdd_onednn_conv3x3_bwd_data', x.shape, g, w)
+  dw, db = _ffi('smsdd_onednn_conv3x3_bwd_weights_bias', [w.shape, w.shape[3:]], x, g)
+  return _with_batch_sharding(dx, x), dw, db
+
+
+_bias_relu.defvjp(_bias_relu_fwd, _bias_relu_bwd)
+
+
+def conv3x3_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  """relu(conv3x3(x, w) + b) as one oneDNN primitive (bias and ReLU as its
+  post-ops; the bias gradient inside the weight-gradient kernel); float32
+  x (N, H, W, C), w (3, 3, C, K), b (K,). Where oneDNN cannot take it (the
+  library missing, another dtype, a batch sharded over devices) it is
+  `smsdd_jax.conv.conv3x3_bias_relu`, the same values in pure JAX."""
+  fits = (x.ndim == 4 and all(a.dtype == jnp.float32 for a in (x, w, b))
+          and not any(size > 1 for size in conv._batch_axes(x).values()))
+  if fits and available():
+    return _bias_relu(x, w, b)
+  if fits:
+    _warn_fallback_once()
+  return conv.conv3x3_bias_relu(x, w, b)
 
 
 def _onednn_fits(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,

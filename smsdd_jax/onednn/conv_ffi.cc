@@ -2,10 +2,12 @@
 // computed by oneDNN (the library PyTorch uses on CPU).
 //
 // Layouts are those of smsdd_jax/conv.py: activations NHWC, weights HWIO.
-// Three targets, called by smsdd_jax/onednn/__init__.py through jax.ffi:
-//   OnednnConv3x3Fwd         y  = conv(x, w)
-//   OnednnConv3x3BwdData     dx = conv_backward_data(dy, w)
-//   OnednnConv3x3BwdWeights  dw = conv_backward_weights(x, dy)
+// The targets, called by smsdd_jax/onednn/__init__.py through jax.ffi:
+//   OnednnConv3x3Fwd             y  = conv(x, w)
+//   OnednnConv3x3BiasReluFwd     y  = relu(conv(x, w) + b)   (post-ops)
+//   OnednnConv3x3BwdData         dx = conv_backward_data(dy, w)
+//   OnednnConv3x3BwdWeights      dw = conv_backward_weights(x, dy)
+//   OnednnConv3x3BwdWeightsBias  dw, db = the same, and sum(dy) over n, h, w
 //
 // Why it is built this way:
 //  * Creating a oneDNN primitive (descriptor dispatch + JIT code generation)
@@ -22,6 +24,7 @@
 //    oversubscription and makes the single stream and staging buffers safe.
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +36,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -45,9 +49,19 @@ namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
 using Dt = memory::data_type;
+using Clock = std::chrono::steady_clock;
 
-enum class Op { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
-const char* const kOpNames[] = {"fwd", "bwd_data", "bwd_weights"};
+// kFwdBiasRelu is relu(conv(x, w) + b) in one primitive (bias and a ReLU
+// post-op: the output is written once instead of three times), and
+// kBwdWeightsBias computes the bias gradient inside the weight-gradient
+// kernel (no separate pass over dy).
+enum class Op { kFwd = 0, kBwdData = 1, kBwdWeights = 2, kFwdBiasRelu = 3, kBwdWeightsBias = 4 };
+const char* const kOpNames[] = {"fwd", "bwd_data", "bwd_weights", "fwd_bias_relu",
+                                "bwd_weights_bias"};
+
+bool IsFwd(Op op) { return op == Op::kFwd || op == Op::kFwdBiasRelu; }
+bool IsBwdWeights(Op op) { return op == Op::kBwdWeights || op == Op::kBwdWeightsBias; }
+bool HasBias(Op op) { return op == Op::kFwdBiasRelu || op == Op::kBwdWeightsBias; }
 
 // x is (n, h, w, c); the weights are (3, 3, c, k); y is (n, h, w, k).
 struct Shape {
@@ -77,15 +91,18 @@ class Staging {
   size_t cap_ = 0;
 };
 
-// Everything one (op, shape) needs, built once.
+// Everything one (op, shape) needs, built once; and where its time went.
 struct Plan {
   dnnl::primitive conv;
   memory::desc act_in, act_out;  // NHWC descs of the two activations
   memory::desc conv_w, user_w;   // oneDNN's weights layout, and HWIO
+  memory::desc bias;             // (k,), for the ops with a bias
   memory::desc conv_scratch, reorder_scratch;
   dnnl::primitive w_reorder;     // HWIO <-> conv_w; unused when they match
   bool reorder_w = false;
   std::string impl;              // oneDNN's implementation name, for reports
+  int64_t calls = 0;
+  double conv_s = 0, reorder_s = 0;  // Summed over calls, for SmsddOnednnStats.
 };
 
 struct Runtime {
@@ -113,17 +130,30 @@ memory::desc Weights(const Shape& s, Tag tag) {
   return memory::desc({s.k, s.c, 3, 3}, Dt::f32, tag);
 }
 
-dnnl::primitive_attr UserScratchpad() {
+memory::desc Bias(const Shape& s) { return memory::desc({s.k}, Dt::f32, Tag::x); }
+
+dnnl::primitive_attr Attr(bool relu = false) {
   // The scratchpad is passed in at execution, from a reused buffer.
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (relu) {
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+  }
   return attr;
 }
 
-dnnl::convolution_forward::primitive_desc FwdPd(const dnnl::engine& eng, const Shape& s) {
-  return {eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-          Act(s.n, s.h, s.w, s.c), Weights(s, Tag::any), Act(s.n, s.h, s.w, s.k),
-          kStrides, kPad, kPad, UserScratchpad()};
+dnnl::convolution_forward::primitive_desc FwdPd(const dnnl::engine& eng, const Shape& s,
+                                                bool bias_relu) {
+  const auto prop = dnnl::prop_kind::forward_training;
+  const auto algo = dnnl::algorithm::convolution_direct;
+  if (bias_relu) {
+    return {eng, prop, algo, Act(s.n, s.h, s.w, s.c), Weights(s, Tag::any), Bias(s),
+            Act(s.n, s.h, s.w, s.k), kStrides, kPad, kPad, Attr(true)};
+  }
+  return {eng, prop, algo, Act(s.n, s.h, s.w, s.c), Weights(s, Tag::any),
+          Act(s.n, s.h, s.w, s.k), kStrides, kPad, kPad, Attr()};
 }
 
 // Fills the fields every op shares; to_user: the reorder goes conv_w -> HWIO.
@@ -137,7 +167,7 @@ void Finish(Plan& p, dnnl::primitive conv, const dnnl::primitive_desc_base& pd,
   if (!p.reorder_w) return;
   const memory::desc& from = to_user ? conv_w : p.user_w;
   const memory::desc& to = to_user ? p.user_w : conv_w;
-  dnnl::reorder::primitive_desc rpd(eng, from, eng, to, UserScratchpad());
+  dnnl::reorder::primitive_desc rpd(eng, from, eng, to, Attr());
   p.w_reorder = dnnl::reorder(rpd);
   p.reorder_scratch = rpd.scratchpad_desc();
 }
@@ -145,22 +175,28 @@ void Finish(Plan& p, dnnl::primitive conv, const dnnl::primitive_desc_base& pd,
 std::unique_ptr<Plan> MakePlan(Op op, const Shape& s, const dnnl::engine& eng) {
   auto p = std::make_unique<Plan>();
   p->user_w = Weights(s, Tag::hwio);
+  p->bias = Bias(s);
   memory::desc x = Act(s.n, s.h, s.w, s.c), y = Act(s.n, s.h, s.w, s.k);
-  auto fwd = FwdPd(eng, s);
-  if (op == Op::kFwd) {
+  const auto algo = dnnl::algorithm::convolution_direct;
+  if (IsFwd(op)) {
+    auto fwd = FwdPd(eng, s, HasBias(op));
     p->act_in = x, p->act_out = y;
     Finish(*p, dnnl::convolution_forward(fwd), fwd, fwd.weights_desc(), false, eng);
   } else if (op == Op::kBwdData) {
     p->act_in = y, p->act_out = x;
     dnnl::convolution_backward_data::primitive_desc pd(
-        eng, dnnl::algorithm::convolution_direct, x, Weights(s, Tag::any), y,
-        kStrides, kPad, kPad, fwd, UserScratchpad());
+        eng, algo, x, Weights(s, Tag::any), y, kStrides, kPad, kPad, FwdPd(eng, s, false),
+        Attr());
     Finish(*p, dnnl::convolution_backward_data(pd), pd, pd.weights_desc(), false, eng);
   } else {
     p->act_in = x, p->act_out = y;  // Both inputs here: x and dy.
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        eng, dnnl::algorithm::convolution_direct, x, Weights(s, Tag::any), y,
-        kStrides, kPad, kPad, fwd, UserScratchpad());
+    auto hint = FwdPd(eng, s, HasBias(op));
+    auto pd = HasBias(op)
+        ? dnnl::convolution_backward_weights::primitive_desc(
+              eng, algo, x, Weights(s, Tag::any), Bias(s), y, kStrides, kPad, kPad, hint,
+              Attr())
+        : dnnl::convolution_backward_weights::primitive_desc(
+              eng, algo, x, Weights(s, Tag::any), y, kStrides, kPad, kPad, hint, Attr());
     Finish(*p, dnnl::convolution_backward_weights(pd), pd, pd.diff_weights_desc(), true,
            eng);
   }
@@ -183,10 +219,26 @@ void* ScratchPtr(Runtime& rt, const Plan& p) {
   return rt.scratch.Get(std::max<size_t>(bytes, 1));
 }
 
-void ReorderWeights(Runtime& rt, const Plan& p, memory& from, memory& to) {
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+void ReorderWeights(Runtime& rt, Plan& p, memory& from, memory& to) {
+  auto t = Clock::now();
   memory scratch(p.reorder_scratch, rt.eng, ScratchPtr(rt, p));
   p.w_reorder.execute(rt.strm, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
                                 {DNNL_ARG_SCRATCHPAD, scratch}});
+  rt.strm.wait();
+  p.reorder_s += Since(t);
+}
+
+void Execute(Runtime& rt, Plan& p, std::unordered_map<int, memory> args) {
+  auto t = Clock::now();
+  args.insert({DNNL_ARG_SCRATCHPAD, memory(p.conv_scratch, rt.eng, ScratchPtr(rt, p))});
+  p.conv.execute(rt.strm, args);
+  rt.strm.wait();
+  p.conv_s += Since(t);
+  ++p.calls;
 }
 
 // The weights in the conv's layout: HWIO in place, or the staging buffer.
@@ -195,31 +247,35 @@ memory ConvWeights(Runtime& rt, const Plan& p, float* hwio) {
   return memory(p.conv_w, rt.eng, ptr);
 }
 
-// Runs op; a/b are its two input buffers in the order of the FFI targets
-// (fwd: x, w; bwd_data: dy, w; bwd_weights: x, dy), out its result.
-void Run(Op op, const Shape& s, float* a, float* b, float* out) {
+// The buffers of one call, in the order of the FFI targets' arguments:
+// fwd: x, w, [b] -> y;  bwd_data: dy, w -> dx;  bwd_weights: x, dy -> dw, [db].
+struct Buffers {
+  float *a, *b, *bias, *out, *out_bias;
+};
+
+void Run(Op op, const Shape& s, const Buffers& buf) {
   Runtime& rt = Rt();
   std::lock_guard<std::mutex> lock(rt.mu);
   Plan& p = GetPlan(rt, op, s);
-  if (op == Op::kBwdWeights) {
-    memory x(p.act_in, rt.eng, a), dy(p.act_out, rt.eng, b);
-    memory scratch(p.conv_scratch, rt.eng, ScratchPtr(rt, p));
-    memory dw_user(p.user_w, rt.eng, out), dw = ConvWeights(rt, p, out);
-    p.conv.execute(rt.strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy},
-                             {DNNL_ARG_DIFF_WEIGHTS, dw},
-                             {DNNL_ARG_SCRATCHPAD, scratch}});
+  if (IsBwdWeights(op)) {
+    memory x(p.act_in, rt.eng, buf.a), dy(p.act_out, rt.eng, buf.b);
+    memory dw_user(p.user_w, rt.eng, buf.out), dw = ConvWeights(rt, p, buf.out);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, dw}};
+    if (HasBias(op)) args.insert({DNNL_ARG_DIFF_BIAS, memory(p.bias, rt.eng, buf.out_bias)});
+    Execute(rt, p, std::move(args));
     if (p.reorder_w) ReorderWeights(rt, p, dw, dw_user);
-  } else {
-    memory in(p.act_in, rt.eng, a), res(p.act_out, rt.eng, out);
-    memory w_user(p.user_w, rt.eng, b), w = ConvWeights(rt, p, b);
-    if (p.reorder_w) ReorderWeights(rt, p, w_user, w);
-    int in_arg = op == Op::kFwd ? DNNL_ARG_SRC : DNNL_ARG_DIFF_DST;
-    int out_arg = op == Op::kFwd ? DNNL_ARG_DST : DNNL_ARG_DIFF_SRC;
-    memory scratch(p.conv_scratch, rt.eng, ScratchPtr(rt, p));
-    p.conv.execute(rt.strm, {{in_arg, in}, {DNNL_ARG_WEIGHTS, w}, {out_arg, res},
-                             {DNNL_ARG_SCRATCHPAD, scratch}});
+    return;
   }
-  rt.strm.wait();
+  memory in(p.act_in, rt.eng, buf.a), res(p.act_out, rt.eng, buf.out);
+  memory w_user(p.user_w, rt.eng, buf.b), w = ConvWeights(rt, p, buf.b);
+  if (p.reorder_w) ReorderWeights(rt, p, w_user, w);
+  bool fwd = IsFwd(op);
+  std::unordered_map<int, memory> args{{fwd ? DNNL_ARG_SRC : DNNL_ARG_DIFF_DST, in},
+                                       {DNNL_ARG_WEIGHTS, w},
+                                       {fwd ? DNNL_ARG_DST : DNNL_ARG_DIFF_SRC, res}};
+  if (HasBias(op)) args.insert({DNNL_ARG_BIAS, memory(p.bias, rt.eng, buf.bias)});
+  Execute(rt, p, std::move(args));
 }
 
 template <typename B>
@@ -228,32 +284,35 @@ bool Dims(const B& buf, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
   return d.size() == 4 && d[0] == d0 && d[1] == d1 && d[2] == d2 && d[3] == d3;
 }
 
-// Checks the shapes XLA passed, runs op and turns C++ exceptions into FFI
-// errors (an exception must not cross the C boundary into XLA).
-template <typename A, typename B, typename R>
-ffi::Error Call(Op op, const Shape& s, A a, B b, R out) {
-  bool ok = op == Op::kFwd ? Dims(b, 3, 3, s.c, s.k) && Dims(*out, s.n, s.h, s.w, s.k)
-          : op == Op::kBwdData ? Dims(b, 3, 3, s.c, s.k) && Dims(*out, s.n, s.h, s.w, s.c)
-          : Dims(b, s.n, s.h, s.w, s.k) && Dims(*out, 3, 3, s.c, s.k);
-  if (!ok) {
-    return ffi::Error::InvalidArgument(std::string("onednn conv3x3 ") + kOpNames[static_cast<int>(op)] +
-                                       ": inconsistent shapes");
-  }
-  if (s.Empty()) {  // oneDNN refuses zero-sized convolutions; the result is zeros.
-    std::memset(out->untyped_data(), 0, out->size_bytes());
+template <typename B>
+bool Dims(const B& buf, int64_t d0) {
+  auto d = buf.dimensions();
+  return d.size() == 1 && d[0] == d0;
+}
+
+// Runs op unless the shapes XLA passed disagree (ok), and turns C++
+// exceptions into FFI errors (an exception must not cross the C boundary
+// into XLA). Zero-sized convolutions, which oneDNN refuses, give zeros.
+ffi::Error Call(Op op, const Shape& s, bool ok, const Buffers& buf,
+                std::initializer_list<std::pair<void*, size_t>> outs) {
+  std::string name = std::string("onednn conv3x3 ") + kOpNames[static_cast<int>(op)];
+  if (!ok) return ffi::Error::InvalidArgument(name + ": inconsistent shapes");
+  if (s.Empty()) {
+    for (auto [ptr, bytes] : outs) std::memset(ptr, 0, bytes);
     return ffi::Error::Success();
   }
   try {
-    Run(op, s, a.typed_data(), b.typed_data(), out->typed_data());
+    Run(op, s, buf);
   } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("onednn conv3x3 ") + kOpNames[static_cast<int>(op)] +
-                                ": " + e.what());
+    return ffi::Error::Internal(name + ": " + e.what());
   }
   return ffi::Error::Success();
 }
 
 using F32 = ffi::Buffer<ffi::F32, 4>;
 using OutF32 = ffi::ResultBuffer<ffi::F32, 4>;
+using F32Vec = ffi::Buffer<ffi::F32, 1>;
+using OutF32Vec = ffi::ResultBuffer<ffi::F32, 1>;
 
 Shape FromX(const F32& x, int64_t k) {
   auto d = x.dimensions();
@@ -261,17 +320,43 @@ Shape FromX(const F32& x, int64_t k) {
 }
 
 ffi::Error Fwd(F32 x, F32 w, OutF32 y) {
-  return Call(Op::kFwd, FromX(x, w.dimensions()[3]), x, w, y);
+  Shape s = FromX(x, w.dimensions()[3]);
+  bool ok = Dims(w, 3, 3, s.c, s.k) && Dims(*y, s.n, s.h, s.w, s.k);
+  return Call(Op::kFwd, s, ok, {x.typed_data(), w.typed_data(), nullptr, y->typed_data(), nullptr},
+              {{y->untyped_data(), y->size_bytes()}});
+}
+
+ffi::Error FwdBiasRelu(F32 x, F32 w, F32Vec b, OutF32 y) {
+  Shape s = FromX(x, w.dimensions()[3]);
+  bool ok = Dims(w, 3, 3, s.c, s.k) && Dims(b, s.k) && Dims(*y, s.n, s.h, s.w, s.k);
+  return Call(Op::kFwdBiasRelu, s, ok,
+              {x.typed_data(), w.typed_data(), b.typed_data(), y->typed_data(), nullptr},
+              {{y->untyped_data(), y->size_bytes()}});
 }
 
 ffi::Error BwdData(F32 dy, F32 w, OutF32 dx) {
   auto d = dy.dimensions();
   Shape s{d[0], d[1], d[2], w.dimensions()[2], d[3]};
-  return Call(Op::kBwdData, s, dy, w, dx);
+  bool ok = Dims(w, 3, 3, s.c, s.k) && Dims(*dx, s.n, s.h, s.w, s.c);
+  return Call(Op::kBwdData, s, ok,
+              {dy.typed_data(), w.typed_data(), nullptr, dx->typed_data(), nullptr},
+              {{dx->untyped_data(), dx->size_bytes()}});
 }
 
 ffi::Error BwdWeights(F32 x, F32 dy, OutF32 dw) {
-  return Call(Op::kBwdWeights, FromX(x, dy.dimensions()[3]), x, dy, dw);
+  Shape s = FromX(x, dy.dimensions()[3]);
+  bool ok = Dims(dy, s.n, s.h, s.w, s.k) && Dims(*dw, 3, 3, s.c, s.k);
+  return Call(Op::kBwdWeights, s, ok,
+              {x.typed_data(), dy.typed_data(), nullptr, dw->typed_data(), nullptr},
+              {{dw->untyped_data(), dw->size_bytes()}});
+}
+
+ffi::Error BwdWeightsBias(F32 x, F32 dy, OutF32 dw, OutF32Vec db) {
+  Shape s = FromX(x, dy.dimensions()[3]);
+  bool ok = Dims(dy, s.n, s.h, s.w, s.k) && Dims(*dw, 3, 3, s.c, s.k) && Dims(*db, s.k);
+  return Call(Op::kBwdWeightsBias, s, ok,
+              {x.typed_data(), dy.typed_data(), nullptr, dw->typed_data(), db->typed_data()},
+              {{dw->untyped_data(), dw->size_bytes()}, {db->untyped_data(), db->size_bytes()}});
 }
 
 }  // namespace
@@ -283,6 +368,8 @@ extern "C" {
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3Fwd(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdData(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeights(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BiasReluFwd(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeightsBias(XLA_FFI_CallFrame* frame);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3Fwd, Fwd,
@@ -291,6 +378,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BwdData, BwdData,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BwdWeights, BwdWeights,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BiasReluFwd, FwdBiasRelu,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32Vec>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BwdWeightsBias, BwdWeightsBias,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32Vec>());
 
 // Plain C helpers for the Python side (ctypes).
 extern "C" {
@@ -334,6 +425,27 @@ SMSDD_EXPORT const char* SmsddOnednnPlans() {
     os << kOpNames[std::get<0>(key)] << " " << std::get<1>(key) << " " << std::get<2>(key)
        << " " << std::get<3>(key) << " " << std::get<4>(key) << " " << std::get<5>(key)
        << " " << plan->impl << (plan->reorder_w ? " (weights reordered)" : "") << "\n";
+  }
+  text = os.str();
+  return text.c_str();
+}
+
+// One line per plan that ran: "op n h w c k calls conv_ms reorder_ms", the
+// time summed since the last reset (each call waits for its stream, so the
+// times are the kernels' own); reset=1 zeroes them after reading.
+SMSDD_EXPORT const char* SmsddOnednnStats(int reset) {
+  static std::string text;
+  Runtime& rt = Rt();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  std::ostringstream os;
+  for (auto& [key, plan] : rt.plans) {
+    if (plan->calls) {
+      os << kOpNames[std::get<0>(key)] << " " << std::get<1>(key) << " " << std::get<2>(key)
+         << " " << std::get<3>(key) << " " << std::get<4>(key) << " " << std::get<5>(key)
+         << " " << plan->calls << " " << plan->conv_s * 1e3 << " " << plan->reorder_s * 1e3
+         << "\n";
+    }
+    if (reset) plan->calls = 0, plan->conv_s = plan->reorder_s = 0;
   }
   text = os.str();
   return text.c_str();
