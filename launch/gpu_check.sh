@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 tmp=$(mktemp -d)
 for dtype in float32 bfloat16; do
-  "$py" -m smsdd_jax.benchmark --only=train --pairs="$pairs" --steps=20 \
+  "$py" -m smsdd_jax.benchmark --only=train --pairs="$pairs" --steps=20 --rounds=1 \
       --dtype="$dtype" --conv-impl=auto | tee "$tmp/$dtype.log"
 done
 "$py" launch/fit_check.py --steps=150 --pairs=16 --dtype=bfloat16 --out="$tmp/fit.json"

@@ -126,14 +126,25 @@ def peak_tflops(device, dtype: str) -> float | None:
   return None
 
 
-def bench_torch(script: str, pairs: int, steps: int, width_mult: float) -> dict:
+# Untimed steps of the twin in each child process before its timed ones: its
+# first step builds oneDNN's primitives and the second still grows the
+# allocator's pools (it measured 5-20% slower than the later ones); the JAX
+# step it is compared with is compiled and warm before any timing.
+TORCH_WARMUP = 2
+
+
+def bench_torch(script: str, pairs: int, steps: int, width_mult: float,
+                env: dict | None = None) -> dict:
   return _last_json_line([sys.executable, script, '--pairs', str(pairs), '--steps',
-                          str(steps), '--width-mult', str(width_mult)], 'torch twin')
+                          str(steps), '--width-mult', str(width_mult),
+                          '--warmup', str(TORCH_WARMUP)], 'torch twin', env)
 
 
-def _last_json_line(cmd: list[str], what: str) -> dict:
-  """Runs cmd and parses the JSON object on its last stdout line."""
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+def _last_json_line(cmd: list[str], what: str, env: dict | None = None) -> dict:
+  """Runs cmd (with `env` added to this process's environment) and parses
+  the JSON object on its last stdout line."""
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                       env={**os.environ, **env} if env else None)
   if out.returncode != 0:
     raise RuntimeError(f'{what} failed: {out.stderr.strip().splitlines()[-1:]}')
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -271,26 +282,115 @@ def bench_torch_forward(script: str, steps: int, width_mult: float) -> dict:
                           str(width_mult)], 'torch forward')
 
 
+def side_by_side_table(results: dict, impls: list[str], torch: bool) -> str:
+  """Markdown, one line per batch size: pairs/s of each JAX impl (and the
+  twin), the ratio to the twin (median of the per-round ratios) and its range
+  over the rounds. results: pairs -> speed_ab.interleaved_train's result."""
+  head = ['pairs'] + [f'JAX {i} pairs/s' for i in impls]
+  if torch:
+    head += ['PyTorch pairs/s'] + [f'ratio {i} (range over rounds)' for i in impls]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for pairs, r in results.items():
+    row = [str(pairs)] + [f'{r["variants"][i]["pairs_per_s"]:.3f}' for i in impls]
+    if torch:
+      row.append(f'{r["torch"]["pairs_per_s"]:.3f}')
+      for i in impls:
+        v = r['variants'][i]
+        row.append(f'**{v["ratio_vs_torch"]:.2f}x** ({v["ratio_range"][0]:.2f}-'
+                   f'{v["ratio_range"][1]:.2f})')
+    lines.append('| ' + ' | '.join(row) + ' |')
+  rounds = next(iter(results.values()))['rounds'] if results else 0
+  steps = next(iter(results.values()))['steps_per_round'] if results else 0
+  return '\n'.join(lines) + (f'\n({rounds} interleaved rounds of {steps} steps each; '
+                             'the ratio is JAX pairs/s over PyTorch\'s in the same round)')
+
+
+def _interleaved(args, impls: list[str], pairs: int) -> dict:
+  """speed_ab.interleaved_train of `impls` (compiled first) and the twin."""
+  from smsdd_jax import speed_ab  # pylint: disable=import-outside-toplevel
+  runners = {}
+  for impl in impls:
+    runners[impl], _ = make_train_runner(pairs, args.width_mult, args.dtype, impl)
+    runners[impl]()  # Compile before any timing.
+  torch_step = None
+  if args.compare_torch:
+    torch_step = lambda n: bench_torch(args.compare_torch, pairs, n, args.width_mult)['step_s']
+  return speed_ab.interleaved_train(runners, pairs, args.rounds, args.steps, torch_step)
+
+
+def run_train(args, summary: dict) -> None:
+  """The default: the train step at each --pairs with the config's conv
+  path, interleaved round by round with the twin (--compare-torch); one
+  table line per batch size."""
+  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  impl = models.resolve_conv_impl(args.conv_impl or default.get_config().model.conv_impl)
+  results = {}
+  for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
+    r = results[pairs] = _interleaved(args, [impl], pairs)
+    v = r['variants'][impl]
+    out = {'impl': 'jax', 'conv_impl': impl, 'pairs': pairs, 'dtype': args.dtype,
+           'step_s': v['step_s'], 'pairs_per_s': v['pairs_per_s'],
+           'gflop_per_s': round(train_gflop_per_pair((110, 230), args.width_mult)
+                                * pairs / v['step_s'], 1)}
+    import jax  # pylint: disable=import-outside-toplevel
+    peak = peak_tflops(jax.devices()[0], args.dtype)
+    if peak:  # Model-FLOP utilisation: the convolutions' FLOPs over the chip's peak.
+      out['mfu'] = round(out['gflop_per_s'] / 1e3 / peak, 4)
+      out['peak_tflops'] = peak
+    if 'torch' in r:
+      out.update(torch_pairs_per_s=r['torch']['pairs_per_s'],
+                 ratio_vs_torch=v['ratio_vs_torch'], ratio_range=v['ratio_range'])
+    summary[f'train_{pairs}'] = out
+    if i == 0:
+      summary['pairs_per_s'] = out['pairs_per_s']
+  print(side_by_side_table(results, [impl], bool(args.compare_torch)), flush=True)
+  summary['peak_rss_mib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run_ab(args, summary: dict) -> None:
   """--only=ab: the train step of every --impls, interleaved (speed_ab)."""
-  from smsdd_jax import speed_ab  # pylint: disable=import-outside-toplevel
+  impls = args.impls.split(',')
+  results = {}
   for pairs in (int(x) for x in args.pairs.split(',')):
-    runners = {}
-    for impl in args.impls.split(','):
-      runners[impl], _ = make_train_runner(pairs, args.width_mult, args.dtype, impl)
-      runners[impl]()  # Compile before any timing.
-    torch_step = None
+    results[pairs] = summary[f'ab_{pairs}'] = _interleaved(args, impls, pairs)
+  print(side_by_side_table(results, impls, bool(args.compare_torch)), flush=True)
+
+
+def parse_envs(text: str) -> dict:
+  """'A=1 B=2;C=3' -> {'A=1 B=2': {'A': '1', 'B': '2'}, 'C=3': {'C': '3'}},
+  led by 'default' (nothing added); a one-line error for a malformed entry."""
+  out = {'default': {}}
+  for variant in filter(None, (v.strip() for v in text.split(';'))):
+    pairs = [kv.split('=', 1) for kv in variant.split()]
+    if any(len(kv) != 2 or not kv[0] for kv in pairs):
+      raise SystemExit(f'--thread-envs: {variant!r} is not NAME=VALUE [NAME=VALUE ...]')
+    out[variant] = dict(pairs)
+  return out
+
+
+def run_threads(args, summary: dict) -> None:
+  """--only=threads: each --thread-envs variant (GNU OpenMP's waiting and
+  pinning are read once, when a process starts) in fresh processes, JAX's
+  step and the twin's alike, round by round; each framework's pairs/s under
+  a variant against its own under the default, paired per round."""
+  from smsdd_jax import models, speed_ab  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  impl = models.resolve_conv_impl(args.conv_impl or default.get_config().model.conv_impl)
+  envs = parse_envs(args.thread_envs)
+  for pairs in (int(x) for x in args.pairs.split(',')):
+    def jax_step(env, n, pairs=pairs):
+      cmd = [sys.executable, '-m', 'smsdd_jax.benchmark', '--only=train', f'--pairs={pairs}',
+             f'--steps={n}', '--rounds=1', f'--width-mult={args.width_mult}',
+             f'--conv-impl={impl}']
+      return _last_json_line(cmd, 'jax step', env)[f'train_{pairs}']['step_s']
+    frameworks = {'jax': jax_step}
     if args.compare_torch:
-      torch_step = lambda n, p=pairs: bench_torch(args.compare_torch, p, n,
-                                                  args.width_mult)['step_s']
-    r = speed_ab.interleaved_train(runners, pairs, args.rounds, args.steps, torch_step)
-    for name, v in r['variants'].items():
-      extra = (f' | ratio vs torch {v["ratio_vs_torch"]}x (rounds {v["ratio_range"][0]}'
-               f'-{v["ratio_range"][1]})' if 'ratio_vs_torch' in v else '')
-      print(f'ab {pairs} pairs, {name}: {v["pairs_per_s"]} pairs/s{extra}', flush=True)
-    if 'torch' in r:
-      print(f'ab {pairs} pairs, torch: {r["torch"]["pairs_per_s"]} pairs/s', flush=True)
-    summary[f'ab_{pairs}'] = r
+      frameworks['torch'] = lambda env, n, pairs=pairs: bench_torch(
+          args.compare_torch, pairs, n, args.width_mult, env)['step_s']
+    r = speed_ab.interleaved_envs(frameworks, envs, pairs, args.rounds, args.steps)
+    summary[f'threads_{pairs}'] = r
+    print(speed_ab.env_table(r, impl), flush=True)
 
 
 def run_layers(args, summary: dict) -> None:
@@ -389,7 +489,8 @@ def bench_maps(steps: int, width_mult: float, batch: int) -> dict:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--pairs', default='4', help='comma-separated batch sizes (pairs)')
-  p.add_argument('--steps', type=int, default=5, help='timed repeats (median)')
+  p.add_argument('--steps', type=int, default=3,
+                 help='timed repeats (median); per round where there are rounds')
   p.add_argument('--width-mult', '--width_mult', type=float, default=1.0)
   p.add_argument('--dtype', default='float32', help='compute dtype: float32 | bfloat16')
   p.add_argument('--conv-impl', '--conv_impl', default='',
@@ -400,7 +501,8 @@ def main(argv=None) -> None:
                  help='path of the PyTorch twin script to run side by side (train: '
                  'its step; inference: its forward of one image)')
   p.add_argument('--only', default='train',
-                 help='comma-separated: train, ab (interleaved A/B of --impls), '
+                 help='comma-separated: train, ab (interleaved A/B of --impls), threads '
+                 '(GNU OpenMP environment variants, both frameworks), '
                  'layers (per-layer conv timings), runtimes (one ROI through jit / '
                  'jax.export / SavedModel), pipeline, inference, maps (a score against '
                  'its Grad-CAM and occlusion maps, per ROI)')
@@ -409,8 +511,13 @@ def main(argv=None) -> None:
   p.add_argument('--inference-batch', type=int, default=16)
   p.add_argument('--impls', default='custom,xla',
                  help='ab / layers: comma-separated model.conv_impl values to compare')
-  p.add_argument('--rounds', type=int, default=5,
-                 help='ab: interleaved rounds of --steps steps each')
+  p.add_argument('--rounds', type=int, default=3,
+                 help='train, ab, threads: interleaved rounds of --steps steps each')
+  p.add_argument('--thread-envs', '--thread_envs',
+                 default='OMP_WAIT_POLICY=PASSIVE;GOMP_SPINCOUNT=10000;'
+                 'OMP_PROC_BIND=close OMP_PLACES=cores',
+                 help="threads: ';'-separated environment variants, each 'NAME=VALUE ...', "
+                 'against the default environment')
   p.add_argument('--layer-batch', '--layer_batch', type=int, default=16,
                  help='layers: images per batch (16 = the 8-pair step)')
   args = p.parse_args(argv)
@@ -421,25 +528,11 @@ def main(argv=None) -> None:
   summary = {'cores': len(os.sched_getaffinity(0)), 'width_mult': args.width_mult,
              'platform': jax.default_backend(), 'device': jax.devices()[0].device_kind}
   if 'train' in parts:
-    for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
-      r = bench_train_step(pairs, args.steps, args.width_mult, args.dtype,
-                           args.conv_impl)
-      line = f'jax   train step, {pairs} pairs: {r["pairs_per_s"]} pairs/s ' \
-             f'({r["step_s"]} s/step, {r["gflop_per_s"]} GFLOP/s' + \
-             (f', MFU {r["mfu"]:.1%})' if 'mfu' in r else ')')
-      if args.compare_torch:
-        t = bench_torch(args.compare_torch, pairs, args.steps, args.width_mult)
-        r['torch_pairs_per_s'] = t['pairs_per_s']
-        r['ratio_vs_torch'] = round(r['pairs_per_s'] / t['pairs_per_s'], 3)
-        line += f' | torch {t["pairs_per_s"]} pairs/s | ratio {r["ratio_vs_torch"]}x'
-      print(line, flush=True)
-      summary[f'train_{pairs}'] = r
-      if i == 0:
-        summary['pairs_per_s'] = r['pairs_per_s']
-    summary['peak_rss_mib'] = round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    run_train(args, summary)
   if 'ab' in parts:
     run_ab(args, summary)
+  if 'threads' in parts:
+    run_threads(args, summary)
   if 'layers' in parts:
     run_layers(args, summary)
   if 'runtimes' in parts:

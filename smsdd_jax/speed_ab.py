@@ -65,6 +65,42 @@ def interleaved_train(runners: dict, pairs: int, rounds: int, steps: int,
   return out
 
 
+def interleaved_envs(frameworks: dict, envs: dict, pairs: int, rounds: int,
+                     steps: int) -> dict:
+  """Each round: every framework (name -> fn(env, steps) -> median seconds
+  per step, in a fresh process) under every environment variant (name ->
+  dict; the first is the baseline). Returns per framework and variant the
+  median pairs/s and, paired per round, the speed-up over the baseline."""
+  per_round = []
+  for _ in range(rounds):
+    per_round.append({(f, e): fn(env, steps) for e, env in envs.items()
+                      for f, fn in frameworks.items()})
+  base = next(iter(envs))
+  out = {'pairs': pairs, 'rounds': rounds, 'steps_per_round': steps, 'results': {}}
+  for f in frameworks:
+    for e in envs:
+      median = statistics.median(r[(f, e)] for r in per_round)
+      gains = sorted(r[(f, base)] / r[(f, e)] for r in per_round)
+      out['results'][f'{f} | {e}'] = {
+          'framework': f, 'env': e, 'step_s': round(median, 4),
+          'pairs_per_s': round(pairs / median, 3),
+          'speedup_vs_default': round(statistics.median(gains), 3),
+          'speedup_range': [round(gains[0], 3), round(gains[-1], 3)]}
+  return out
+
+
+def env_table(result: dict, impl: str) -> str:
+  """Markdown: one line per framework and environment variant."""
+  lines = [f'| framework | environment | pairs/s at {result["pairs"]} pairs | '
+           'speed-up vs default (range over rounds) |', '|---|---|---|---|']
+  for v in result['results'].values():
+    name = f'JAX ({impl})' if v['framework'] == 'jax' else 'PyTorch'
+    lines.append(f'| {name} | {v["env"]} | {v["pairs_per_s"]:.3f} | '
+                 f'{v["speedup_vs_default"]:.3f}x ({v["speedup_range"][0]:.3f}-'
+                 f'{v["speedup_range"][1]:.3f}) |')
+  return '\n'.join(lines)
+
+
 def layer_shapes(image_size=(110, 230), width_mult: float = 1.0) -> list[tuple]:
   """(H, W, C_in, C_out) of each 3x3 conv of the VGG16 tower, in order."""
   from smsdd_jax import models  # pylint: disable=import-outside-toplevel
