@@ -145,8 +145,9 @@ def _last_json_line(cmd: list[str], what: str, env: dict | None = None) -> dict:
   the JSON object on its last stdout line."""
   out = subprocess.run(cmd, capture_output=True, text=True, check=False,
                        env={**os.environ, **env} if env else None)
-  if out.returncode != 0:
-    raise RuntimeError(f'{what} failed: {out.stderr.strip().splitlines()[-1:]}')
+  if out.returncode != 0:  # The exception's own line, not JAX's traceback note.
+    errors = [line for line in out.stderr.splitlines() if 'Error' in line.split(':')[0]]
+    raise RuntimeError(f'{what} failed: {(errors or out.stderr.strip().splitlines())[-1:]}')
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -180,6 +181,8 @@ def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
   config.model.width_mult = width_mult
   model = models.create(config.model)
   params, state = models.init(model, jax.random.PRNGKey(0), (110, 230, 3))
+  # As Predictor scores: kernels packed for oneDNN where the model runs it.
+  model, params = models.packed_for_inference(model, params, (110, 230))
   fwd = jax.jit(lambda x: jax.nn.softmax(models.forward(
       params, x, model=model, model_state=state)[0])[:, 1])
   with tempfile.TemporaryDirectory() as tmp:
@@ -212,24 +215,27 @@ def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
           'batched_frames_per_s': round(batch / batched, 2), 'inference_batch': batch}
 
 
-# Forward of one image through the PyTorch twin's tower + classifier (its
-# build()), timed like _median_time, in a child process that inherits this
-# process's CPU affinity: the reference for the forward_ms stage.
+# Forward of a batch of images through the PyTorch twin's tower +
+# classifier (its build()), timed like _median_time, in a child process that
+# inherits this process's CPU affinity: with batch 1 the reference for the
+# forward_ms stage, with a larger batch for predict's throughput.
 _TORCH_FORWARD = r"""
 import importlib.util, json, statistics, sys, time, torch
 spec = importlib.util.spec_from_file_location('twin', sys.argv[1])
 twin = importlib.util.module_from_spec(spec); spec.loader.exec_module(twin)
-steps, width_mult = int(sys.argv[2]), float(sys.argv[3])
+steps, width_mult, batch = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
 net = twin.build(width_mult, 110, 230).to(memory_format=torch.channels_last).eval()
-x = torch.randn(1, 3, 110, 230).to(memory_format=torch.channels_last)
+x = torch.randn(batch, 3, 110, 230).to(memory_format=torch.channels_last)
 def run():
   with torch.inference_mode():
-    return net['classifier'](net['features'](x).flatten(1)).softmax(-1)[:, 1].item()
-run(); times = []
+    return net['classifier'](net['features'](x).flatten(1)).softmax(-1)[:, 1].tolist()
+run(); run(); times = []
 for _ in range(steps):
   t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
-print(json.dumps({'torch_forward_ms': round(statistics.median(times) * 1e3, 1),
+m = statistics.median(times)
+print(json.dumps({'torch_forward_ms': round(m * 1e3, 1), 'torch_batch': batch,
+                  'torch_frames_per_s': round(batch / m, 2),
                   'torch_threads': torch.get_num_threads()}))
 """
 
@@ -277,9 +283,55 @@ def bench_torch_layers(batch: int, repeats: int, shapes) -> list[dict]:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_torch_forward(script: str, steps: int, width_mult: float) -> dict:
+def bench_torch_forward(script: str, steps: int, width_mult: float, batch: int = 1) -> dict:
   return _last_json_line([sys.executable, '-c', _TORCH_FORWARD, script, str(steps),
-                          str(width_mult)], 'torch forward')
+                          str(width_mult), str(batch)], 'torch forward')
+
+
+def bench_predict(frames_dir: str, n: int, width_mult: float, batch: int,
+                  workers: int) -> dict:
+  """`inference.score_frames` (what `predict` runs) over n raw frame files:
+  decode, ROI, rectify and the batched forward, overlapped as predict does;
+  frames/s after a warm-up pass over the first batch (compile). The frames
+  are those of --frames-dir (cycled to n), else n generated 1920 x 1080 ones."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import inference, models, preprocess  # pylint: disable=import-outside-toplevel
+  from smsdd_jax.datasets import synthetic_screens  # pylint: disable=import-outside-toplevel
+  p = _random_predictor(width_mult)
+  p.batch_size = batch
+  p.preprocessing = preprocess.Spec(roi='hough', size=p.image_size)
+  model, params = models.packed_for_inference(p.model, p.params, p.image_size)
+  score = jax.jit(lambda images: inference.probabilities(
+      params, p.model_state, images, model=model, mean=p.mean, std=p.std))
+  p.predict_proba = lambda images: _padded(score, images, batch)
+  p.decide = lambda prob: 'defective' if prob >= 0.5 else 'good'
+  with tempfile.TemporaryDirectory() as tmp:
+    if frames_dir:
+      files = sorted(f for ext in ('jpg', 'jpeg', 'png', 'bmp') for f in glob.glob(
+          os.path.join(frames_dir, '**', f'*.{ext}'), recursive=True))
+      if not files:
+        raise SystemExit(f'--frames-dir={frames_dir}: no image files under it')
+      files = [files[i % len(files)] for i in range(n)]
+    else:
+      files = synthetic_screens.write_sample_frames(tmp, n)
+    for _ in inference.score_frames(p, files[:batch], workers=workers):
+      pass  # Compiles the forward at this batch size.
+    t = time.perf_counter()
+    results = [r for chunk in inference.score_frames(p, files, workers=workers) for r in chunk]
+    elapsed = time.perf_counter() - t
+  return {'predict_frames': n, 'predict_frames_per_s': round(n / elapsed, 2),
+          'predict_failed': sum(not r.ok for r in results), 'predict_batch': batch,
+          'predict_workers': workers}
+
+
+def _padded(fn, images, batch: int):
+  """fn over a batch of exactly `batch` images (zero-padded, as Predictor)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  n = len(images)
+  if n < batch:
+    images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]), images.dtype)])
+  return np.asarray(fn(images))[:n]
 
 
 def side_by_side_table(results: dict, impls: list[str], torch: bool) -> str:
@@ -502,13 +554,18 @@ def main(argv=None) -> None:
                  'its step; inference: its forward of one image)')
   p.add_argument('--only', default='train',
                  help='comma-separated: train, ab (interleaved A/B of --impls), threads '
-                 '(GNU OpenMP environment variants, both frameworks), '
+                 '(GNU OpenMP environment variants, both frameworks), predict (raw frame files '
+                 'to decisions, frames/s), '
                  'layers (per-layer conv timings), runtimes (one ROI through jit / '
                  'jax.export / SavedModel), pipeline, inference, maps (a score against '
                  'its Grad-CAM and occlusion maps, per ROI)')
   p.add_argument('--data-dir', '--data_dir', default='', help='TFDS data_dir (pipeline)')
   p.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: all)')
-  p.add_argument('--inference-batch', type=int, default=16)
+  p.add_argument('--inference-batch', '--inference_batch', type=int, default=16)
+  p.add_argument('--frames-dir', '--frames_dir', default='',
+                 help='predict: a folder of raw frames (default: generated ones)')
+  p.add_argument('--frames', type=int, default=100, help='predict: how many frames')
+  p.add_argument('--workers', type=int, default=2, help="predict: reading threads")
   p.add_argument('--impls', default='custom,xla',
                  help='ab / layers: comma-separated model.conv_impl values to compare')
   p.add_argument('--rounds', type=int, default=3,
@@ -545,6 +602,19 @@ def main(argv=None) -> None:
     r = bench_maps(args.steps, args.width_mult, args.inference_batch)
     print('maps, ms per ROI: ' + ', '.join(f'{k} {v}' for k, v in r.items()), flush=True)
     summary['maps'] = r
+  if 'predict' in parts:
+    r = bench_predict(args.frames_dir, args.frames, args.width_mult, args.inference_batch,
+                      args.workers)
+    line = (f'predict: {r["predict_frames_per_s"]} frames/s over {r["predict_frames"]} raw '
+            f'frames (batch {r["predict_batch"]}, {r["predict_workers"]} reading threads)')
+    if args.compare_torch:
+      r.update(bench_torch_forward(args.compare_torch, args.steps, args.width_mult,
+                                   args.inference_batch))
+      r['ratio_vs_torch_forward'] = round(r['predict_frames_per_s'] / r['torch_frames_per_s'], 3)
+      line += (f' | PyTorch forward alone, batch {args.inference_batch}: '
+               f'{r["torch_frames_per_s"]} frames/s | ratio {r["ratio_vs_torch_forward"]}x')
+    print(line, flush=True)
+    summary['predict'] = r
   if 'pipeline' in parts:
     summary.update(bench_pipeline(args.data_dir, 200))
     print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)

@@ -208,9 +208,16 @@ class Predictor:
     self.tta = tta
     self.traces = 0
 
+    # Scoring runs on its own copy of the model with oneDNN-packed kernels
+    # where the run uses oneDNN (models.packed_for_inference); maps, the
+    # embedding and exports keep self.model and self.params.
+    from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+    self._score_model, self._score_params = models.packed_for_inference(
+        self.model, self.params, self.image_size)
+
     def score(params, model_state, images):
       self.traces += 1  # Runs while tracing only.
-      return probabilities(params, model_state, images, model=self.model,
+      return probabilities(params, model_state, images, model=self._score_model,
                            mean=self.mean, std=self.std, tta=self.tta)
 
     self._score = jax.jit(score)
@@ -233,7 +240,7 @@ class Predictor:
 
   def predict_proba(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB ROIs at the run's image size -> (N,) float32."""
-    return self._batched(self._score, images_rgb_uint8)
+    return self._batched(self._score, images_rgb_uint8, self._score_params)
 
   def embed(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB ROIs at the run's image size -> (N, d) float32:
@@ -272,9 +279,11 @@ class Predictor:
                        f'got {images.dtype} {images.shape}')
     return images
 
-  def _batched(self, fn, images_rgb_uint8: np.ndarray) -> np.ndarray:
+  def _batched(self, fn, images_rgb_uint8: np.ndarray, params=None) -> np.ndarray:
     """fn(params, model_state, batch) over fixed-size batches (the last one
-    zero-padded: one shape, one compile), concatenated."""
+    zero-padded: one shape, one compile), concatenated; params defaults to
+    self.params."""
+    params = self.params if params is None else params
     images = self._checked(images_rgb_uint8)
     want = images.shape[1:]
     out = []
@@ -283,7 +292,7 @@ class Predictor:
       n = len(chunk)
       if n < self.batch_size:
         chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *want), np.uint8)])
-      out.append(np.asarray(fn(self.params, self.model_state, chunk))[:n])
+      out.append(np.asarray(fn(params, self.model_state, chunk))[:n])
     return np.concatenate(out)
 
   def decide(self, prob: float) -> str:
@@ -458,21 +467,28 @@ def _one_line(e: BaseException) -> str:
 
 
 def score_frames(predictor: Predictor, paths: Iterable[str], *, roi_method: str = 'auto',
-                 max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1
-                 ) -> Iterator[list[FrameResult]]:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 1,
+                 ahead: int = 1) -> Iterator[list[FrameResult]]:
   """Yields, per chunk of `predictor.batch_size` input files in order, their
   FrameResults with prob and decision filled in for those that succeeded.
 
-  Reading and ROI search run on `workers` threads (OpenCV releases the GIL);
-  each chunk's ROIs are scored with one padded call."""
+  Reading and ROI search run on `workers` threads (OpenCV and the JPEG
+  decoder release the GIL), `ahead` chunks in advance: while one chunk's
+  ROIs are scored (one padded call), the next ones are being read, so on a
+  machine with cores to spare the decoding hides behind the forward."""
   paths = list(paths)
   spec = run_spec(predictor.preprocessing, roi_method)
   prepare = lambda p: prepare_frame(p, spec=spec, max_pixels=max_pixels)
-  pool = (concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else None)
+  chunks = [paths[i:i + predictor.batch_size]
+            for i in range(0, len(paths), predictor.batch_size)]
+  pool = concurrent.futures.ThreadPoolExecutor(max(1, workers))
+  submitted = []  # Per chunk, its files' futures, in order.
   try:
-    for i in range(0, len(paths), predictor.batch_size):
-      chunk = paths[i:i + predictor.batch_size]
-      results = list(pool.map(prepare, chunk) if pool else map(prepare, chunk))
+    for i in range(len(chunks)):
+      while len(submitted) < min(len(chunks), i + 1 + max(0, ahead)):
+        submitted.append([pool.submit(prepare, p) for p in chunks[len(submitted)]])
+      results = [f.result() for f in submitted[i]]
+      submitted[i] = None  # Done with: its results are the caller's now.
       good = [r for r in results if r.ok]
       if good:
         probs = predictor.predict_proba(np.stack([r.roi for r in good]))
@@ -480,9 +496,8 @@ def score_frames(predictor: Predictor, paths: Iterable[str], *, roi_method: str 
           r.prob = float(p)
           r.decision = predictor.decide(r.prob)
       yield results
-  finally:
-    if pool:
-      pool.shutdown()
+  finally:  # Also when the caller stops early: no reading goes on behind it.
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def input_problem(path: str) -> Optional[str]:

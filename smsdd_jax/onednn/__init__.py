@@ -32,7 +32,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from smsdd_jax import conv
 
 __all__ = ['available', 'reason', 'load_library', 'conv3x3', 'conv3x3_bias_relu',
-           'conv_general_dilated', 'plans', 'stats']
+           'conv_general_dilated', 'pack_kernel', 'packed_conv3x3_bias_relu', 'plans',
+           'stats']
 
 LIB_ENV = 'SMSDD_ONEDNN_LIB'  # Overrides the built library's path (tests, experiments).
 RUNTIME_DIST = 'onednn-cpu-gomp'  # The pip package that ships libdnnl.so.3.
@@ -42,6 +43,7 @@ TARGETS = {  # FFI target name -> the symbol in conv_ffi.cc.
     'smsdd_onednn_conv3x3_bwd_weights': 'OnednnConv3x3BwdWeights',
     'smsdd_onednn_conv3x3_bias_relu_fwd': 'OnednnConv3x3BiasReluFwd',
     'smsdd_onednn_conv3x3_bwd_weights_bias': 'OnednnConv3x3BwdWeightsBias',
+    'smsdd_onednn_conv3x3_packed_bias_relu_fwd': 'OnednnConv3x3PackedBiasReluFwd',
 }
 _log = logging.getLogger(__name__)
 _state: dict = {}  # 'lib' and 'reason' once loaded; 'warned' once logged.
@@ -98,6 +100,8 @@ def load_library(path: str | os.PathLike | None = None):
   lib.SmsddOnednnNumPlans.restype = ctypes.c_int64
   lib.SmsddOnednnStats.restype = ctypes.c_char_p
   lib.SmsddOnednnStats.argtypes = [ctypes.c_int]
+  lib.SmsddOnednnPack.restype = ctypes.c_char_p
+  lib.SmsddOnednnPack.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
   error = lib.SmsddOnednnInit().decode()
   if error:
     return None, _one_line(f'oneDNN CPU engine: {error}')
@@ -248,6 +252,31 @@ def conv3x3_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   if fits:
     _warn_fallback_once()
   return conv.conv3x3_bias_relu(x, w, b)
+
+
+def pack_kernel(kernel, h: int, w: int):
+  """A layer's HWIO kernel (3, 3, C, K) float32, seen at h x w, rearranged
+  into oneDNN's layout for `packed_conv3x3_bias_relu`: a numpy array of the
+  same shape (so that it stands in the same parameter tree) whose memory is
+  in that layout. None where it cannot be (no library; a layout of another
+  size, as for C = 3). For inference only: pack once, score many times."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  lib = _load_once()
+  src = np.ascontiguousarray(np.asarray(kernel, np.float32))
+  if lib is None or src.ndim != 4 or src.shape[:2] != (3, 3):
+    return None
+  out = np.empty_like(src)
+  why = lib.SmsddOnednnPack(h, w, src.shape[2], src.shape[3], src.ctypes.data,
+                            out.ctypes.data, out.nbytes).decode()
+  return None if why else out
+
+
+def packed_conv3x3_bias_relu(x: jax.Array, w_packed: jax.Array, b: jax.Array) -> jax.Array:
+  """relu(conv3x3(x, w) + b) for inference, with w from `pack_kernel` (no
+  reorder per call). Not differentiable: the packed array is not HWIO."""
+  y = _ffi('smsdd_onednn_conv3x3_packed_bias_relu_fwd', (*x.shape[:3], w_packed.shape[3]),
+           x, w_packed, b)
+  return _with_batch_sharding(y, x)
 
 
 def _onednn_fits(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
