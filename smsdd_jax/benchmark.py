@@ -169,7 +169,8 @@ def bench_pipeline(data_dir: str, batches: int) -> dict:
   return {'pipeline_pairs_per_s': round(batches * config.batch_size / elapsed, 1)}
 
 
-def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
+def bench_inference(steps: int, width_mult: float, batch: int,
+                    precision: str = 'float32') -> dict:
   """Raw 1920x1080 JPEG -> decode -> ROI -> rectify -> forward, one frame
   (end to end, and each stage alone); and the batched forward, frames/s."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -182,7 +183,7 @@ def bench_inference(steps: int, width_mult: float, batch: int) -> dict:
   model = models.create(config.model)
   params, state = models.init(model, jax.random.PRNGKey(0), (110, 230, 3))
   # As Predictor scores: kernels packed for oneDNN where the model runs it.
-  model, params = models.packed_for_inference(model, params, (110, 230))
+  model, params = models.packed_for_inference(model, params, (110, 230), precision)
   fwd = jax.jit(lambda x: jax.nn.softmax(models.forward(
       params, x, model=model, model_state=state)[0])[:, 1])
   with tempfile.TemporaryDirectory() as tmp:
@@ -224,18 +225,19 @@ import importlib.util, json, statistics, sys, time, torch
 spec = importlib.util.spec_from_file_location('twin', sys.argv[1])
 twin = importlib.util.module_from_spec(spec); spec.loader.exec_module(twin)
 steps, width_mult, batch = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+bf16 = sys.argv[5] == 'bfloat16'  # Autocast, as a PyTorch user would ask for it.
 torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
 net = twin.build(width_mult, 110, 230).to(memory_format=torch.channels_last).eval()
 x = torch.randn(batch, 3, 110, 230).to(memory_format=torch.channels_last)
 def run():
-  with torch.inference_mode():
-    return net['classifier'](net['features'](x).flatten(1)).softmax(-1)[:, 1].tolist()
+  with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+    return net['classifier'](net['features'](x).flatten(1)).float().softmax(-1)[:, 1].tolist()
 run(); run(); times = []
 for _ in range(steps):
   t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
 m = statistics.median(times)
 print(json.dumps({'torch_forward_ms': round(m * 1e3, 1), 'torch_batch': batch,
-                  'torch_frames_per_s': round(batch / m, 2),
+                  'torch_frames_per_s': round(batch / m, 2), 'torch_precision': sys.argv[5],
                   'torch_threads': torch.get_num_threads()}))
 """
 
@@ -283,13 +285,14 @@ def bench_torch_layers(batch: int, repeats: int, shapes) -> list[dict]:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_torch_forward(script: str, steps: int, width_mult: float, batch: int = 1) -> dict:
+def bench_torch_forward(script: str, steps: int, width_mult: float, batch: int = 1,
+                        precision: str = 'float32') -> dict:
   return _last_json_line([sys.executable, '-c', _TORCH_FORWARD, script, str(steps),
-                          str(width_mult), str(batch)], 'torch forward')
+                          str(width_mult), str(batch), precision], 'torch forward')
 
 
 def bench_predict(frames_dir: str, n: int, width_mult: float, batch: int,
-                  workers: int) -> dict:
+                  workers: int, ahead: int = 1, precision: str = 'float32') -> dict:
   """`inference.score_frames` (what `predict` runs) over n raw frame files:
   decode, ROI, rectify and the batched forward, overlapped as predict does;
   frames/s after a warm-up pass over the first batch (compile). The frames
@@ -301,7 +304,7 @@ def bench_predict(frames_dir: str, n: int, width_mult: float, batch: int,
   p = _random_predictor(width_mult)
   p.batch_size = batch
   p.preprocessing = preprocess.Spec(roi='hough', size=p.image_size)
-  model, params = models.packed_for_inference(p.model, p.params, p.image_size)
+  model, params = models.packed_for_inference(p.model, p.params, p.image_size, precision)
   score = jax.jit(lambda images: inference.probabilities(
       params, p.model_state, images, model=model, mean=p.mean, std=p.std))
   p.predict_proba = lambda images: _padded(score, images, batch)
@@ -318,11 +321,12 @@ def bench_predict(frames_dir: str, n: int, width_mult: float, batch: int,
     for _ in inference.score_frames(p, files[:batch], workers=workers):
       pass  # Compiles the forward at this batch size.
     t = time.perf_counter()
-    results = [r for chunk in inference.score_frames(p, files, workers=workers) for r in chunk]
+    results = [r for chunk in inference.score_frames(p, files, workers=workers, ahead=ahead)
+               for r in chunk]
     elapsed = time.perf_counter() - t
   return {'predict_frames': n, 'predict_frames_per_s': round(n / elapsed, 2),
           'predict_failed': sum(not r.ok for r in results), 'predict_batch': batch,
-          'predict_workers': workers}
+          'predict_workers': workers, 'predict_ahead': ahead, 'precision': precision}
 
 
 def _padded(fn, images, batch: int):
@@ -566,6 +570,11 @@ def main(argv=None) -> None:
                  help='predict: a folder of raw frames (default: generated ones)')
   p.add_argument('--frames', type=int, default=100, help='predict: how many frames')
   p.add_argument('--workers', type=int, default=2, help="predict: reading threads")
+  p.add_argument('--precision', default='float32',
+                 help="inference, predict: the convolutions' precision, 'float32' | 'bfloat16' "
+                 '(models.packed_for_inference)')
+  p.add_argument('--ahead', type=int, default=1,
+                 help='predict: chunks read ahead of the one scored (0: none, as before)')
   p.add_argument('--impls', default='custom,xla',
                  help='ab / layers: comma-separated model.conv_impl values to compare')
   p.add_argument('--rounds', type=int, default=3,
@@ -604,12 +613,12 @@ def main(argv=None) -> None:
     summary['maps'] = r
   if 'predict' in parts:
     r = bench_predict(args.frames_dir, args.frames, args.width_mult, args.inference_batch,
-                      args.workers)
+                      args.workers, args.ahead, args.precision)
     line = (f'predict: {r["predict_frames_per_s"]} frames/s over {r["predict_frames"]} raw '
             f'frames (batch {r["predict_batch"]}, {r["predict_workers"]} reading threads)')
     if args.compare_torch:
       r.update(bench_torch_forward(args.compare_torch, args.steps, args.width_mult,
-                                   args.inference_batch))
+                                   args.inference_batch, args.precision))
       r['ratio_vs_torch_forward'] = round(r['predict_frames_per_s'] / r['torch_frames_per_s'], 3)
       line += (f' | PyTorch forward alone, batch {args.inference_batch}: '
                f'{r["torch_frames_per_s"]} frames/s | ratio {r["ratio_vs_torch_forward"]}x')
@@ -619,12 +628,14 @@ def main(argv=None) -> None:
     summary.update(bench_pipeline(args.data_dir, 200))
     print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)
   if 'inference' in parts:
-    summary.update(bench_inference(args.steps, args.width_mult, args.inference_batch))
+    summary.update(bench_inference(args.steps, args.width_mult, args.inference_batch,
+                                   args.precision))
     line = (f'inference: {summary["frame_latency_ms"]} ms per raw frame (decode '
             f'{summary["decode_ms"]} + ROI {summary["roi_ms"]} + forward '
             f'{summary["forward_ms"]} ms), {summary["batched_frames_per_s"]} frames/s batched')
     if args.compare_torch:
-      summary.update(bench_torch_forward(args.compare_torch, args.steps, args.width_mult))
+      summary.update(bench_torch_forward(args.compare_torch, args.steps, args.width_mult,
+                                         1, args.precision))
       line += f' | torch forward {summary["torch_forward_ms"]} ms'
     print(line, flush=True)
   print(json.dumps(summary))

@@ -187,12 +187,14 @@ class Predictor:
 
   Attributes: run (RunFiles: step, note, threshold, ...), config
   (ConfigDict), model, params, model_state, image_size (h, w), batch_size,
-  threshold, tta ('none' or 'flips', see `tta_views`), traces (times the
-  scoring function was traced: 1 after use).
+  threshold, tta ('none' or 'flips', see `tta_views`), precision of the
+  scores' convolutions ('float32', or 'bfloat16' where the run uses oneDNN:
+  models.packed_for_inference), traces (times the scoring function was
+  traced: 1 after use).
   """
 
   def __init__(self, workdir: str, *, step: Optional[int] = None,
-               batch_size: int = 16, tta: str = 'none'):
+               batch_size: int = 16, tta: str = 'none', precision: str = 'float32'):
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size}: must be >= 1')
     if tta not in TTA_MODES:
@@ -206,6 +208,7 @@ class Predictor:
     self.threshold = self.run.threshold
     self.batch_size = int(batch_size)
     self.tta = tta
+    self.precision = precision
     self.traces = 0
 
     # Scoring runs on its own copy of the model with oneDNN-packed kernels
@@ -213,7 +216,7 @@ class Predictor:
     # embedding and exports keep self.model and self.params.
     from smsdd_jax import models  # pylint: disable=import-outside-toplevel
     self._score_model, self._score_params = models.packed_for_inference(
-        self.model, self.params, self.image_size)
+        self.model, self.params, self.image_size, precision)
 
     def score(params, model_state, images):
       self.traces += 1  # Runs while tracing only.
@@ -228,6 +231,8 @@ class Predictor:
 
   def describe(self) -> str:
     tta = '' if self.tta == 'none' else f'; tta {self.tta}'
+    if self._score_model.dtype != jnp.float32:
+      tta += f'; scored in {jnp.dtype(self._score_model.dtype).name}'
     return (f'{self.run.workdir}: {self.run.note}; threshold {self.threshold:g} '
             f'[{self.run.threshold_source}]; normalisation {self.run.stats_source}{tta}')
 
@@ -368,11 +373,12 @@ def _check_same_input(a: Predictor, b: Predictor) -> None:
 
 
 def load(workdirs: Sequence[str], *, step: Optional[int] = None, batch_size: int = 16,
-         tta: str = 'none'):
+         tta: str = 'none', precision: str = 'float32'):
   """A Predictor for one workdir, an Ensemble (best checkpoints) for several."""
   workdirs = list(workdirs)
   if len(workdirs) == 1:
-    return Predictor(workdirs[0], step=step, batch_size=batch_size, tta=tta)
+    return Predictor(workdirs[0], step=step, batch_size=batch_size, tta=tta,
+                     precision=precision)
   if step is not None:
     raise ValueError('step applies to one run; an ensemble uses each run\'s best '
                      'checkpoint')
@@ -380,7 +386,8 @@ def load(workdirs: Sequence[str], *, step: Optional[int] = None, batch_size: int
   twice = sorted({w for w in names if names.count(w) > 1})
   if twice:
     raise ValueError(f'run {twice[0]} is listed twice')
-  return Ensemble([Predictor(w, batch_size=batch_size, tta=tta) for w in workdirs])
+  return Ensemble([Predictor(w, batch_size=batch_size, tta=tta, precision=precision)
+                   for w in workdirs])
 
 
 def ensemble_probabilities(workdirs: Sequence[str], images_rgb_uint8: np.ndarray, *,

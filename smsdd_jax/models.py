@@ -161,9 +161,8 @@ class SiameseVGG16(nn.Module):
       name, bn_name = self._names(i)
       i += 1
       if fused:  # Named as nn.Conv is: checkpoints move between impls.
-        impl = (onednn.packed_conv3x3_bias_relu if name in self.packed
-                else FUSED_IMPLS[self.conv_impl])
-        x = ConvBiasReLU(v, dtype=self.dtype, impl=impl, name=name)(x)
+        x = ConvBiasReLU(v, dtype=self.dtype, impl=FUSED_IMPLS[self.conv_impl],
+                         packed=name in self.packed, name=name)(x)
         continue
       x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
                   kernel_init=CONV_INIT, dtype=self.dtype,
@@ -187,11 +186,14 @@ class ConvBiasReLU(nn.Module):
   features: int
   dtype: Any
   impl: Callable = conv.conv3x3_bias_relu
+  packed: bool = False  # The kernel is oneDNN-packed (models.packed_for_inference).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', CONV_INIT, (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    if self.packed:  # Computed in the packed kernel's own dtype.
+      return onednn.packed_conv3x3_bias_relu(x, kernel, bias)
     return self.impl(x, kernel.astype(self.dtype), bias.astype(self.dtype))
 
 
@@ -267,13 +269,22 @@ def init(model: SiameseVGG16, rng: jax.Array, image_shape: Sequence[int]):
   return params, model_state
 
 
-def packed_for_inference(model: SiameseVGG16, params, image_shape: Sequence[int]):
+PRECISIONS = ('float32', 'bfloat16')  # Of packed_for_inference's convolutions.
+
+
+def packed_for_inference(model: SiameseVGG16, params, image_shape: Sequence[int],
+                         precision: str = 'float32'):
   """(model, params) for scoring only, with each conv kernel that oneDNN can
   take packed in its layout (onednn.pack_kernel) so that no forward reorders
-  them again (~12% of a batch-1 forward on one core). The same (model,
-  params) where the model does not run oneDNN's fused convs. The result is
-  not differentiable and not for saving: keep the originals for gradients
-  (maps), checkpoints and exports."""
+  them again (~12% of a batch-1 forward on one core). precision 'bfloat16'
+  runs the tower in bfloat16 (float32 accumulation; AVX512-BF16 doubles the
+  multiply rate; the scores move: docs/performance.md), a layer whose
+  bfloat16 layout cannot be packed in float32. The same (model, params)
+  where the model does not run oneDNN's fused convs (then precision is not
+  applied). The result is not differentiable and not for saving: keep the
+  originals for gradients (maps), checkpoints and exports."""
+  if precision not in PRECISIONS:
+    raise ValueError(f'precision={precision!r}: expected one of {PRECISIONS}')
   if (model.conv_impl != 'onednn_fused' or model.batch_norm or model.packed
       or model.dtype != jnp.float32 or not onednn.available()):
     return model, params
@@ -285,11 +296,13 @@ def packed_for_inference(model: SiameseVGG16, params, image_shape: Sequence[int]
       continue
     name = model._names(i)[0]  # pylint: disable=protected-access
     i += 1
-    kernel = onednn.pack_kernel(params[name]['kernel'], h, w)
+    kernel = onednn.pack_kernel(params[name]['kernel'], h, w, precision)
+    if kernel is None and precision != 'float32':
+      kernel = onednn.pack_kernel(params[name]['kernel'], h, w)
     if kernel is not None:
       params[name] = {**params[name], 'kernel': jnp.asarray(kernel)}
       packed.append(name)
-  return model.clone(packed=tuple(packed)), params
+  return model.clone(packed=tuple(packed), dtype=jnp.dtype(precision)), params
 
 
 def forward(params, images: jax.Array, *, model: SiameseVGG16, model_state=None,

@@ -3,7 +3,8 @@
   python -m smsdd_jax.predict --workdir=runs/beta_c --input=PATH --output=preds.csv
       [--roi=auto|hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
       [--save_rois=DIR] [--sheet=decisions.png] [--workers=2] [--tta=none|flips]
-      [--embeddings=emb.npz] [--maps=DIR] [--workdir=runs/other ...]
+      [--embeddings=emb.npz] [--maps=DIR] [--precision=float32|bfloat16]
+      [--workdir=runs/other ...]
 
 PATH is an image file, a folder (searched recursively for .jpg/.jpeg/.png/
 .bmp) or a quoted glob pattern ('frames/**/*.jpg'; every matching file). Each
@@ -12,7 +13,10 @@ file goes through the same preprocessing as the run's training data
 and rectified for raw frames, the aspect and channel policies for crops),
 then is scored by the run's best checkpoint (or --step=N). --roi=hough|none
 overrides the ROI step only. --tta=flips averages the probability over the
-image and its left-right and up-down flips (one batch). Several --workdir
+image and its left-right and up-down flips (one batch). --precision=bfloat16
+scores with the convolutions in bfloat16 where the run uses oneDNN (about
+twice the frames per second on a CPU with AVX512-BF16; the probabilities
+move slightly, docs/performance.md). Several --workdir
 (repeated or comma-separated) score as an ensemble: the mean of the runs'
 probabilities (each run's best checkpoint and own normalisation), decided at
 the mean of their thresholds; runs whose preprocessing differs (image size,
@@ -116,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--tta', choices=('none', 'flips'), default='none',
                  help="'flips': mean probability over the image and its left-right and "
                  'up-down flips (3x the compute, one batch)')
+  p.add_argument('--precision', choices=('float32', 'bfloat16'), default='float32',
+                 help="the scores' convolutions; 'bfloat16' where the run uses oneDNN "
+                 '(float32 accumulation; ~2x faster on AVX512-BF16 CPUs)')
   p.add_argument('--batch_size', type=int, default=16)
   p.add_argument('--max_pixels', type=int, default=40_000_000,
                  help='refuse images with more pixels (read from the header)')
@@ -480,7 +487,7 @@ def _run(args) -> int:
     _check_output(args.embeddings, flag='--embeddings')
   try:  # The model first: nothing is written if it cannot be loaded.
     predictor = inference.load(workdirs, step=args.step, batch_size=args.batch_size,
-                               tta=args.tta)
+                               tta=args.tta, precision=args.precision)
   except (FileNotFoundError, ValueError) as e:  # Checkpoint mismatch, unreadable too.
     raise UsageError(str(e).splitlines()[0]) from None
   out = Output(args.output)

@@ -131,3 +131,44 @@ def test_maps_are_timed_beside_the_plain_score(capsys):
       'gradcam_ms_per_roi_batch2', 'occlusion_ms_per_roi', 'occlusion_forwards_per_roi'}
   assert summary['maps']['occlusion_forwards_per_roi'] == 13 * 28  # 16 px windows, 8 apart.
   assert all(v > 0 for v in summary['maps'].values())
+
+
+def test_side_by_side_table_has_one_line_per_size():
+  r = {4: {'rounds': 3, 'steps_per_round': 2,
+           'variants': {'onednn_fused': {'pairs_per_s': 3.9, 'ratio_vs_torch': 1.3,
+                                         'ratio_range': [1.1, 1.4]}},
+           'torch': {'pairs_per_s': 3.0}},
+       8: {'rounds': 3, 'steps_per_round': 2,
+           'variants': {'onednn_fused': {'pairs_per_s': 3.8, 'ratio_vs_torch': 1.25,
+                                         'ratio_range': [1.0, 1.3]}},
+           'torch': {'pairs_per_s': 3.1}}}
+  lines = benchmark.side_by_side_table(r, ['onednn_fused'], torch=True).splitlines()
+  assert lines[2] == '| 4 | 3.900 | 3.000 | **1.30x** (1.10-1.40) |'
+  assert lines[3].startswith('| 8 | 3.800 | 3.100 | **1.25x**')
+  assert '3 interleaved rounds of 2 steps' in lines[-1]
+
+
+def test_thread_environments_parse_and_pair_per_round():
+  envs = benchmark.parse_envs('OMP_WAIT_POLICY=PASSIVE; OMP_PROC_BIND=close OMP_PLACES=cores')
+  assert envs == {'default': {}, 'OMP_WAIT_POLICY=PASSIVE': {'OMP_WAIT_POLICY': 'PASSIVE'},
+                  'OMP_PROC_BIND=close OMP_PLACES=cores': {'OMP_PROC_BIND': 'close',
+                                                           'OMP_PLACES': 'cores'}}
+  with pytest.raises(SystemExit, match='NAME=VALUE'):
+    benchmark.parse_envs('OMP_WAIT_POLICY')
+  # Round 2 ran under twice the load: the paired speed-ups do not see it.
+  times = {('jax', 'default'): iter([2.0, 4.0]), ('jax', 'fast'): iter([1.0, 2.0])}
+  r = speed_ab.interleaved_envs(
+      {'jax': lambda env, n: next(times[('jax', 'fast' if env else 'default')])},
+      {'default': {}, 'fast': {'X': '1'}}, pairs=4, rounds=2, steps=1)
+  fast = r['results']['jax | fast']
+  assert fast['speedup_vs_default'] == 2.0 and fast['speedup_range'] == [2.0, 2.0]
+  assert r['results']['jax | default']['pairs_per_s'] == pytest.approx(4 / 3, abs=1e-3)
+  assert 'PASSIVE' not in speed_ab.env_table(r, 'onednn_fused')
+
+
+def test_predict_throughput_from_the_command_line(capsys):
+  benchmark.main(['--only=predict', '--frames=3', '--inference-batch=2', '--workers=2',
+                  '--width-mult=0.0625', '--steps=1'])
+  r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])['predict']
+  assert r['predict_frames'] == 3 and r['predict_failed'] == 0
+  assert r['predict_frames_per_s'] > 0

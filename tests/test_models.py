@@ -88,6 +88,34 @@ def test_too_small_image_and_bad_fields_are_refused():
     models.create(cfg)
 
 
+def test_packed_for_inference_scores_as_the_model_it_packs():
+  """Kernels packed for oneDNN (where it runs) give the same logits; layers
+  whose packed layout would change size (few channels) stay as they were."""
+  config = default.get_config('quick')
+  config.model.width_mult = 0.25  # 16-128 channels: oneDNN's blocked layouts.
+  model = models.create(config.model)
+  params, state = models.init(model, jax.random.PRNGKey(0), (110, 230, 3))
+  packed_model, packed_params = models.packed_for_inference(model, params, (110, 230))
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 110, 230, 3))
+  want = models.forward(params, x, model=model, model_state=state)[0]
+  got = models.forward(packed_params, x, model=packed_model, model_state=state)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  if model.conv_impl == 'onednn_fused':
+    assert packed_model.packed  # Something was packed (rearranged) ...
+    assert any(not np.array_equal(packed_params[n]['kernel'], params[n]['kernel'])
+               for n in packed_model.packed)
+    # ... in the copy only: the originals still give the same logits.
+    np.testing.assert_array_equal(
+        models.forward(params, x, model=model, model_state=state)[0], want)
+  custom = model.clone(conv_impl='custom')
+  assert models.packed_for_inference(custom, params, (110, 230)) == (custom, params)
+  bf16_model, bf16_params = models.packed_for_inference(model, params, (110, 230), 'bfloat16')
+  got = models.forward(bf16_params, x, model=bf16_model, model_state=state)[0]
+  np.testing.assert_allclose(got, want, atol=0.05 * float(jnp.abs(want).max()) + 1e-3)
+  with pytest.raises(ValueError, match="precision='int8'"):
+    models.packed_for_inference(model, params, (110, 230), 'int8')
+
+
 def test_conv_impl_auto_per_platform():
   # Measured: oneDNN through the FFI wins on CPU, then the custom backward
   # where the library was not built; on GPU/TPU cuDNN/XLA's own do.

@@ -165,6 +165,40 @@ def test_fused_bias_relu_falls_back_without_the_library(monkeypatch):
 
 
 @needs_onednn
+@pytest.mark.parametrize('shape', SHAPES[:3])
+def test_packed_kernel_gives_the_fused_conv_at_any_batch(shape):
+  """Packed once (for the layer's h x w), served to batches of 1 and more."""
+  x, w, _ = _inputs(shape)
+  b = jnp.asarray(np.random.default_rng(2).standard_normal(shape[-1]), jnp.float32)
+  packed = onednn.pack_kernel(w, shape[1], shape[2])
+  assert packed is not None and packed.shape == w.shape and packed.dtype == np.float32
+  for batch in (x[:1], jnp.concatenate([x, x])):
+    got = jax.jit(onednn.packed_conv3x3_bias_relu)(batch, jnp.asarray(packed), b)
+    _assert_close(got, _bias_relu_ref(batch, w, b), f'batch {len(batch)}')
+
+
+@needs_onednn
+def test_bfloat16_packed_kernel_is_near_the_float32_conv():
+  x, w, _ = _inputs((2, 6, 9, 32, 64))
+  b = jnp.asarray(np.random.default_rng(2).standard_normal(64), jnp.float32)
+  packed = onednn.pack_kernel(w, 6, 9, 'bfloat16')
+  assert packed is not None and packed.shape == w.shape and packed.dtype == jnp.bfloat16
+  got = jax.jit(onednn.packed_conv3x3_bias_relu)(x, jnp.asarray(packed), b)
+  assert got.dtype == jnp.float32  # Back in x's dtype.
+  want = _bias_relu_ref(x, w, b)
+  # bfloat16 keeps 8 bits of mantissa: ~0.4% per product, accumulated in float32.
+  np.testing.assert_allclose(got, want, atol=0.03 * float(jnp.abs(want).max()))
+  assert float(jnp.abs(got - want).max()) > 0  # It did run in bfloat16.
+
+
+def test_pack_kernel_is_none_where_it_cannot(monkeypatch):
+  x, w, _ = _inputs((1, 5, 7, 8, 16))
+  assert onednn.pack_kernel(np.zeros((5, 5, 8, 16), np.float32), 5, 7) is None  # Not 3x3.
+  monkeypatch.setattr(onednn, '_state', {'lib': None, 'reason': 'library missing (test)'})
+  assert onednn.pack_kernel(w, 5, 7) is None
+
+
+@needs_onednn
 def test_stats_count_calls_and_time():
   x, w, ct = _inputs((2, 5, 7, 8, 16))
   onednn.stats(reset=True)

@@ -325,6 +325,20 @@ def test_predictor_compiles_once_and_checks_shapes(run_dir):
     predictor.predict_proba(images[:, :100])
 
 
+def test_bfloat16_scores_stay_near_float32_and_say_so(run_dir):
+  """--precision=bfloat16: the convolutions in bfloat16 where the run uses
+  oneDNN (the scores move a little), float32 otherwise (identical)."""
+  images = np.random.default_rng(3).integers(0, 256, (6, 110, 230, 3), dtype=np.uint8)
+  want = inference.Predictor(run_dir, batch_size=4).predict_proba(images)
+  predictor = inference.Predictor(run_dir, batch_size=4, precision='bfloat16')
+  got = predictor.predict_proba(images)
+  np.testing.assert_allclose(got, want, atol=2e-2)
+  assert ('scored in bfloat16' in predictor.describe()) == bool(
+      predictor._score_model.packed)  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="precision='float16'"):
+    inference.Predictor(run_dir, precision='float16')
+
+
 def test_resolve_run_errors_name_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     inference.resolve_run(str(tmp_path / 'missing'))

@@ -44,6 +44,7 @@ TARGETS = {  # FFI target name -> the symbol in conv_ffi.cc.
     'smsdd_onednn_conv3x3_bias_relu_fwd': 'OnednnConv3x3BiasReluFwd',
     'smsdd_onednn_conv3x3_bwd_weights_bias': 'OnednnConv3x3BwdWeightsBias',
     'smsdd_onednn_conv3x3_packed_bias_relu_fwd': 'OnednnConv3x3PackedBiasReluFwd',
+    'smsdd_onednn_conv3x3_packed_bias_relu_fwd_bf16': 'OnednnConv3x3PackedBiasReluFwdBf16',
 }
 _log = logging.getLogger(__name__)
 _state: dict = {}  # 'lib' and 'reason' once loaded; 'warned' once logged.
@@ -101,7 +102,8 @@ def load_library(path: str | os.PathLike | None = None):
   lib.SmsddOnednnStats.restype = ctypes.c_char_p
   lib.SmsddOnednnStats.argtypes = [ctypes.c_int]
   lib.SmsddOnednnPack.restype = ctypes.c_char_p
-  lib.SmsddOnednnPack.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int64]
+  lib.SmsddOnednnPack.argtypes = ([ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+                                  + [ctypes.c_int64])
   error = lib.SmsddOnednnInit().decode()
   if error:
     return None, _one_line(f'oneDNN CPU engine: {error}')
@@ -254,29 +256,36 @@ def conv3x3_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   return conv.conv3x3_bias_relu(x, w, b)
 
 
-def pack_kernel(kernel, h: int, w: int):
+def pack_kernel(kernel, h: int, w: int, dtype='float32'):
   """A layer's HWIO kernel (3, 3, C, K) float32, seen at h x w, rearranged
-  into oneDNN's layout for `packed_conv3x3_bias_relu`: a numpy array of the
-  same shape (so that it stands in the same parameter tree) whose memory is
-  in that layout. None where it cannot be (no library; a layout of another
-  size, as for C = 3). For inference only: pack once, score many times."""
+  into oneDNN's layout for `packed_conv3x3_bias_relu`, in `dtype` (float32
+  or bfloat16): a numpy array of the same shape (so that it stands in the
+  same parameter tree) whose memory is in that layout. None where it cannot
+  be (no library; a layout of another size, as for C = 3 in bfloat16). For
+  inference only: pack once, score many times."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   lib = _load_once()
   src = np.ascontiguousarray(np.asarray(kernel, np.float32))
   if lib is None or src.ndim != 4 or src.shape[:2] != (3, 3):
     return None
-  out = np.empty_like(src)
-  why = lib.SmsddOnednnPack(h, w, src.shape[2], src.shape[3], src.ctypes.data,
-                            out.ctypes.data, out.nbytes).decode()
+  out = np.empty(src.shape, jnp.dtype(dtype))
+  why = lib.SmsddOnednnPack(h, w, src.shape[2], src.shape[3], int(out.dtype == jnp.bfloat16),
+                            src.ctypes.data, out.ctypes.data, out.nbytes).decode()
   return None if why else out
 
 
 def packed_conv3x3_bias_relu(x: jax.Array, w_packed: jax.Array, b: jax.Array) -> jax.Array:
   """relu(conv3x3(x, w) + b) for inference, with w from `pack_kernel` (no
-  reorder per call). Not differentiable: the packed array is not HWIO."""
-  y = _ffi('smsdd_onednn_conv3x3_packed_bias_relu_fwd', (*x.shape[:3], w_packed.shape[3]),
-           x, w_packed, b)
-  return _with_batch_sharding(y, x)
+  reorder per call), computed in w_packed's dtype (x is cast to it and the
+  result back to x's; the bias stays float32). Not differentiable: the
+  packed array is not HWIO."""
+  bf16 = w_packed.dtype == jnp.bfloat16
+  target = 'smsdd_onednn_conv3x3_packed_bias_relu_fwd' + ('_bf16' if bf16 else '')
+  out = jax.ShapeDtypeStruct((*x.shape[:3], w_packed.shape[3]), w_packed.dtype)
+  if _load_once() is None:
+    raise RuntimeError(f'smsdd_jax.onednn: {reason()}')
+  y = jax.ffi.ffi_call(target, out)(x.astype(w_packed.dtype), w_packed, b.astype(jnp.float32))
+  return _with_batch_sharding(y.astype(x.dtype), x)
 
 
 def _onednn_fits(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,

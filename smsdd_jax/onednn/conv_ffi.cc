@@ -58,20 +58,23 @@ using Clock = std::chrono::steady_clock;
 // kPackedFwdBiasRelu is kFwdBiasRelu for inference on weights already in
 // oneDNN's layout (PackedWeights), packed once when a model is loaded for
 // scoring: a batch-1 forward spent ~12% of its time reordering them.
+// kPackedFwdBiasReluBf16 is the same in bfloat16 (activations and weights;
+// float32 bias and accumulation): AVX512-BF16 doubles the multiply rate.
 enum class Op {
   kFwd = 0, kBwdData = 1, kBwdWeights = 2, kFwdBiasRelu = 3, kBwdWeightsBias = 4,
-  kPackedFwdBiasRelu = 5
+  kPackedFwdBiasRelu = 5, kPackedFwdBiasReluBf16 = 6
 };
 const char* const kOpNames[] = {"fwd", "bwd_data", "bwd_weights", "fwd_bias_relu",
-                                "bwd_weights_bias", "packed_fwd_bias_relu"};
+                                "bwd_weights_bias", "packed_fwd_bias_relu",
+                                "packed_fwd_bias_relu_bf16"};
 
-bool IsFwd(Op op) {
-  return op == Op::kFwd || op == Op::kFwdBiasRelu || op == Op::kPackedFwdBiasRelu;
-}
+bool IsPacked(Op op) { return op == Op::kPackedFwdBiasRelu || op == Op::kPackedFwdBiasReluBf16; }
+bool IsFwd(Op op) { return op == Op::kFwd || op == Op::kFwdBiasRelu || IsPacked(op); }
 bool IsBwdWeights(Op op) { return op == Op::kBwdWeights || op == Op::kBwdWeightsBias; }
 bool HasBias(Op op) {
-  return op == Op::kFwdBiasRelu || op == Op::kBwdWeightsBias || op == Op::kPackedFwdBiasRelu;
+  return op == Op::kFwdBiasRelu || op == Op::kBwdWeightsBias || IsPacked(op);
 }
+Dt DataType(Op op) { return op == Op::kPackedFwdBiasReluBf16 ? Dt::bf16 : Dt::f32; }
 
 // x is (n, h, w, c); the weights are (3, 3, c, k); y is (n, h, w, k).
 struct Shape {
@@ -132,12 +135,12 @@ Runtime& Rt() {
 
 const memory::dims kStrides{1, 1}, kPad{1, 1};
 
-memory::desc Act(int64_t n, int64_t h, int64_t w, int64_t c) {
-  return memory::desc({n, c, h, w}, Dt::f32, Tag::nhwc);
+memory::desc Act(int64_t n, int64_t h, int64_t w, int64_t c, Dt dt = Dt::f32) {
+  return memory::desc({n, c, h, w}, dt, Tag::nhwc);
 }
 
-memory::desc Weights(const Shape& s, Tag tag) {
-  return memory::desc({s.k, s.c, 3, 3}, Dt::f32, tag);
+memory::desc Weights(const Shape& s, Tag tag, Dt dt = Dt::f32) {
+  return memory::desc({s.k, s.c, 3, 3}, dt, tag);
 }
 
 memory::desc Bias(const Shape& s) { return memory::desc({s.k}, Dt::f32, Tag::x); }
@@ -157,12 +160,12 @@ dnnl::primitive_attr Attr(bool relu = false) {
 dnnl::convolution_forward::primitive_desc FwdPd(
     const dnnl::engine& eng, const Shape& s, bool bias_relu,
     dnnl::prop_kind prop = dnnl::prop_kind::forward_training,
-    const memory::desc& weights = memory::desc()) {
+    const memory::desc& weights = memory::desc(), Dt dt = Dt::f32) {
   const auto algo = dnnl::algorithm::convolution_direct;
-  memory::desc w = weights.is_zero() ? Weights(s, Tag::any) : weights;
+  memory::desc w = weights.is_zero() ? Weights(s, Tag::any, dt) : weights;
   if (bias_relu) {
-    return {eng, prop, algo, Act(s.n, s.h, s.w, s.c), w, Bias(s),
-            Act(s.n, s.h, s.w, s.k), kStrides, kPad, kPad, Attr(true)};
+    return {eng, prop, algo, Act(s.n, s.h, s.w, s.c, dt), w, Bias(s),
+            Act(s.n, s.h, s.w, s.k, dt), kStrides, kPad, kPad, Attr(true)};
   }
   return {eng, prop, algo, Act(s.n, s.h, s.w, s.c), w,
           Act(s.n, s.h, s.w, s.k), kStrides, kPad, kPad, Attr()};
@@ -171,10 +174,11 @@ dnnl::convolution_forward::primitive_desc FwdPd(
 // The layout packed weights are kept in: what the batch-1 inference
 // primitive of this layer asks for (any batch then runs on it, so one packed
 // copy serves every batch size).
-memory::desc PackedWeights(const dnnl::engine& eng, const Shape& s) {
+memory::desc PackedWeights(const dnnl::engine& eng, const Shape& s, Dt dt) {
   Shape one = s;
   one.n = 1;
-  return FwdPd(eng, one, true, dnnl::prop_kind::forward_inference).weights_desc();
+  return FwdPd(eng, one, true, dnnl::prop_kind::forward_inference, memory::desc(), dt)
+      .weights_desc();
 }
 
 // Fills the fields every op shares; to_user: the reorder goes conv_w -> HWIO.
@@ -199,9 +203,11 @@ std::unique_ptr<Plan> MakePlan(Op op, const Shape& s, const dnnl::engine& eng) {
   p->bias = Bias(s);
   memory::desc x = Act(s.n, s.h, s.w, s.c), y = Act(s.n, s.h, s.w, s.k);
   const auto algo = dnnl::algorithm::convolution_direct;
-  if (op == Op::kPackedFwdBiasRelu) {
-    auto fwd = FwdPd(eng, s, true, dnnl::prop_kind::forward_inference, PackedWeights(eng, s));
-    p->act_in = x, p->act_out = y;
+  if (IsPacked(op)) {
+    Dt dt = DataType(op);
+    auto fwd = FwdPd(eng, s, true, dnnl::prop_kind::forward_inference,
+                     PackedWeights(eng, s, dt), dt);
+    p->act_in = Act(s.n, s.h, s.w, s.c, dt), p->act_out = Act(s.n, s.h, s.w, s.k, dt);
     p->user_w = fwd.weights_desc();  // The caller's buffer is already in it: no reorder.
     Finish(*p, dnnl::convolution_forward(fwd), fwd, fwd.weights_desc(), false, eng);
   } else if (IsFwd(op)) {
@@ -268,7 +274,7 @@ void Execute(Runtime& rt, Plan& p, std::unordered_map<int, memory> args) {
 }
 
 // The weights in the conv's layout: HWIO in place, or the staging buffer.
-memory ConvWeights(Runtime& rt, const Plan& p, float* hwio) {
+memory ConvWeights(Runtime& rt, const Plan& p, void* hwio) {
   void* ptr = p.reorder_w ? rt.weights.Get(p.conv_w.get_size()) : hwio;
   return memory(p.conv_w, rt.eng, ptr);
 }
@@ -276,7 +282,7 @@ memory ConvWeights(Runtime& rt, const Plan& p, float* hwio) {
 // The buffers of one call, in the order of the FFI targets' arguments:
 // fwd: x, w, [b] -> y;  bwd_data: dy, w -> dx;  bwd_weights: x, dy -> dw, [db].
 struct Buffers {
-  float *a, *b, *bias, *out, *out_bias;
+  void *a, *b, *bias, *out, *out_bias;
 };
 
 void Run(Op op, const Shape& s, const Buffers& buf) {
@@ -368,6 +374,18 @@ ffi::Error PackedFwdBiasRelu(F32 x, F32 w, F32Vec b, OutF32 y) {
               {{y->untyped_data(), y->size_bytes()}});
 }
 
+using BF16Act = ffi::Buffer<ffi::BF16, 4>;
+using OutBF16Act = ffi::ResultBuffer<ffi::BF16, 4>;
+
+ffi::Error PackedFwdBiasReluBf16(BF16Act x, BF16Act w, F32Vec b, OutBF16Act y) {
+  auto d = x.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], w.dimensions()[3]};
+  bool ok = Dims(w, 3, 3, s.c, s.k) && Dims(b, s.k) && Dims(*y, s.n, s.h, s.w, s.k);
+  return Call(Op::kPackedFwdBiasReluBf16, s, ok,
+              {x.untyped_data(), w.untyped_data(), b.typed_data(), y->untyped_data(), nullptr},
+              {{y->untyped_data(), y->size_bytes()}});
+}
+
 ffi::Error BwdData(F32 dy, F32 w, OutF32 dx) {
   auto d = dy.dimensions();
   Shape s{d[0], d[1], d[2], w.dimensions()[2], d[3]};
@@ -405,6 +423,7 @@ SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeights(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BiasReluFwd(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeightsBias(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3PackedBiasReluFwd(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3PackedBiasReluFwdBf16(XLA_FFI_CallFrame* frame);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3Fwd, Fwd,
@@ -419,6 +438,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BwdWeightsBias, BwdWeightsBias,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32Vec>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3PackedBiasReluFwd, PackedFwdBiasRelu,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32Vec>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    OnednnConv3x3PackedBiasReluFwdBf16, PackedFwdBiasReluBf16,
+    ffi::Ffi::Bind().Arg<BF16Act>().Arg<BF16Act>().Arg<F32Vec>().Ret<BF16Act>());
 
 // Plain C helpers for the Python side (ctypes).
 extern "C" {
@@ -467,22 +489,24 @@ SMSDD_EXPORT const char* SmsddOnednnPlans() {
   return text.c_str();
 }
 
-// Packs HWIO weights (3, 3, c, k) of a layer seen at h x w into the layout
-// of OnednnConv3x3PackedBiasReluFwd, into `out` of `out_bytes`. Returns ""
-// on success, else why not (the packed layout needs another size than HWIO,
-// so it cannot stand in the same (3, 3, c, k) array; or an error).
-SMSDD_EXPORT const char* SmsddOnednnPack(int64_t h, int64_t w, int64_t c, int64_t k,
-                                         const float* hwio, float* out, int64_t out_bytes) {
+// Packs float32 HWIO weights (3, 3, c, k) of a layer seen at h x w into the
+// layout of OnednnConv3x3PackedBiasReluFwd (bf16 = 0) or of its bfloat16
+// twin (bf16 = 1), into `out` of `out_bytes`. Returns "" on success, else
+// why not (the packed layout needs another size than a (3, 3, c, k) array
+// of its type, so it cannot stand in for one; or an error).
+SMSDD_EXPORT const char* SmsddOnednnPack(int64_t h, int64_t w, int64_t c, int64_t k, int bf16,
+                                         const float* hwio, void* out, int64_t out_bytes) {
   static std::string err;
   try {
     Runtime& rt = Rt();
     std::lock_guard<std::mutex> lock(rt.mu);
     Shape s{1, h, w, c, k};
-    memory::desc packed = PackedWeights(rt.eng, s), user = Weights(s, Tag::hwio);
-    if (packed.get_size() != static_cast<size_t>(out_bytes) ||
-        user.get_size() != static_cast<size_t>(out_bytes)) {
+    Dt dt = bf16 ? Dt::bf16 : Dt::f32;
+    memory::desc packed = PackedWeights(rt.eng, s, dt), user = Weights(s, Tag::hwio);
+    size_t want = Weights(s, Tag::hwio, dt).get_size();
+    if (packed.get_size() != want || want != static_cast<size_t>(out_bytes)) {
       err = "packed layout is " + std::to_string(packed.get_size()) + " bytes, HWIO " +
-            std::to_string(user.get_size());
+            std::to_string(want);
       return err.c_str();
     }
     memory from(user, rt.eng, const_cast<float*>(hwio)), to(packed, rt.eng, out);
