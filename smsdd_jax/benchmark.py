@@ -169,15 +169,29 @@ def bench_pipeline(data_dir: str, batches: int) -> dict:
   return {'pipeline_pairs_per_s': round(batches * config.batch_size / elapsed, 1)}
 
 
+def _frame_files(frames_dir: str, n: int, tmp: str) -> list[str]:
+  """n raw frame files: those under frames_dir (sorted, cycled to n), else
+  n generated 1920 x 1080 ones written into tmp."""
+  import glob  # pylint: disable=import-outside-toplevel
+  from smsdd_jax.datasets import synthetic_screens  # pylint: disable=import-outside-toplevel
+  if not frames_dir:
+    return synthetic_screens.write_sample_frames(tmp, n)
+  files = sorted(f for ext in ('jpg', 'jpeg', 'png', 'bmp') for f in glob.glob(
+      os.path.join(frames_dir, '**', f'*.{ext}'), recursive=True))
+  if not files:
+    raise SystemExit(f'--frames-dir={frames_dir}: no image files under it')
+  return [files[i % len(files)] for i in range(n)]
+
+
 def bench_inference(steps: int, width_mult: float, batch: int,
-                    precision: str = 'float32') -> dict:
+                    precision: str = 'float32', frames_dir: str = '') -> dict:
   """Raw 1920x1080 JPEG -> decode -> ROI -> rectify -> forward, one frame
-  (end to end, and each stage alone); and the batched forward, frames/s."""
+  (end to end, and each stage alone; the frames cycle over 8 generated ones
+  or the first 8 of --frames-dir); and the batched forward, frames/s."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   from smsdd_jax import models, preprocess  # pylint: disable=import-outside-toplevel
-  from smsdd_jax.datasets import synthetic_screens  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   config.model.width_mult = width_mult
   model = models.create(config.model)
@@ -187,8 +201,7 @@ def bench_inference(steps: int, width_mult: float, batch: int,
   fwd = jax.jit(lambda x: jax.nn.softmax(models.forward(
       params, x, model=model, model_state=state)[0])[:, 1])
   with tempfile.TemporaryDirectory() as tmp:
-    paths = synthetic_screens.write_sample_frames(tmp, 4)
-    blobs = [open(p, 'rb').read() for p in paths]
+    blobs = [open(p, 'rb').read() for p in _frame_files(frames_dir, 8, tmp)]
   frame = iter(range(10 ** 9))
 
   spec = preprocess.Spec(roi='hough')  # What predict does to a raw frame.
@@ -297,10 +310,8 @@ def bench_predict(frames_dir: str, n: int, width_mult: float, batch: int,
   decode, ROI, rectify and the batched forward, overlapped as predict does;
   frames/s after a warm-up pass over the first batch (compile). The frames
   are those of --frames-dir (cycled to n), else n generated 1920 x 1080 ones."""
-  import glob  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from smsdd_jax import inference, models, preprocess  # pylint: disable=import-outside-toplevel
-  from smsdd_jax.datasets import synthetic_screens  # pylint: disable=import-outside-toplevel
   p = _random_predictor(width_mult)
   p.batch_size = batch
   p.preprocessing = preprocess.Spec(roi='hough', size=p.image_size)
@@ -310,14 +321,7 @@ def bench_predict(frames_dir: str, n: int, width_mult: float, batch: int,
   p.predict_proba = lambda images: _padded(score, images, batch)
   p.decide = lambda prob: 'defective' if prob >= 0.5 else 'good'
   with tempfile.TemporaryDirectory() as tmp:
-    if frames_dir:
-      files = sorted(f for ext in ('jpg', 'jpeg', 'png', 'bmp') for f in glob.glob(
-          os.path.join(frames_dir, '**', f'*.{ext}'), recursive=True))
-      if not files:
-        raise SystemExit(f'--frames-dir={frames_dir}: no image files under it')
-      files = [files[i % len(files)] for i in range(n)]
-    else:
-      files = synthetic_screens.write_sample_frames(tmp, n)
+    files = _frame_files(frames_dir, n, tmp)
     for _ in inference.score_frames(p, files[:batch], workers=workers):
       pass  # Compiles the forward at this batch size.
     t = time.perf_counter()
@@ -567,7 +571,7 @@ def main(argv=None) -> None:
   p.add_argument('--cores', type=int, default=0, help='pin to this many cores (0: all)')
   p.add_argument('--inference-batch', '--inference_batch', type=int, default=16)
   p.add_argument('--frames-dir', '--frames_dir', default='',
-                 help='predict: a folder of raw frames (default: generated ones)')
+                 help='inference, predict: a folder of raw frames (default: generated ones)')
   p.add_argument('--frames', type=int, default=100, help='predict: how many frames')
   p.add_argument('--workers', type=int, default=2, help="predict: reading threads")
   p.add_argument('--precision', default='float32',
@@ -629,7 +633,7 @@ def main(argv=None) -> None:
     print(f'input pipeline: {summary["pipeline_pairs_per_s"]} pairs/s', flush=True)
   if 'inference' in parts:
     summary.update(bench_inference(args.steps, args.width_mult, args.inference_batch,
-                                   args.precision))
+                                   args.precision, args.frames_dir))
     line = (f'inference: {summary["frame_latency_ms"]} ms per raw frame (decode '
             f'{summary["decode_ms"]} + ROI {summary["roi_ms"]} + forward '
             f'{summary["forward_ms"]} ms), {summary["batched_frames_per_s"]} frames/s batched')
