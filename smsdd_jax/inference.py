@@ -233,6 +233,9 @@ class Predictor:
     tta = '' if self.tta == 'none' else f'; tta {self.tta}'
     if self._score_model.dtype != jnp.float32:
       tta += f'; scored in {jnp.dtype(self._score_model.dtype).name}'
+    elif self.precision != 'float32':  # Asked for, but only oneDNN's fused path has it.
+      tta += (f'; precision {self.precision} not available here (conv_impl '
+              f'{self.model.conv_impl}): scored in float32')
     return (f'{self.run.workdir}: {self.run.note}; threshold {self.threshold:g} '
             f'[{self.run.threshold_source}]; normalisation {self.run.stats_source}{tta}')
 

@@ -333,8 +333,9 @@ def test_bfloat16_scores_stay_near_float32_and_say_so(run_dir):
   predictor = inference.Predictor(run_dir, batch_size=4, precision='bfloat16')
   got = predictor.predict_proba(images)
   np.testing.assert_allclose(got, want, atol=2e-2)
-  assert ('scored in bfloat16' in predictor.describe()) == bool(
-      predictor._score_model.packed)  # pylint: disable=protected-access
+  packed = bool(predictor._score_model.packed)  # pylint: disable=protected-access
+  assert ('scored in bfloat16' in predictor.describe()) == packed
+  assert ('precision bfloat16 not available here' in predictor.describe()) != packed
   with pytest.raises(ValueError, match="precision='float16'"):
     inference.Predictor(run_dir, precision='float16')
 

@@ -250,7 +250,10 @@ def reference_keras(layers: dict, image: np.ndarray) -> list:
 
 def ours(config, image: np.ndarray) -> tuple[list, object]:
   """Our model, initialised by train.create_train_state, on the image
-  normalised our way with the stats the file's convention gives."""
+  normalised our way with the stats the file's convention gives. Each conv
+  layer's output before its ReLU; where the model fuses conv + bias + ReLU
+  into one module (models.FUSED_IMPLS) only the ReLU'd output exists, and
+  `assert_layers_match` compares the reference's ReLU'd too."""
   model = models.create(config.model)
   state = train.create_train_state(config, model, train.make_optimizer(config.optimizer))
   x = input_pipeline.normalize_np(image, pretrained.stats(config.model))
@@ -274,8 +277,16 @@ def image():
   return np.random.default_rng(7).integers(0, 256, (1, *IMAGE_SIZE, 3), dtype=np.uint8)
 
 
-def assert_layers_match(got: list, want: list):
+def fused(config) -> bool:
+  """Whether `ours` captures ReLU'd conv outputs (see there)."""
+  return models.create(config.model).conv_impl in models.FUSED_IMPLS and \
+      not config.model.batch_norm
+
+
+def assert_layers_match(got: list, want: list, post_relu: bool = False):
   assert len(got) == len(want) == 13
+  if post_relu:
+    want = [np.maximum(w, 0) for w in want]
   for i, (g, w) in enumerate(zip(got, want)):
     assert g.shape == w.shape, (i, g.shape, w.shape)
     scale = float(np.abs(w).max())
@@ -299,7 +310,7 @@ def test_torchvision_formats_match_an_independent_forward(fmt, batch_norm, image
   np.testing.assert_allclose(stats['mean'], IMAGENET_MEAN * 255, rtol=1e-6)
   np.testing.assert_allclose(stats['std'], IMAGENET_STD * 255, rtol=1e-6)
   got, state_ours = ours(config, image)
-  assert_layers_match(got, reference_torchvision(state, image, batch_norm))
+  assert_layers_match(got, reference_torchvision(state, image, batch_norm), fused(config))
   # The classifier stays as a from-scratch init of the same seed made it.
   scratch = train.create_train_state(full_config(batch_norm=batch_norm), models.create(
       config.model), train.make_optimizer(config.optimizer))
@@ -316,7 +327,7 @@ def test_keras_h5_matches_an_independent_bgr_forward(image, tmp_path):
   assert stats == {'mean': [123.68, 116.779, 103.939], 'std': [1.0, 1.0, 1.0],
                    'convention': 'keras'}
   got, _ = ours(config, image)
-  assert_layers_match(got, reference_keras(layers, image))
+  assert_layers_match(got, reference_keras(layers, image), fused(config))
 
 
 @pytest.mark.parametrize('layout', ['save_weights', 'keras1', 'whole_model', 'keras3'])
