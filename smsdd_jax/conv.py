@@ -148,9 +148,15 @@ def _conv3x3_bias_relu_fwd(x, w, b):
   return y, (x, w, y)
 
 
+def relu_backward(y: jax.Array, dy: jax.Array) -> jax.Array:
+  """dy through a ReLU whose output was y (relu'(0) = 0, as jax.nn.relu):
+  what every fused conv + bias + ReLU backward starts with."""
+  return jnp.where(y > 0, dy, jnp.zeros_like(dy))
+
+
 def _conv3x3_bias_relu_bwd(res, dy):
   x, w, y = res
-  g = jnp.where(y > 0, dy, jnp.zeros_like(dy))  # relu'(0) = 0, as jax.nn.relu.
+  g = relu_backward(y, dy)
   dx, dw = _conv3x3_bwd((x, w), g)
   return dx, dw, g.sum(axis=(0, 1, 2)).astype(w.dtype)
 

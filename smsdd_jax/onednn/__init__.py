@@ -232,7 +232,7 @@ def _bias_relu_fwd(x, w, b):
 
 def _bias_relu_bwd(res, dy):
   x, w, y = res
-  g = jnp.where(y > 0, dy, jnp.zeros_like(dy))  # relu'(0) = 0, as jax.nn.relu.
+  g = conv.relu_backward(y, dy)
   dx = _ffi('smsdd_onednn_conv3x3_bwd_data', x.shape, g, w)
   dw, db = _ffi('smsdd_onednn_conv3x3_bwd_weights_bias', [w.shape, w.shape[3:]], x, g)
   return _with_batch_sharding(dx, x), dw, db
