@@ -340,6 +340,17 @@ def test_bfloat16_scores_stay_near_float32_and_say_so(run_dir):
     inference.Predictor(run_dir, precision='float16')
 
 
+def test_precision_flag_reaches_the_scores(run_dir, frames, tmp_path, capsys):
+  out = tmp_path / 'preds_bf16.csv'
+  assert predict.main([f'--workdir={run_dir}', f'--input={frames[1][0]}', f'--output={out}',
+                       '--precision=bfloat16']) == 0
+  printed = capsys.readouterr().out
+  assert 'bfloat16' in printed.splitlines()[0]  # The model line says how it scores.
+  [row] = _rows(out)
+  want = _direct_probs(run_dir, [_direct_roi(frames[1][0])[0]])[0]
+  assert float(row['prob_defective']) == pytest.approx(want, abs=2e-2)
+
+
 def test_resolve_run_errors_name_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     inference.resolve_run(str(tmp_path / 'missing'))
