@@ -1,7 +1,7 @@
 """What scoring in bfloat16 (`predict --precision=bfloat16`) changes, on your
 frames: the same ROIs scored in float32 and in bfloat16.
 
-  python launch/precision_check.py --frames=../shared/data/msd_screens [--workdir=RUN]
+  python launch/precision_check.py --frames=FRAMES_DIR [--workdir=RUN]
 
 With --workdir, that run's model, normalisation and threshold (and how many
 decisions flip); without, a randomly initialised full-width VGG16 (the
@@ -13,7 +13,6 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -25,8 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 def _rois(frames: str, spec) -> tuple[np.ndarray, int]:
   from smsdd_jax import inference  # pylint: disable=import-outside-toplevel
-  files = sorted(f for ext in ('jpg', 'jpeg', 'png', 'bmp')
-                 for f in glob.glob(os.path.join(frames, '**', f'*.{ext}'), recursive=True))
+  files = inference.list_inputs(frames)
   if not files:
     raise SystemExit(f'--frames={frames}: no image files under it')
   results = [inference.prepare_frame(f, spec=spec) for f in files]

@@ -2,7 +2,7 @@
 to it: each --work_widths value against today's (roi.work.WORK_WIDTH), on
 the same frames, one core.
 
-  python launch/roi_speed.py --frames=../shared/data/msd_screens --work_widths=640,480 --cores=1
+  python launch/roi_speed.py --frames=FRAMES_DIR --work_widths=640,480 --cores=1
 
 Prints, per working width, the median milliseconds of `roi.find_screen` per
 frame, how many frames found a screen at one width and not at the other,
@@ -14,7 +14,6 @@ round"): can the finder run on a downscaled frame and keep the ROI within
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from smsdd_jax import inference  # pylint: disable=wrong-import-position
 from smsdd_jax.roi import api, work  # pylint: disable=wrong-import-position
 
 
@@ -50,9 +50,9 @@ def main(argv=None) -> None:
   if args.cores:  # The process's own affinity: for a command line, not for a test.
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
     cv2.setNumThreads(args.cores)
-  files = sorted(glob.glob(os.path.join(args.frames, '**', '*.jpg'), recursive=True))
+  files = inference.list_inputs(args.frames)
   if not files:
-    raise SystemExit(f'--frames={args.frames}: no .jpg files under it')
+    raise SystemExit(f'--frames={args.frames}: no image files under it')
   images = [cv2.imread(f) for f in files]
   today = work.WORK_WIDTH
   base, base_ms = _find_all(images)

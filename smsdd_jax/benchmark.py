@@ -35,15 +35,8 @@ FWD_BWD_FACTOR = 3
 def conv_macs_per_image(image_size, width_mult: float) -> int:
   """Multiply-accumulates of the VGG16 tower's convolutions for one image."""
   from smsdd_jax import models  # pylint: disable=import-outside-toplevel
-  h, w = image_size
-  cin, macs = 3, 0
-  for v in models.channels(width_mult):
-    if v == 'M':
-      h, w = h // 2, w // 2
-      continue
-    macs += h * w * 9 * cin * v
-    cin = v
-  return macs
+  return sum(h * w * 9 * cin * cout for h, w, cin, cout in models.conv_shapes(image_size,
+                                                                             width_mult))
 
 
 def train_gflop_per_pair(image_size=(110, 230), width_mult: float = 1.0) -> float:
@@ -91,23 +84,29 @@ def make_train_runner(pairs: int, width_mult: float, dtype: str, conv_impl: str 
   return run, config
 
 
-def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
-                     conv_impl: str = '') -> dict:
+def step_record(pairs: int, step_s: float, width_mult: float, dtype: str,
+                conv_impl: str, image_size=(110, 230)) -> dict:
+  """What the train step's speed is reported as: pairs/s, GFLOP/s and,
+  on a chip whose peak is listed, the model-FLOP utilisation."""
   import jax  # pylint: disable=import-outside-toplevel
-  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
-  run, config = make_train_runner(pairs, width_mult, dtype, conv_impl)
-  h, w = config.data.image_size
-  median = _median_time(run, steps)
-  gflop = train_gflop_per_pair((h, w), width_mult) * pairs
-  out = {'impl': 'jax', 'pairs': pairs, 'step_s': round(median, 4),
-         'pairs_per_s': round(pairs / median, 3),
-         'gflop_per_s': round(gflop / median, 1), 'dtype': dtype,
-         'conv_impl': models.resolve_conv_impl(config.model.conv_impl)}
+  gflop = train_gflop_per_pair(tuple(image_size), width_mult) * pairs
+  out = {'impl': 'jax', 'pairs': pairs, 'step_s': round(step_s, 4),
+         'pairs_per_s': round(pairs / step_s, 3),
+         'gflop_per_s': round(gflop / step_s, 1), 'dtype': dtype, 'conv_impl': conv_impl}
   peak = peak_tflops(jax.devices()[0], dtype)
   if peak:  # Model-FLOP utilisation: the convolutions' FLOPs over the chip's peak.
-    out['mfu'] = round(gflop / median / 1e3 / peak, 4)
+    out['mfu'] = round(gflop / step_s / 1e3 / peak, 4)
     out['peak_tflops'] = peak
   return out
+
+
+def bench_train_step(pairs: int, steps: int, width_mult: float, dtype: str,
+                     conv_impl: str = '') -> dict:
+  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+  run, config = make_train_runner(pairs, width_mult, dtype, conv_impl)
+  return step_record(pairs, _median_time(run, steps), width_mult, dtype,
+                     models.resolve_conv_impl(config.model.conv_impl),
+                     config.data.image_size)
 
 
 # Dense peaks (TFLOP/s) from the vendors' datasheets, by device kind and
@@ -172,12 +171,11 @@ def bench_pipeline(data_dir: str, batches: int) -> dict:
 def _frame_files(frames_dir: str, n: int, tmp: str) -> list[str]:
   """n raw frame files: those under frames_dir (sorted, cycled to n), else
   n generated 1920 x 1080 ones written into tmp."""
-  import glob  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import inference  # pylint: disable=import-outside-toplevel
   from smsdd_jax.datasets import synthetic_screens  # pylint: disable=import-outside-toplevel
   if not frames_dir:
     return synthetic_screens.write_sample_frames(tmp, n)
-  files = sorted(f for ext in ('jpg', 'jpeg', 'png', 'bmp') for f in glob.glob(
-      os.path.join(frames_dir, '**', f'*.{ext}'), recursive=True))
+  files = inference.list_inputs(frames_dir)  # What predict would read there.
   if not files:
     raise SystemExit(f'--frames-dir={frames_dir}: no image files under it')
   return [files[i % len(files)] for i in range(n)]
@@ -389,15 +387,7 @@ def run_train(args, summary: dict) -> None:
   for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
     r = results[pairs] = _interleaved(args, [impl], pairs)
     v = r['variants'][impl]
-    out = {'impl': 'jax', 'conv_impl': impl, 'pairs': pairs, 'dtype': args.dtype,
-           'step_s': v['step_s'], 'pairs_per_s': v['pairs_per_s'],
-           'gflop_per_s': round(train_gflop_per_pair((110, 230), args.width_mult)
-                                * pairs / v['step_s'], 1)}
-    import jax  # pylint: disable=import-outside-toplevel
-    peak = peak_tflops(jax.devices()[0], args.dtype)
-    if peak:  # Model-FLOP utilisation: the convolutions' FLOPs over the chip's peak.
-      out['mfu'] = round(out['gflop_per_s'] / 1e3 / peak, 4)
-      out['peak_tflops'] = peak
+    out = step_record(pairs, v['step_s'], args.width_mult, args.dtype, impl)
     if 'torch' in r:
       out.update(torch_pairs_per_s=r['torch']['pairs_per_s'],
                  ratio_vs_torch=v['ratio_vs_torch'], ratio_range=v['ratio_range'])

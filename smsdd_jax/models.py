@@ -96,6 +96,19 @@ def channels(width_mult: float) -> list[Any]:
   return [v if v == 'M' else max(1, int(v * width_mult)) for v in VGG16_LAYERS]
 
 
+def conv_shapes(image_shape: Sequence[int], width_mult: float) -> list[tuple[int, int, int, int]]:
+  """(H, W, C_in, C_out) of each 3x3 conv of the tower, in order (floor
+  division per pool, as the model's)."""
+  (h, w), cin, shapes = tuple(image_shape[:2]), 3, []
+  for v in channels(width_mult):
+    if v == 'M':
+      h, w = h // 2, w // 2
+      continue
+    shapes.append((h, w, cin, v))
+    cin = v
+  return shapes
+
+
 def feature_shape(image_shape: Sequence[int], width_mult: float) -> tuple[int, int, int]:
   """Shape (h, w, c) of the tower's last feature map; floor division per pool."""
   h, w = image_shape[0], image_shape[1]
@@ -288,14 +301,9 @@ def packed_for_inference(model: SiameseVGG16, params, image_shape: Sequence[int]
   if (model.conv_impl != 'onednn_fused' or model.batch_norm or model.packed
       or model.dtype != jnp.float32 or not onednn.available()):
     return model, params
-  (h, w), packed, params = image_shape[:2], [], dict(params)
-  i = 0
-  for v in channels(model.width_mult):
-    if v == 'M':
-      h, w = h // 2, w // 2
-      continue
+  packed, params = [], dict(params)
+  for i, (h, w, _, _) in enumerate(conv_shapes(image_shape, model.width_mult)):
     name = model._names(i)[0]  # pylint: disable=protected-access
-    i += 1
     kernel = onednn.pack_kernel(params[name]['kernel'], h, w, precision)
     if kernel is None and precision != 'float32':
       kernel = onednn.pack_kernel(params[name]['kernel'], h, w)

@@ -104,14 +104,7 @@ def env_table(result: dict, impl: str) -> str:
 def layer_shapes(image_size=(110, 230), width_mult: float = 1.0) -> list[tuple]:
   """(H, W, C_in, C_out) of each 3x3 conv of the VGG16 tower, in order."""
   from smsdd_jax import models  # pylint: disable=import-outside-toplevel
-  (h, w), cin, shapes = image_size, 3, []
-  for v in models.channels(width_mult):
-    if v == 'M':
-      h, w = h // 2, w // 2
-      continue
-    shapes.append((h, w, cin, v))
-    cin = v
-  return shapes
+  return models.conv_shapes(image_size, width_mult)
 
 
 def conv_parts(conv_fn) -> dict:

@@ -169,14 +169,14 @@ def stats(reset: bool = False) -> list[dict]:
   return rows
 
 
-def _ffi(target: str, shapes, *args):
-  """Calls a target; shapes: one float32 result's shape, or a list of them."""
+def _ffi(target: str, shapes, *args, dtype=jnp.float32):
+  """Calls a target; shapes: one result's shape, or a list of them."""
   if _load_once() is None:  # Registers the targets on first use.
     raise RuntimeError(f'smsdd_jax.onednn: {reason()}')
   if isinstance(shapes, list):
-    out = [jax.ShapeDtypeStruct(tuple(s), jnp.float32) for s in shapes]
+    out = [jax.ShapeDtypeStruct(tuple(s), dtype) for s in shapes]
   else:
-    out = jax.ShapeDtypeStruct(tuple(shapes), jnp.float32)
+    out = jax.ShapeDtypeStruct(tuple(shapes), dtype)
   return jax.ffi.ffi_call(target, out)(*args)
 
 
@@ -281,10 +281,8 @@ def packed_conv3x3_bias_relu(x: jax.Array, w_packed: jax.Array, b: jax.Array) ->
   packed array is not HWIO."""
   bf16 = w_packed.dtype == jnp.bfloat16
   target = 'smsdd_onednn_conv3x3_packed_bias_relu_fwd' + ('_bf16' if bf16 else '')
-  out = jax.ShapeDtypeStruct((*x.shape[:3], w_packed.shape[3]), w_packed.dtype)
-  if _load_once() is None:
-    raise RuntimeError(f'smsdd_jax.onednn: {reason()}')
-  y = jax.ffi.ffi_call(target, out)(x.astype(w_packed.dtype), w_packed, b.astype(jnp.float32))
+  y = _ffi(target, (*x.shape[:3], w_packed.shape[3]), x.astype(w_packed.dtype), w_packed,
+           b.astype(jnp.float32), dtype=w_packed.dtype)
   return _with_batch_sharding(y.astype(x.dtype), x)
 
 
