@@ -3,7 +3,7 @@
 then aggregates the results.
 
   python launch/sweep.py --out=runs/sweep [--configs=beta_a,beta_b,beta_c,beta_d,beta_e]
-      [--seeds=0,1,2] [--kfold=K] [--quick] [--workers=1] [--override=KEY=VALUE ...]
+      [--seeds=0,1,2] [--kfold=K [--folds=0,1]] [--quick] [--workers=1] [--override=KEY=VALUE ...]
       [--data=NAME --builder_config=NAME --manual_dir=DIR --data_dir=DIR]
       [--run_floors] [--floors=PATH]
   python launch/sweep.py --out=runs/sweep --aggregate_only    # tables from what is there
@@ -14,7 +14,10 @@ process (up to --workers at once; the first alone until its dataset is built,
 so that two never build the same TFDS dataset), its output in
 OUT/<run>/log.txt. With
 --kfold=K every seed runs every fold i of K (--config.data.kfold=K
---config.data.fold=i); --seeds then defaults to 0 alone.
+--config.data.fold=i); --seeds then defaults to 0 alone; --folds keeps
+only some folds (for a model too costly for all). Each run's
+OUT/<run>/wall.jsonl records the wall seconds of every process that trained
+it and the CPU it ran on.
 
 Resumable: a finished run (OUT/<run>/eval.json present) is skipped, an
 unfinished one is rerun with the same command and resumes from its last
@@ -47,7 +50,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -63,6 +68,7 @@ from smsdd_jax import report, rundir  # pylint: disable=wrong-import-position
 DEFAULT_CONFIGS = ('beta_a', 'beta_b', 'beta_c', 'beta_d', 'beta_e')
 # smsdd_jax/main.py stops when the process this names ends (LAUNCHER_ENV there).
 LAUNCHER_ENV = 'SMSDD_LAUNCHER_PID'
+WALL = 'wall.jsonl'  # Per run: wall seconds of each process that trained it.
 _print_lock = threading.Lock()
 
 
@@ -96,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
                  help='comma-separated seeds (default 0,1,2; 0 with --kfold)')
   p.add_argument('--kfold', type=int, default=0,
                  help='K > 0: run every fold 0..K-1 of a K-fold split (each seed)')
+  p.add_argument('--folds', type=_ints, default=None,
+                 help='with --kfold: only these folds (e.g. 0,1 for a costly width); '
+                 'default every fold')
   p.add_argument('--quick', action='store_true',
                  help="the configs' :quick variant (tiny model and data, minutes on a CPU)")
   p.add_argument('--learn', action='store_true',
@@ -152,6 +161,11 @@ def plan(args) -> list[dict]:
   if not seeds:
     raise UsageError('--seeds is empty')
   folds = list(range(args.kfold)) if args.kfold else [None]
+  if args.folds is not None:
+    if not args.kfold or not args.folds or not set(args.folds) <= set(folds):
+      raise UsageError(f'--folds={",".join(map(str, args.folds))}: expected folds of '
+                       f'--kfold={args.kfold} (0..{args.kfold - 1})')
+    folds = sorted(set(args.folds))
   data = [(f'--config.data.{key}', value) for key, value in (
       ('name', args.data), ('builder_config', args.builder_config),
       ('manual_dir', args.manual_dir and repo_path(args.manual_dir)),
@@ -248,7 +262,31 @@ def execute(out: str, run: dict, env: dict, state: str,
       rc = proc.wait()
   finally:
     data_ready.set()
-  return run['run'], rc, time.time() - t0
+  seconds = time.time() - t0
+  _record_wall(workdir, state, rc, seconds)
+  return run['run'], rc, seconds
+
+
+def cpu_name() -> str:
+  """The processor's model name (Linux), so a time says which machine made it."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _record_wall(workdir: str, state: str, rc: int, seconds: float) -> None:
+  """Appends this process's wall time to OUT/<run>/wall.jsonl (one line per
+  segment: a resumed run has several), the run's cost on this machine."""
+  line = {'ended': datetime.datetime.now().isoformat(timespec='seconds'), 'state': state,
+          'exit': rc, 'seconds': round(seconds, 1), 'cpu': cpu_name(),
+          'cores': os.cpu_count()}
+  with open(os.path.join(workdir, WALL), 'a', encoding='utf-8') as f:
+    f.write(json.dumps(line) + '\n')
 
 
 def _last_line(path: str) -> str:
@@ -334,6 +372,8 @@ def _meta(args) -> dict:
           'seeds': ','.join(map(str, _seeds(args)))}
   if args.kfold:
     meta['kfold'] = args.kfold
+  if args.folds is not None:
+    meta['folds'] = ','.join(map(str, sorted(set(args.folds))))
   for key in ('data', 'builder_config', 'manual_dir'):
     if getattr(args, key):
       meta[key] = getattr(args, key)

@@ -83,6 +83,8 @@ def test_each_run_keeps_its_log_threshold_and_test_outputs(tiny_sweep):
   for run in ('beta_a_s0', 'beta_c_s0'):
     workdir = out / run
     assert 'smsdd_jax.main' in (workdir / 'log.txt').read_text()
+    wall = [json.loads(line) for line in (workdir / sweep.WALL).read_text().splitlines()]
+    assert wall[-1]['exit'] == 0 and wall[-1]['seconds'] > 0 and wall[-1]['cpu']
     ev = json.loads((workdir / 'eval.json').read_text())
     threshold = json.loads((workdir / 'threshold.json').read_text())
     assert threshold['threshold'] == ev['threshold']
@@ -217,7 +219,14 @@ def test_plan_seeds_times_folds():
   assert [r['run'] for r in runs[:2]] == ['beta_a_s0', 'beta_b_s0']
 
 
+def test_plan_some_folds():
+  runs = sweep.plan(_args('--configs=beta_a', '--kfold=5', '--folds=1,0,1'))
+  assert [r['run'] for r in runs] == ['beta_a_s0_f0', 'beta_a_s0_f1']
+  assert runs[1]['args'][2:4] == ['--config.data.kfold=5', '--config.data.fold=1']
+
+
 @pytest.mark.parametrize('argv,match', [
+    (['--folds=0'], '--folds'), (['--kfold=5', '--folds=5'], '--folds'),
     (['--override=seed=3'], '--seeds'), (['--override=num_epochs'], 'KEY=VALUE'),
     (['--configs=beta_z'], 'no config file'), (['--workers=0'], 'workers')])
 def test_plan_refuses_bad_arguments(argv, match):
