@@ -30,8 +30,11 @@ fixed batch size (the last batch is zero-padded), so it compiles once.
 Test-time augmentation (`tta='flips'`) scores each image, its left-right
 and its up-down flip as one batch of 3N in the same jitted call and averages
 the three probabilities. An `Ensemble` of runs that preprocess alike (same
-image size, channels, aspect, ROI step) averages their probabilities and
-decides at the mean of their thresholds.
+image size, channels, aspect, ROI step) and were trained on the same data
+(preprocessing.json's dataset and source fingerprint) averages their
+probabilities and decides at the mean of their thresholds; one run named
+twice (by real path: a symbolic link too) is refused. A non-finite score
+is an error, never a decision (`score_frames`).
 
 Frame reading never lets one bad file stop a batch: every problem (unreadable,
 truncated or non-image file, a frame too large, no screen found) becomes a
@@ -228,16 +231,33 @@ class Predictor:
                                             std=self.std))
     self._gradcam = {}  # layer -> jitted maps_lib.gradcam
     self._logodds = None  # jitted normalised batch -> defect log-odds (occlusion)
+    self.health, self.health_reasons = read_health(self.run.workdir)
+    self.data = read_data(self.run.workdir, self.run.config)
+
+  @property
+  def scored_precision(self) -> str:
+    """The dtype the scores' convolutions ran in ('float32' or 'bfloat16'):
+    `precision` where the run's conv_impl has it, else float32."""
+    return jnp.dtype(self._score_model.dtype).name
 
   def describe(self) -> str:
     tta = '' if self.tta == 'none' else f'; tta {self.tta}'
     if self._score_model.dtype != jnp.float32:
-      tta += f'; scored in {jnp.dtype(self._score_model.dtype).name}'
+      tta += f'; scored in {self.scored_precision}'
     elif self.precision != 'float32':  # Asked for, but only oneDNN's fused path has it.
       tta += (f'; precision {self.precision} not available here (conv_impl '
               f'{self.model.conv_impl}): scored in float32')
     return (f'{self.run.workdir}: {self.run.note}; threshold {self.threshold:g} '
-            f'[{self.run.threshold_source}]; normalisation {self.run.stats_source}{tta}')
+            f'[{self.run.threshold_source}]; normalisation {self.run.stats_source}{tta}; '
+            f'health {self.health}')
+
+  def health_warning(self) -> Optional[str]:
+    """One line when the run's health (eval.json) is not 'ok', else None."""
+    if self.health == 'ok':
+      return None
+    why = '; '.join(self.health_reasons) or 'no reason given'
+    return f'run {self.run.workdir} health is {self.health} ({why}): its scores may say ' \
+        'nothing about the inputs'
 
   def inference_fn(self) -> Callable[[jax.Array], jax.Array]:
     """images_uint8 -> probabilities, with this run's parameters closed over
@@ -307,6 +327,40 @@ class Predictor:
     return 'defective' if prob >= self.threshold else 'good'
 
 
+def read_health(workdir: str) -> tuple[str, list[str]]:
+  """(status, reasons) of the run's eval.json "health" ('ok', 'suspect',
+  'collapsed'); 'unknown' with the reason when there is none to read (an
+  unfinished run, a run made before health was recorded)."""
+  path = os.path.join(workdir, rundir.EVAL)
+  if not os.path.isfile(path):
+    return 'unknown', [f'no {rundir.EVAL}: the run did not finish']
+  try:
+    health = rundir.read_json(path, 'evaluation record').get('health')
+  except (ValueError, AttributeError) as e:
+    return 'unknown', [f'{rundir.EVAL} unreadable: {_one_line(e)}']
+  if not isinstance(health, dict) or not health.get('status'):
+    return 'unknown', [f'{rundir.EVAL} records no health (a run made before it did)']
+  return str(health['status']), [str(r) for r in health.get('reasons') or ()]
+
+
+def read_data(workdir: str, config: dict) -> dict:
+  """What the run was trained on: {'dataset', 'fingerprint', 'manual_dir'}
+  from preprocessing.json (its build), or the config of a run older than it."""
+  data = config.get('data', {})
+  found = {'dataset': f'{data.get("name")}/{data.get("builder_config")}',
+           'fingerprint': '', 'manual_dir': data.get('manual_dir') or ''}
+  path = os.path.join(workdir, rundir.PREPROCESSING)
+  if os.path.isfile(path):
+    try:
+      record = rundir.read_json(path, 'preprocessing record')
+    except ValueError:
+      return found  # read_preprocessing refuses it with the reason.
+    found = {'dataset': str(record.get('dataset') or found['dataset']),
+             'fingerprint': str(record.get('source_fingerprint') or ''),
+             'manual_dir': str(record.get('manual_dir') or found['manual_dir'])}
+  return found
+
+
 def _other_checkpoints(run: RunFiles) -> str:
   """The way out of an unreadable checkpoint: the run's other steps."""
   periodic = rundir.finished_steps(os.path.join(run.workdir, rundir.CHECKPOINTS))
@@ -338,14 +392,24 @@ class Ensemble:
     first = members[0]
     for other in members[1:]:
       _check_same_input(first, other)
+      _check_same_data(first, other)
     self.members = list(members)
     self.threshold = float(np.mean([m.threshold for m in members]))
     self.preprocessing, self.image_size = first.preprocessing, first.image_size
     self.batch_size, self.tta = first.batch_size, first.tta
 
+  @property
+  def scored_precision(self) -> str:
+    return '/'.join(sorted({m.scored_precision for m in self.members}))
+
   def describe(self) -> str:
     return (f'ensemble of {len(self.members)} runs (mean probability): ' +
             ' | '.join(m.describe() for m in self.members))
+
+  def health_warning(self) -> Optional[str]:
+    """The members' health warnings, one line, or None when all are ok."""
+    lines = [w for w in (m.health_warning() for m in self.members) if w]
+    return ' | '.join(lines) if lines else None
 
   def predict_proba(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB -> (N,) float32, the members' mean."""
@@ -375,6 +439,24 @@ def _check_same_input(a: Predictor, b: Predictor) -> None:
                        f'ensemble: {what} {va} vs {vb} (their inputs differ)')
 
 
+def _check_same_data(a: Predictor, b: Predictor) -> None:
+  """ValueError naming both runs and their data when they were trained on
+  different datasets (or different builds of one): their mean is no model
+  of either."""
+  da, db = a.data, b.data
+  differ = da['dataset'] != db['dataset']
+  if da['fingerprint'] and db['fingerprint']:
+    differ = differ or da['fingerprint'] != db['fingerprint']
+  elif da['manual_dir'] and db['manual_dir']:  # No fingerprints: the source folders.
+    differ = differ or os.path.realpath(da['manual_dir']) != os.path.realpath(db['manual_dir'])
+  if differ:
+    what = lambda d: ' '.join(x for x in (d['dataset'], d['fingerprint'][:12] and
+                                          f'source {d["fingerprint"][:12]}',
+                                          d['manual_dir'] and f'from {d["manual_dir"]}') if x)
+    raise ValueError(f'runs {a.run.workdir} ({what(da)}) and {b.run.workdir} ({what(db)}) '
+                     'cannot form an ensemble: they were trained on different data')
+
+
 def load(workdirs: Sequence[str], *, step: Optional[int] = None, batch_size: int = 16,
          tta: str = 'none', precision: str = 'float32'):
   """A Predictor for one workdir, an Ensemble (best checkpoints) for several."""
@@ -385,10 +467,14 @@ def load(workdirs: Sequence[str], *, step: Optional[int] = None, batch_size: int
   if step is not None:
     raise ValueError('step applies to one run; an ensemble uses each run\'s best '
                      'checkpoint')
-  names = [os.path.abspath(w) for w in workdirs]
-  twice = sorted({w for w in names if names.count(w) > 1})
-  if twice:
-    raise ValueError(f'run {twice[0]} is listed twice')
+  seen = {}  # Real path -> the name first given: a symbolic link is the same run.
+  for w in workdirs:
+    real = os.path.realpath(w)
+    if real in seen:
+      same = '' if os.path.abspath(seen[real]) == os.path.abspath(w) else \
+          f' ({seen[real]} and {w} are the same directory)'
+      raise ValueError(f'run {real} is listed twice{same}: an ensemble would weigh it double')
+    seen[real] = w
   return Ensemble([Predictor(w, batch_size=batch_size, tta=tta, precision=precision)
                    for w in workdirs])
 
@@ -427,6 +513,9 @@ class FrameResult:
   roi: Optional[np.ndarray] = None
   error: str = ''
   source_size: Optional[tuple[int, int]] = None  # (width, height) of the file.
+  # How many times the most enlarged side of what became the input grew
+  # (preprocess.enlargement; <= 1: nothing enlarged), None before the ROI.
+  enlargement: Optional[float] = None
   heat: Optional[np.ndarray] = None  # (H, W) in [0, 1] where maps were asked for (maps.py).
 
   @property
@@ -459,7 +548,9 @@ def prepare_frame(path: str, *, spec: preprocess.Spec,
   try:
     image = read_image(str(path), max_pixels=max_pixels)
     result.source_size = (image.shape[1], image.shape[0])
-    result.roi, result.corners, result.roi_method = extract_roi(image, spec)
+    rgb, corners, result.roi_method = preprocess.to_model_input(image, spec)
+    result.enlargement = preprocess.enlargement(image.shape, corners, spec)
+    result.roi, result.corners = rgb, (corners if spec.roi != 'none' else None)
   except ValueError as e:  # FrameError (BadImage) and friends.
     result.error = _one_line(e) if isinstance(e, FrameError) else \
         f'{type(e).__name__}: {_one_line(e)}'
@@ -503,8 +594,12 @@ def score_frames(predictor: Predictor, paths: Iterable[str], *, roi_method: str 
       if good:
         probs = predictor.predict_proba(np.stack([r.roi for r in good]))
         for r, p in zip(good, probs):
-          r.prob = float(p)
-          r.decision = predictor.decide(r.prob)
+          if np.isfinite(p):
+            r.prob = float(p)
+            r.decision = predictor.decide(r.prob)
+          else:  # NaN compares False with the threshold: it would read 'good'.
+            r.error = (f'the model gave a non-finite score ({float(p)}): the '
+                       'checkpoint holds non-finite weights or the input broke it')
       yield results
   finally:  # Also when the caller stops early: no reading goes on behind it.
     pool.shutdown(wait=True, cancel_futures=True)

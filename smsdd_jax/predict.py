@@ -20,7 +20,10 @@ move slightly, docs/performance.md). Several --workdir
 (repeated or comma-separated) score as an ensemble: the mean of the runs'
 probabilities (each run's best checkpoint and own normalisation), decided at
 the mean of their thresholds; runs whose preprocessing differs (image size,
-channels, aspect, ROI step) are refused.
+channels, aspect, ROI step), runs trained on different data (dataset, or its
+source fingerprint) and one run named twice (also through a symbolic link)
+are refused. The model line shows each run's health (eval.json "health":
+ok, suspect, collapsed, unknown); any but ok is also a warning on stderr.
 
 CSV columns, one row per input file, in input order:
   file            the path as found
@@ -33,12 +36,25 @@ CSV columns, one row per input file, in input order:
   error           why the file was not scored (empty on success)
   tta             'none' or 'flips'
   runs            the run(s) that scored it: '<workdir>@<step>', ';'-separated
+  precision       the dtype the scores' convolutions ran in: 'float32', or
+                  'bfloat16' where --precision=bfloat16 was available
+  notes           what a reader of a scored row should know (empty if nothing):
+                  an input enlarged more than 4x along a side (a 1x1 or 1x4000
+                  image; preprocess.enlargement) is mostly interpolation
+A non-finite probability (a checkpoint with NaN weights) is an error row,
+never a decision.
 
 The CSV is written to a temporary file beside --output (rows flushed each
 batch) and moved over it at the end, so an existing --output is replaced only
 by a complete one: a failure (a bad checkpoint, a full disk) leaves it as it
 was, Ctrl-C leaves the rows so far in <output>.partial. An --output that is
 not a regular file (/dev/stdout, a FIFO) is written directly.
+
+Nothing is written over an input or over another output: before any work,
+an output file (--output, --embeddings, --sheet) or a PNG --save_rois or
+--maps would write that is one of the inputs, --save_rois/--maps naming the
+--input folder, and two outputs naming one file (compared by real path) are
+usage errors. --sheet must end in an image extension (.png).
 
 A bad file never stops the run: unreadable, truncated (JPEG without its
 end-of-image marker, PNG without IEND) or non-image files, frames larger than
@@ -58,7 +74,8 @@ without error, in input order): `files` (N,) str, `embeddings` (N, d) float32
 (the vector the contrastive loss compares, inference.Predictor.embed) and
 `probabilities` (N,) float32 (the CSV's prob_defective, unrounded). One run
 only (an ensemble's members embed into different spaces). Like the CSV it goes
-to a temporary file moved over FILE once complete, after the model loaded.
+to a temporary file moved over FILE once complete, after the model loaded (a
+FILE that is not a regular file, a FIFO or a device, is written directly).
 
 --sheet writes a PNG contact sheet of the decisions: defective first (most
 confident first), then errors, then good (closest to the threshold first),
@@ -77,6 +94,7 @@ import argparse
 import collections
 import contextlib
 import csv
+import io
 import os
 import pathlib
 import shutil
@@ -87,10 +105,12 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from smsdd_jax import preprocess  # Light too: OpenCV and numpy.
 from smsdd_jax import rundir  # Light: no JAX, TensorFlow or Orbax.
 
+# New columns go at the end: readers by position keep working.
 CSV_COLUMNS = ('file', 'prob_defective', 'decision', 'threshold', 'roi_method',
-               'corners', 'error', 'tta', 'runs')
+               'corners', 'error', 'tta', 'runs', 'precision', 'notes')
 SHEET_MAX_TILES = 600
 SHEET_COLUMNS = 6
 
@@ -147,7 +167,18 @@ def _format_corners(corners: Optional[np.ndarray]) -> str:
   return ' '.join(f'{x:.1f},{y:.1f}' for x, y in np.asarray(corners, np.float64))
 
 
-def _row(result, threshold: float, tta: str, runs: str) -> dict:
+def _notes(result) -> str:
+  """What a scored row's reader should know (empty when nothing): an input
+  enlarged beyond preprocess.ENLARGEMENT_LIMIT along a side is mostly
+  interpolation, unlike anything the run trained on."""
+  e = result.enlargement
+  if e is not None and e > preprocess.ENLARGEMENT_LIMIT:
+    return (f'enlarged {e:.1f}x along a side (over {preprocess.ENLARGEMENT_LIMIT:g}x): '
+            'the model saw mostly interpolated pixels')
+  return ''
+
+
+def _row(result, threshold: float, tta: str, runs: str, precision: str) -> dict:
   return {'file': result.path,
           'prob_defective': '' if result.prob is None else f'{result.prob:.6f}',
           'decision': result.decision or '',
@@ -156,7 +187,9 @@ def _row(result, threshold: float, tta: str, runs: str) -> dict:
           'corners': _format_corners(result.corners),
           'error': result.error,
           'tta': tta,
-          'runs': runs}
+          'runs': runs,
+          'precision': precision,
+          'notes': _notes(result)}
 
 
 def _members(predictor) -> list:
@@ -376,6 +409,55 @@ def _check_args(args) -> None:
     raise UsageError(f'--workers={args.workers}: must be >= 1')
   if args.step is not None and args.step < 0:
     raise UsageError(f'--step={args.step}: must be >= 0')
+  if args.sheet and not cv2.haveImageWriter(args.sheet):
+    raise UsageError(f'--sheet={args.sheet}: not an image file name OpenCV can write; '
+                     'end it in .png')
+
+
+def _planned(directory: str, paths: Sequence[str], input_spec: str):
+  """Every file a RoiWriter over `directory` may write for `paths` (both
+  names it can give each input)."""
+  writer = RoiWriter(directory, paths, input_spec)
+  for path in paths:
+    rel = pathlib.Path(os.path.relpath(os.path.abspath(path), writer.base))
+    yield writer.directory / rel.with_suffix('.png')
+    yield writer.directory / rel.with_name(rel.name + '.png')
+
+
+def _check_apart(args, paths: Sequence[str]) -> None:
+  """Refuses, before any work, outputs that would land on an input file (or
+  fill --input's folder with overlays) or on each other: two flags naming one
+  file, a file inside what --save_rois or --maps writes. By real paths, so a
+  symbolic link or '..' hides nothing."""
+  real = os.path.realpath
+  inputs = {real(p) for p in paths}
+  claims = {}  # Real path -> (flag, path as given).
+
+  def claim(flag: str, path, shown: str) -> None:
+    target = real(path)
+    if target == real(os.devnull):
+      return  # Any number of outputs may be thrown away.
+    if target in inputs:
+      raise UsageError(f'{flag}={shown} would overwrite the input file {path}: '
+                       'write outputs outside the inputs')
+    other = claims.setdefault(target, (flag, shown))
+    if other[0] != flag:
+      raise UsageError(f'{other[0]}={other[1]} and {flag}={shown} would write the same '
+                       f'file {path}: give each output its own path')
+
+  for flag in ('--output', '--embeddings', '--sheet'):
+    if getattr(args, flag[2:]):
+      claim(flag, getattr(args, flag[2:]), getattr(args, flag[2:]))
+  for flag in ('--save_rois', '--maps'):
+    directory = getattr(args, flag[2:])
+    if not directory:
+      continue
+    if os.path.isdir(args.input) and real(directory) == real(args.input):
+      raise UsageError(f'{flag}={directory} is the --input folder: its PNGs would be '
+                       'written among (and over) the inputs; give another folder')
+    claim(flag, directory, directory)  # The folder itself: no file flag may name it.
+    for target in _planned(directory, paths, args.input):
+      claim(flag, target, directory)
 
 
 def _not_a_file(path: str) -> bool:
@@ -422,12 +504,22 @@ class Embeddings:
     """Writes the npz; returns the number of rows. OSError -> UsageError."""
     emb = (np.concatenate(self.embeddings) if self.embeddings else
            self.predictor.embed(np.zeros((0, *self.predictor.image_size, 3), np.uint8)))
+    arrays = {'files': np.asarray(self.files, dtype=str), 'embeddings': emb,
+              'probabilities': np.asarray(self.probs, np.float32)}
+    if _not_a_file(self.path):  # A FIFO, a device: written, never replaced.
+      data = io.BytesIO()  # Whole first: a zip wants to seek, a pipe cannot.
+      np.savez(data, **arrays)
+      try:
+        with open(self.path, 'wb') as f:
+          f.write(data.getvalue())
+      except OSError as e:
+        raise UsageError(f'cannot write --embeddings {self.path}: {e.strerror or e}') from None
+      return len(self.files)
     target = os.path.realpath(self.path)
     tmp = f'{target}.tmp{os.getpid()}'
     try:
       with open(tmp, 'wb') as f:  # A file object: np.savez adds no '.npz'.
-        np.savez(f, files=np.asarray(self.files, dtype=str), embeddings=emb,
-                 probabilities=np.asarray(self.probs, np.float32))
+        np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp, target)
@@ -471,6 +563,7 @@ def _run(args) -> int:
     if others:
       print(f'note: {others} file(s) under {args.input} without an image extension '
             f'({"/".join(inference.IMAGE_EXTENSIONS)}) are not read')
+  _check_apart(args, paths)
   for flag, path in (('--save_rois', args.save_rois), ('--sheet', args.sheet),
                      ('--maps', args.maps)):
     if path:
@@ -510,10 +603,14 @@ def _threshold_line(predictor) -> str:
 
 def _score(args, predictor, paths, out_file, inference) -> int:
   print(f'model: {predictor.describe()}')
+  warning = predictor.health_warning()
+  if warning:
+    print(f'warning: {warning}', file=sys.stderr)
   print(_threshold_line(predictor))
   print(f'input: {len(paths)} file(s) from {args.input}; roi={args.roi}; '
         f'batch {predictor.batch_size}; max_pixels {args.max_pixels}; tta {args.tta}')
   runs = ';'.join(f'{m.run.workdir}@{m.run.step}' for m in _members(predictor))
+  precision = predictor.scored_precision
   writer = csv.DictWriter(out_file, fieldnames=CSV_COLUMNS)
   writer.writeheader()
   rois = RoiWriter(args.save_rois, paths, args.input) if args.save_rois else None
@@ -521,7 +618,7 @@ def _score(args, predictor, paths, out_file, inference) -> int:
   sheet = Sheet(predictor.threshold) if args.sheet else None
   embeddings = Embeddings(args.embeddings, predictor) if args.embeddings else None
   progress = Progress(len(paths))
-  done, failures, counts = 0, [], {'good': 0, 'defective': 0}
+  done, failures, counts, noted = 0, [], {'good': 0, 'defective': 0}, 0
   t0 = time.perf_counter()
   try:
     for results in _frame_results(args, predictor, paths, inference):
@@ -540,7 +637,9 @@ def _score(args, predictor, paths, out_file, inference) -> int:
             overlays.write(r.path, _overlay(r))
           except OSError as e:
             r.error = f'scored, but saving the map failed: {e}'
-        writer.writerow(_row(r, predictor.threshold, args.tta, runs))
+        writer.writerow(_row(r, predictor.threshold, args.tta, runs, precision))
+        if r.ok and _notes(r):
+          noted += 1
         if sheet is not None:
           sheet.add(r, done)
         if r.error:
@@ -577,6 +676,9 @@ def _score(args, predictor, paths, out_file, inference) -> int:
         f'{counts["good"]} good at threshold {predictor.threshold:g}), '
         f'{len(failures)} failed; {elapsed:.1f} s ({len(paths) / max(elapsed, 1e-9):.1f}'
         f' frames/s); wrote {args.output}')
+  if noted:
+    print(f'note: {noted} scored file(s) enlarged over {preprocess.ENLARGEMENT_LIMIT:g}x '
+          'along a side (see the notes column)')
   for path, why in failures[:50]:
     print(f'  failed: {path}: {why}')
   if len(failures) > 50:
