@@ -17,9 +17,18 @@ damaged afterwards (a truncated or emptied file: a full disk, a bad copy) is
 resume) then moves it aside and resumes from the newest readable step.
 `BestCheckpoint` keeps the best-by-validation state apart from the periodic
 ones, with its rule for ties.
+
+Orbax keeps no checksum of the arrays: flipped bytes in a data file restore
+silently as other numbers (NaN, 1e38). So each save records a sha256 per
+array in the step's own metadata (`default/_METADATA`'s custom_metadata, key
+`smsdd_digest`: written inside the step before Orbax renames it complete, so a
+step never carries another save's digest), and every restore checks the
+arrays it read against it: a mismatch is `CheckpointUnreadableError` too.
+Steps saved before digests were recorded restore unchecked (said once).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -29,6 +38,7 @@ from typing import Any, Optional
 import flax.serialization
 import flax.traverse_util
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from smsdd_jax import metrics as metrics_lib
@@ -66,9 +76,12 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> None:
-    """Asynchronous save; returns once the arrays are copied off the device."""
+    """Asynchronous save; returns once the arrays are copied off the device
+    and their digest is computed (it travels in the step's metadata)."""
+    tree = flax.serialization.to_state_dict(state)
+    digest = tree_digest(tree)
     self._manager.save(step, args=ocp.args.StandardSave(
-        flax.serialization.to_state_dict(state)))
+        tree, custom_metadata=None if digest is None else {DIGEST_KEY: digest}))
 
   def restore(self, target: Any, step: Optional[int] = None) -> Any:
     """Restores `step` (default: latest) into the structure of `target`."""
@@ -85,9 +98,10 @@ class Checkpointer:
       if legacy:
         abstract = models.rename_legacy(abstract, inverse=True)
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      self._check_digest(step, restored)  # Under the names it was saved with.
       if legacy:
         restored = models.rename_legacy(restored)
-    except CheckpointMismatchError:
+    except (CheckpointMismatchError, CheckpointUnreadableError):
       raise
     except Exception as e:  # Orbax and TensorStore raise bare Exceptions too.
       why = _damage(os.path.join(self.directory, str(step)), e)
@@ -100,6 +114,26 @@ class Checkpointer:
   def _saved_tree(self, step: int) -> dict:
     """The saved state's structure (metadata only, no array read)."""
     return self._manager.item_metadata(step).tree
+
+  def _check_digest(self, step: int, restored: dict) -> None:
+    """CheckpointUnreadableError when the arrays read differ from those saved
+    (by the digest saved with them); a step saved without one is said once."""
+    custom = self._manager.item_metadata(step).custom_metadata or {}
+    saved = custom.get(DIGEST_KEY)
+    if not isinstance(saved, dict) or not isinstance(saved.get('leaves'), dict):
+      if self.directory not in _UNCHECKED_SAID:
+        _UNCHECKED_SAID.add(self.directory)
+        log.warning('checkpoint %s/%d has no digest (saved before digests were '
+                    'recorded): restored without checking its bytes', self.directory, step)
+      return
+    now = _flat_leaves(restored)
+    wrong = [k for k, want in saved['leaves'].items()
+             if k not in now or not _matches(now[k], want)]
+    if wrong:
+      raise CheckpointUnreadableError(
+          f'checkpoint {self.directory}/{step} is unreadable: {wrong[0]} does not match '
+          f'the digest saved with it ({len(wrong)} of {len(saved["leaves"])} arrays '
+          'differ: its files changed after the save, e.g. bit rot or a bad copy)')
 
   def _check_shapes(self, step: int, target: Any) -> None:
     """Names the first mismatching array instead of a deep Orbax traceback."""
@@ -169,6 +203,60 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+DIGEST_KEY = 'smsdd_digest'  # In the step's custom_metadata.
+_UNCHECKED_SAID: set = set()  # Directories whose undigested step was said.
+
+
+def _flat_leaves(tree) -> dict:
+  return flax.traverse_util.flatten_dict(tree, sep='/') if isinstance(tree, dict) else {}
+
+
+def _host(x) -> Optional[np.ndarray]:
+  """The array's values on this host, or None where this process holds only
+  part of it (sharded across processes: no whole-array digest here)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      return None
+    x = x.addressable_data(0)
+  return np.asarray(x)
+
+
+def _leaf_digest(a: np.ndarray) -> str:
+  """sha256 of the array's dtype, shape and bytes."""
+  a = np.ascontiguousarray(a)
+  h = hashlib.sha256(f'{a.dtype.str}{a.shape}'.encode())
+  h.update(memoryview(a.reshape(-1).view(np.uint8)))
+  return h.hexdigest()
+
+
+def _matches(x, saved: Any) -> bool:
+  """Whether restored array `x` has the digest `saved` ({'sha256', 'dtype'}),
+  compared in the saved dtype (a restore may read into a wider one); an
+  array this process holds only part of cannot be checked here (True)."""
+  if not isinstance(saved, dict):
+    return False
+  a = _host(x)
+  if a is None:
+    return True
+  dtype = saved.get('dtype')
+  if dtype is not None and str(a.dtype) != dtype:
+    a = a.astype(dtype)
+  return _leaf_digest(a) == saved.get('sha256')
+
+
+def tree_digest(tree: dict) -> Optional[dict]:
+  """{'algorithm': 'sha256', 'leaves': {'params/.../kernel': {'sha256',
+  'dtype'}}} of a state dict, or None when an array is not whole on this
+  process (then the step is saved without a digest)."""
+  leaves = {}
+  for key, x in _flat_leaves(tree).items():
+    a = _host(x)
+    if a is None:
+      return None
+    leaves[key] = {'sha256': _leaf_digest(a), 'dtype': str(a.dtype)}
+  return {'algorithm': 'sha256', 'leaves': leaves}
 
 
 # TensorStore's status codes that mean the bytes on disk are not what was saved.

@@ -1,0 +1,152 @@
+"""Issue 29: a checkpoint records a digest of its arrays and every restore
+checks it; health is never recomputed from a missing history; a damaged run
+of a sweep is named and makes the exit status 1, for sweep.py as for report."""
+import json
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import cv2
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from smsdd_jax import checkpointing
+from smsdd_jax import rundir
+from smsdd_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# A byte-flip try that Orbax itself refuses leaves TensorStore futures unread.
+pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+# ------------------------------------------------------------------ 6: digests
+
+
+def _plain_restore(step_dir):
+  """The step's arrays read with Orbax alone (no digest check), or None when
+  Orbax itself sees the damage."""
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      return ckpt.restore(os.path.join(step_dir, 'default'))
+  except Exception:  # pylint: disable=broad-except  (TensorStore's errors)
+    return None
+
+
+def _rot(step_dir, flips=64):
+  """Flips `flips` bytes in the middle half of the step's largest array data
+  file (OCDBT's d/ files), as bit rot or a bad copy would, at places where
+  Orbax alone restores it silently as other numbers (zstd decodes most such
+  damage without noticing; the first seeds that do so are kept)."""
+  files = [p for p in pathlib.Path(step_dir).rglob('*') if p.parent.name == 'd']
+  path = max(files, key=lambda p: p.stat().st_size)
+  before = _plain_restore(step_dir)
+  clean = path.read_bytes()
+  for seed in range(20):
+    data = bytearray(clean)
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(np.arange(len(data) // 4, len(data) * 3 // 4), flips, replace=False):
+      data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    after = _plain_restore(step_dir)
+    if after is not None and not all(
+        np.array_equal(a, b, equal_nan=True)
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)):
+      return
+  raise AssertionError(f'no byte flips in {path} that Orbax restores silently')
+
+
+def _weights(step):
+  return {'w': np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32) * step,
+          'b': np.ones(3, np.float32)}
+
+
+def test_a_bit_rotted_step_is_unreadable_and_resume_moves_it_aside(tmp_path, caplog):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (1, 2):
+    ckpt.save(step, _weights(step))
+  ckpt.close()
+  _rot(tmp_path / '2')
+  ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=5)
+  target = _weights(0)
+  with pytest.raises(checkpointing.CheckpointUnreadableError,
+                     match=f'^checkpoint {tmp_path}/2 is unreadable: w does not match the '
+                           r'digest saved with it \(1 of 2 arrays differ'):
+    ckpt.restore(target, 2)
+  with caplog.at_level(logging.WARNING, logger='smsdd_jax'):
+    restored = ckpt.restore_or(target)
+  np.testing.assert_array_equal(restored['w'], _weights(1)['w'])
+  said = [r.getMessage() for r in caplog.records]
+  assert len(said) == 1 and said[0].endswith(
+      f'moved aside to {tmp_path}/2.unreadable; resuming from step 1'), said
+  assert ckpt.all_steps() == [1]
+  ckpt.close()
+
+
+def test_a_step_saved_without_a_digest_restores_and_says_so_once(tmp_path, caplog):
+  with ocp.CheckpointManager(str(tmp_path), item_handlers=ocp.StandardCheckpointHandler()
+                             ) as manager:  # As every step was saved before digests.
+    for step in (1, 2):
+      manager.save(step, args=ocp.args.StandardSave(_weights(step)))
+    manager.wait_until_finished()
+  ckpt = checkpointing.Checkpointer(str(tmp_path), max_to_keep=5)
+  with caplog.at_level(logging.WARNING, logger='smsdd_jax'):
+    for step in (1, 2, 2):
+      np.testing.assert_array_equal(ckpt.restore(_weights(0), step)['w'], _weights(step)['w'])
+  ckpt.close()
+  said = [r.getMessage() for r in caplog.records]
+  assert len(said) == 1 and 'has no digest' in said[0], said
+
+
+def test_training_resume_moves_a_bit_rotted_latest_step_aside(quick_config, trained_run,
+                                                             tmp_path, caplog):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_run, workdir)  # Periodic steps 1 and 2.
+  _rot(workdir / 'checkpoints' / '2')
+  config = quick_config
+  config.batch_size, config.num_epochs, config.log_every_steps = 32, 1, 1  # As trained.
+  config.checkpoint.every_steps = 1
+  with caplog.at_level(logging.INFO, logger='smsdd_jax'):
+    train.train_and_evaluate(config, str(workdir))
+  log = [r.getMessage() for r in caplog.records]
+  rotted = [m for m in log if 'does not match the digest' in m]
+  assert len(rotted) == 1 and rotted[0].startswith(
+      f'checkpoint {workdir / "checkpoints" / "2"} is unreadable: '), log
+  assert rotted[0].endswith('2.unreadable; resuming from step 1'), rotted
+  assert any('start at 1' in m for m in log), log
+  assert (workdir / 'checkpoints' / '2.unreadable').is_dir()
+
+
+def _rois(folder):
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(2):
+    cv2.imwrite(str(folder / f'roi{i}.png'), rng.integers(0, 256, (110, 230, 3), np.uint8))
+  return folder
+
+
+@pytest.mark.parametrize('command', ['predict', 'export'])
+def test_predict_and_export_refuse_a_bit_rotted_best_checkpoint(trained_run, tmp_path,
+                                                               command):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained_run, workdir)
+  best = json.loads((workdir / rundir.BEST).read_text())['step']
+  _rot(workdir / rundir.CHECKPOINTS_BEST / str(best))
+  args = {'predict': [f'--input={_rois(tmp_path / "rois")}', '--roi=none',
+                      f'--output={tmp_path / "scores.csv"}'],
+          'export': [f'--out={tmp_path / "export"}', '--saved_model=false',
+                     '--platforms=cpu']}[command]
+  proc = subprocess.run([sys.executable, '-m', f'smsdd_jax.{command}',
+                         f'--workdir={workdir}', *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith(
+      f'error: checkpoint {workdir / rundir.CHECKPOINTS_BEST}/{best} is unreadable: '), errors
+  assert 'does not match the digest' in errors[0]
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'scores.csv').exists()
