@@ -3,6 +3,7 @@
   eval_stats(prob, embedding, threshold)  the per-split numbers the checks read
   diagnose(records, final)                {'status': 'ok' | 'suspect' | 'collapsed',
                                            'reasons': [...]} of a run
+  history_gap(records, end_step)          why records are not a whole history
   Monitor                                 the training loop's watcher: warns
                                           once when a condition sets in
 
@@ -266,6 +267,21 @@ def report(found: Sequence[Finding]) -> dict:
   found = sorted(found, key=lambda f: order[f.severity])
   status = found[0].severity if found else OK
   return {'status': status, 'reasons': [f'{f.severity}: {f.reason()}' for f in found]}
+
+
+def history_gap(records: Sequence[Mapping], end_step: int) -> Optional[str]:
+  """Why `records` cannot be the whole history of a run that trained to
+  `end_step` (an emptied or cut metrics.jsonl), else None. The checks read
+  the conditions at the END of the history: on part of it they would find
+  fewer, so a missing history is "cannot check", never "fewer reasons"."""
+  steps = [r['step'] for r in records
+           if isinstance(r, Mapping) and isinstance(r.get('step'), (int, float))]
+  if not steps:
+    return 'it holds no records'
+  if max(steps) < end_step:
+    return (f'its last record is at step {max(steps):g}, before step {end_step} that the '
+            'run reached: it was cut short')
+  return None
 
 
 def diagnose(records: Iterable[Mapping], final: Optional[Mapping] = None,

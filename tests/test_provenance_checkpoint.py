@@ -150,3 +150,63 @@ def test_predict_and_export_refuse_a_bit_rotted_best_checkpoint(trained_run, tmp
   assert 'does not match the digest' in errors[0]
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'scores.csv').exists()
+
+
+# ------------------------------------------------------------------ 13: health history
+
+
+def _recheck(argv):
+  """launch/recheck_health.py's main in a subprocess: (exit status, stdout, stderr)."""
+  proc = subprocess.run([sys.executable, 'launch/recheck_health.py', *argv], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def _collapsed_run(run):
+  """A finished sweep run whose val AUROC stayed at chance in every
+  evaluation (magnetic_tile's split sizes): collapsed by its history alone."""
+  from smsdd_jax import health  # pylint: disable=import-outside-toplevel
+  run.mkdir(parents=True)
+  (run / rundir.SWEEP).write_text(json.dumps({'variant': 'beta_a', 'seed': 0, 'fold': 4}))
+  rows = [{'step': 100 * (i + 1), 'val/prob_spread': 0.3,
+           'val/predicted_defective_fraction': 0.4, 'val/zero_embedding_fraction': 0.0,
+           'val/auroc': a, 'val/num_defective': 79, 'val/num_good': 190}
+          for i, a in enumerate((0.53, 0.51, 0.55, 0.49))]
+  (run / rundir.METRICS).write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  split = {'prob_spread': 0.4, 'predicted_defective_fraction': 0.5,
+           'zero_embedding_fraction': 0.0, 'auroc': 0.8, 'num_defective': 79, 'num_good': 190}
+  verdict = health.diagnose(rows, {'val': split, 'test': split}, 400)
+  assert verdict['status'] == 'collapsed' and verdict['reasons']
+  ev = {'step': 400, 'val': split, 'test': split, 'health': verdict}
+  (run / rundir.EVAL).write_text(json.dumps(ev))
+  return rows, ev
+
+
+@pytest.mark.parametrize('history', ['emptied', 'cut short'])
+def test_recheck_health_never_drops_reasons_for_a_missing_history(tmp_path, history):
+  run = tmp_path / 'sweep' / 'beta_a_s0_f4'
+  rows, ev = _collapsed_run(run)
+  (run / rundir.METRICS).write_text('' if history == 'emptied' else json.dumps(rows[0]) + '\n')
+  rc, out, err = _recheck([str(tmp_path / 'sweep'), '--write'])
+  assert rc == 1, out + err
+  assert err.strip().splitlines() == [err.strip()], err  # One line.
+  assert f'cannot recheck {run}: {run / rundir.METRICS}: ' in err
+  assert 'cannot be checked (health left as trained)' in err
+  assert ('holds no records' if history == 'emptied' else 'last record is at step 100') in err
+  assert '0 finished runs checked' in out
+  assert json.loads((run / rundir.EVAL).read_text()) == ev  # Not rewritten.
+
+
+def test_recheck_health_of_one_run_directory_checks_that_run(tmp_path):
+  run = tmp_path / 'sweep' / 'beta_a_s0_f4'
+  _, ev = _collapsed_run(run)
+  ev['health'] = {'status': 'ok', 'reasons': []}  # As older checks said.
+  (run / rundir.EVAL).write_text(json.dumps(ev))
+  rc, out, err = _recheck([str(run)])
+  assert rc == 0, out + err
+  assert '| ok | collapsed |' in out and '1 finished runs checked, 1 with a different' in out
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  rc, out, err = _recheck([str(empty)])
+  assert rc == 2 and err.startswith(f'error: {empty}: no run found') and '\n' == err[-1:], err
+  assert len(err.strip().splitlines()) == 1 and 'checked' not in out
