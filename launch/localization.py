@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Do the maps find the defect? Checked against magnetic_tile's masks on each
-run's own test fold, beside floors made without the network.
+run's own test fold (its test split for a sweep made without --kfold), beside
+floors made without the network.
 
   python launch/localization.py --sweep=docs/sweeps/mt_k5_quick_learn_ckpt \
       --export=exports/magnetic_tile_110x230.npz [--sweep=ANOTHER ...] \
@@ -19,7 +20,8 @@ Comparisons (smsdd_jax.stats.compare, paired over (seed, fold)): each method
 against the residual floor, every variant against beta_a (beta = 0) on the
 same units, and with several sweeps (variants labelled '<sweep>/<variant>')
 each sweep's variant against the first sweep's. The export must carry masks (dataset_export writes them
-for builds with a `mask` feature). Writes a JSON (default
+for builds with a `mask` feature) and hold the runs' data (the build each
+run recorded, dataset_export.check_run). Writes a JSON (default
 <first sweep>/localization.json) and prints markdown tables.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ from smsdd_jax import dataset_export, figures, inference, maps, report, rundir, 
 
 METRICS = ('pixel_auroc', 'pointing')
 BASE_VARIANT = 'beta_a'
+NO_FOLD = 'test'  # The "fold" of a run made without k-fold: its test split.
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,16 +178,22 @@ def comparisons(per_run: dict, per_fold_floors: dict) -> dict:
 
 def evaluate(runs: list[dict], export, args) -> dict:
   layers = [v.strip() for v in args.layers.split(',') if v.strip()]
+  for run in runs:  # Before any map: every run's data must be the export's.
+    dataset_export.check_run(export, run['workdir'])
+  # A sweep made without --kfold: every run is tested on the test split.
+  runs = [{**run, 'fold': NO_FOLD if run['fold'] is None else run['fold']} for run in runs]
   per_run, fold_floors = {}, {}
   for run in runs:
     result, crops = evaluate_run(run, export, layers, args.occlusion, args.batch_size)
     if run['fold'] not in fold_floors:
-      fold_floors[run['fold']] = floors(export, crops, seed=int(run['fold']))
+      seed = int(run['fold']) if isinstance(run['fold'], int) else 0
+      fold_floors[run['fold']] = floors(export, crops, seed=seed)
     per_run[run['key']] = {'variant': run['variant'], 'seed': run['seed'], 'fold': run['fold'],
                            'crops': int(len(crops)), 'maps': result}
     print(f'{run["key"]}: ' + ', '.join(f'{m} {v["pixel_auroc"]:.3f} / {v["pointing"]:.2f}'
                                         for m, v in result.items()), flush=True)
-  return {'runs': per_run, 'floors': {str(k): v for k, v in sorted(fold_floors.items())},
+  return {'runs': per_run, 'floors': {str(k): v for k, v in sorted(fold_floors.items(),
+                                                                     key=lambda kv: str(kv[0]))},
           'comparisons': comparisons(per_run, fold_floors)}
 
 
@@ -238,7 +247,7 @@ def main(argv=None) -> int:
     result = evaluate(runs, export, args)
     examples = args.examples or os.path.join(args.sweep[0], 'maps.png')
     first = min(runs, key=lambda r: (not r['variant'].endswith(BASE_VARIANT), r['seed'],
-                                   r['fold']))
+                                   r['fold'] or 0))
     figures.plot_maps([report.load_run(first['workdir'])], examples, export)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -10,7 +10,8 @@ Every finished run of the sweep with its best checkpoint kept is scored on its
 own test split, read from the dataset export (smsdd_jax.dataset_export) the
 runs were trained on or exported from the same build: the folds are the
 build's, so a run's test split is the export's. Per run: test AUROC as
-trained, and with flips. Per (variant, fold) with two or more seeds: the AUROC
+trained, and with flips. An export of other data than a run recorded (its
+build, preprocessing, image size or folds) is refused in one line, exit 2. Per (variant, fold) with two or more seeds: the AUROC
 of the seeds' mean probability, without and with flips.
 
 Comparisons (smsdd_jax.stats.compare: bootstrap 95% interval, signed-rank p):
@@ -81,6 +82,8 @@ def score_run(run: dict, export, batch_size: int) -> dict:
 
 
 def evaluate(runs: list[dict], export, batch_size: int) -> dict:
+  for run in runs:  # Before any scoring: every run's data must be the export's.
+    dataset_export.check_run(export, run['workdir'])
   per_run, groups = {}, collections.defaultdict(list)
   for run in runs:
     scored = score_run(run, export, batch_size)

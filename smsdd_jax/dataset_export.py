@@ -6,11 +6,16 @@
 builds (or reuses) the TFDS dataset a run with these `config.data` settings
 reads, exactly as `python -m smsdd_jax.main` would, and writes every example
 of it once into one file, by default `exports/<name>_<height>x<width>.npz`.
+A file there holding an export of other data (another folder, aspect,
+channel count, size: `identity`) is never replaced (one line, exit 2; the
+same build again is allowed), nor is a folder or a device named by --out.
 A run reads that file with `--config.data.source=export
 --config.data.export_path=PATH` (smsdd_jax/numpy_pipeline.py: the same pairs
 and eval batches, in numpy) and then imports no TensorFlow: what a machine
 without TensorFlow (the GPU machine) needs. Writing needs TensorFlow (it reads
-the TFDS build); `load` needs numpy and OpenCV only.
+the TFDS build); `load` needs numpy and OpenCV only. Where an export meets a
+run (launch/prediction_gains.py, localization.py, report --export) `check_run`
+refuses one of other data than the run recorded.
 
 The file is a plain .npz (read with allow_pickle=False):
 
@@ -50,8 +55,11 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import types
+import zipfile
+import zlib
 from typing import Optional
 
 import cv2
@@ -60,6 +68,17 @@ import numpy as np
 FORMAT = 'smsdd_jax.dataset_export/1'
 DEFAULT_DIR = 'exports'
 _ARRAYS = ('png', 'png_offsets', 'label', 'defect_type', 'file_name', 'group')
+
+
+class ExportError(ValueError):
+  """A file that is not a usable export, or one that does not fit what it
+  meets (a run, an existing export): one line naming the file(s)."""
+
+
+# What a truncated or overwritten .npz raises on reading (its zip directory,
+# a member's CRC, a short array): each is "damaged", never a traceback.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError)
+_WAY_OUT = 'remove it and export it again (python -m smsdd_jax.dataset_export)'
 
 
 # ------------------------------------------------------------------ reading
@@ -130,6 +149,12 @@ class ExportedDataset:
       self._normalized = (key, images, images.mean(axis=(1, 2), keepdims=True))
     return self._normalized[1], self._normalized[2]
 
+  @property
+  def fingerprint(self) -> dict:
+    """What made the export (identity): the build and its preprocessing,
+    and the sha256 of what it holds."""
+    return {**identity(self.meta), 'sha256': self.meta['sha256']}
+
   def describe(self) -> str:
     n = len(self.labels)
     h, w = self.image_size
@@ -148,16 +173,18 @@ def _open(path: str):
                      'python -m smsdd_jax.dataset_export)')
   try:
     return np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'{path}: not a dataset export ({e})') from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f'{path}: not a dataset export or a damaged one ({e}): {_WAY_OUT}') \
+        from None
 
 
 def _read_meta(path: str, data) -> dict:
   if 'meta' not in data.files:
-    raise ValueError(f'{path}: not a dataset export (no "meta" entry)')
+    raise ExportError(f'{path}: not a dataset export (no "meta" entry)')
   meta = json.loads(str(data['meta']))
-  if meta.get('format') != FORMAT:
-    raise ValueError(f'{path}: format {meta.get("format")!r}, this code reads {FORMAT!r}')
+  if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+    found = meta.get('format') if isinstance(meta, dict) else None
+    raise ExportError(f'{path}: format {found!r}, this code reads {FORMAT!r}')
   return meta
 
 
@@ -187,12 +214,36 @@ def digest(arrays: dict) -> str:
   return h.hexdigest()
 
 
+def _damaged(path: str, error: Exception) -> ValueError:
+  return ValueError(f'{path}: a damaged or truncated dataset export '
+                    f'({type(error).__name__}: {error}): {_WAY_OUT}')
+
+
+def read_meta(path: str) -> dict:
+  """An export's meta entry alone (cheap: the arrays are not read);
+  ValueError naming the file when it is not a readable export."""
+  data = _open(path)
+  try:
+    with data:
+      return _read_meta(path, data)
+  except ExportError:
+    raise
+  except _DAMAGED as e:
+    raise _damaged(path, e) from None
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(path: str, mtime_ns: int, size: int) -> ExportedDataset:
   del mtime_ns, size  # Cache keys: a rewritten file is read again.
-  with _open(path) as data:
-    meta = _read_meta(path, data)
-    arrays = {k: data[k] for k in data.files if k != 'meta'}
+  data = _open(path)
+  try:
+    with data:
+      meta = _read_meta(path, data)
+      arrays = {k: data[k] for k in data.files if k != 'meta'}
+  except ExportError:
+    raise
+  except _DAMAGED as e:
+    raise _damaged(path, e) from None
   missing = [k for k in _ARRAYS if k not in arrays]
   if missing:
     raise ValueError(f'{path}: not a dataset export (no {missing[0]!r} array)')
@@ -210,6 +261,118 @@ def load(path: str) -> ExportedDataset:
     _open(path)  # Raises its one-line error.
   st = os.stat(path)
   return _load_cached(os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+# ------------------------------------------------------------------ what made it
+
+
+def _fields(dataset: str, version, source_fingerprint, size, spec: dict, folds: int) -> dict:
+  """{field: text} of what defines a build's data, '' where unrecorded."""
+  return {'dataset': dataset or '', 'version': str(version or ''),
+          'source fingerprint': source_fingerprint or '',
+          'image size': 'x'.join(str(v) for v in size)
+                        if size and all(isinstance(v, int) for v in size) else '',
+          **{k: str(spec.get(k) or '') for k in ('roi', 'aspect', 'channels')},
+          'folds': str(folds) if folds else ''}
+
+
+def _num_folds(split_names) -> int:
+  """k of the fold_0 ... fold_{k-1} splits (not the joined training splits)."""
+  return sum(bool(re.fullmatch(r'fold_\d+', str(name))) for name in split_names)
+
+
+def identity(meta: dict) -> dict:
+  """What an export's data was made from (read from its meta)."""
+  md = meta.get('metadata') or {}
+  return _fields(f'{meta.get("name")}/{meta.get("config")}', meta.get('version'),
+                 ((md.get('card') or {}).get('source') or {}).get('fingerprint'),
+                 meta.get('image_size'), md.get('preprocessing') or {},
+                 _num_folds(meta.get('split_sizes') or ()))
+
+
+def build_identity(builder) -> dict:
+  """identity() of the export a TFDS build would be written as."""
+  md = dict(builder.info.metadata or {})
+  return _fields(f'{builder.name}/{builder.builder_config.name}', builder.version,
+                 ((md.get('card') or {}).get('source') or {}).get('fingerprint'),
+                 builder.info.features['image'].shape[:2], md.get('preprocessing') or {},
+                 _num_folds(builder.info.splits.keys()))
+
+
+def run_identity(workdir: str) -> tuple[dict, str]:
+  """identity() of the data a run was trained on, from its
+  preprocessing.json and config.json (whatever it recorded), and the files
+  read. `builder`: config.json's data.name."""
+  from smsdd_jax import rundir  # pylint: disable=import-outside-toplevel
+  data = rundir.read_config(workdir).get('data') or {}
+  pre_path = os.path.join(workdir, rundir.PREPROCESSING)
+  pre = rundir.read_json(pre_path, 'preprocessing record') if os.path.isfile(pre_path) else {}
+  if not isinstance(pre, dict):
+    raise ValueError(f'{pre_path}: not a preprocessing record (remove it and rerun the run)')
+  fields = _fields(pre.get('dataset'), pre.get('version'), pre.get('source_fingerprint'),
+                   pre.get('size') or data.get('image_size'), pre or data,
+                   int(data.get('kfold') or 0))
+  if pre.get('export_sha256'):
+    fields['sha256'] = pre['export_sha256']
+  fields['builder'] = str(data.get('name') or '')
+  files = rundir.CONFIG + (f' and {rundir.PREPROCESSING}' if pre else '')
+  return fields, files
+
+
+def differences(have: dict, want: dict) -> list[str]:
+  """'field A vs B' for each field both record and that differs."""
+  return [f'{k} {have[k]} vs {want[k]}' for k in have
+          if k in want and have[k] and want[k] and have[k] != want[k]]
+
+
+def check_run(export: ExportedDataset, workdir: str) -> None:
+  """ExportError in one line naming both when `export` does not hold the
+  data the run in `workdir` was trained on (its build, preprocessing, image
+  size and folds as the run recorded them)."""
+  run, files = run_identity(workdir)
+  have = {**export.fingerprint, 'builder': export.name}
+  diffs = differences(have, run)
+  if diffs:
+    raise ExportError(
+        f'{export.path} is not the data run {workdir} was trained on ({"; ".join(diffs)}: '
+        f'the export vs the run\'s {files}): pass the export of the run\'s build')
+
+
+def check_replace(path: str, builder) -> None:
+  """Refuses (ExportError, one line) to write over `path` when it holds
+  something other than an export of the same build: an export of another
+  folder, aspect, channel count or size, or a file that is no export.
+  Re-exporting the same build is allowed."""
+  if not os.path.lexists(path):
+    return
+  try:
+    old = identity(read_meta(path))
+  except ValueError as e:
+    raise ExportError(f'--out={path} exists and is not a readable dataset export ({e}); '
+                      'not replaced: remove it or pass another --out') from None
+  diffs = differences(old, build_identity(builder))
+  if diffs:
+    raise ExportError(f'--out={path} holds an export of other data ({"; ".join(diffs)}: '
+                      'that file vs this build); not replaced: pass --out=ANOTHER.npz, or '
+                      'remove it first')
+
+
+def check_out(path: str) -> str:
+  """The file to write for --out=path, checked before any work: a folder or
+  a device, FIFO or socket is refused (an export is a file that runs read
+  back; writing a temporary file and renaming it over a node would replace
+  the node). Through a symbolic link its target is written, the link kept."""
+  target = os.path.realpath(path)
+  if os.path.isdir(target):
+    raise ExportError(f'--out={path} is a directory: name a file, e.g. {path}/data.npz')
+  if os.path.exists(target) and not os.path.isfile(target):
+    raise ExportError(f'--out={path} is not a regular file (a device, FIFO or socket): '
+                      'an export is a file runs read back; name a .npz path')
+  try:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+  except OSError as e:
+    raise ExportError(f'--out={path}: cannot create its folder ({e.strerror or e})') from None
+  return target
 
 
 # ------------------------------------------------------------------ writing
@@ -315,8 +478,11 @@ def to_arrays(examples: list[dict], splits: dict[str, list[int]]) -> tuple[dict,
 
 def write(builder, data_config, path: str) -> ExportedDataset:
   """Writes the export of a built TFDS dataset (atomically) and returns it
-  as `load` reads it back."""
+  as `load` reads it back. Refuses (ExportError) a path that is a folder or
+  a device, or that holds an export of other data (check_out, check_replace)."""
   from smsdd_jax import rundir  # pylint: disable=import-outside-toplevel
+  target = check_out(path)
+  check_replace(path, builder)
   examples, splits = _read_build(builder)
   if not examples:
     raise ValueError(f'{builder.name}: the build holds no examples')
@@ -331,14 +497,14 @@ def write(builder, data_config, path: str) -> ExportedDataset:
       'num_examples': len(examples), 'split_sizes': {k: len(v) for k, v in splits.items()},
       'metadata': _json_safe(dict(builder.info.metadata or {})),
       'data': _json_safe(data_config.to_dict()), 'sha256': digest(arrays)}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with rundir.atomic_file(path, 'wb') as f:
+  with rundir.atomic_file(target, 'wb') as f:
     np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
   return load(path)
 
 
 def default_path(data_config) -> str:
-  h, w = data_config.image_size
+  from smsdd_jax import datasets  # pylint: disable=import-outside-toplevel
+  h, w = datasets.image_size(data_config)  # Checked: one line naming the field.
   return os.path.join(DEFAULT_DIR, f'{data_config.name}_{int(h)}x{int(w)}.npz')
 
 
@@ -371,7 +537,13 @@ def data_config_from(args):
       continue
     if key not in data or key in ('source', 'export_path'):
       raise ValueError(f'--set: config.data has no field {key!r} to build with')
-    data[key] = tuple(value) if isinstance(value, list) else value
+    value = tuple(value) if isinstance(value, list) else value
+    try:
+      data[key] = value
+    except TypeError:  # ml_collections keeps each field's type.
+      example = repr(data[key]).replace(' ', '')
+      raise ValueError(f'--set={key}={value!r}: config.data.{key} is a '
+                       f'{type(data[key]).__name__}, e.g. --set={key}={example}') from None
   return data
 
 
@@ -393,13 +565,14 @@ def main(argv: Optional[list[str]] = None) -> int:
   args = parser().parse_args(argv)
   try:
     data_config = data_config_from(args)
+    path = args.out or default_path(data_config)
+    check_out(path)  # Before the build: a folder or a device is refused at once.
     from smsdd_jax import input_pipeline  # pylint: disable=import-outside-toplevel
     builder = input_pipeline.prepare(data_config)
-    path = args.out or default_path(data_config)
     export = write(builder, data_config, path)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   print(f'{path}: {export.describe()}; {os.path.getsize(path) / 2 ** 20:.1f} MiB')
   return 0
 

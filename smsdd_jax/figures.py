@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -137,11 +139,17 @@ def plot_loss_curves(runs: Sequence[dict], path: str) -> str:
 
 
 def _load_npz(run: dict, split: str) -> Optional[dict]:
+  """A run's eval_<split>.npz, None without one; ValueError naming the file
+  when it cannot be read (truncated, damaged)."""
   path = os.path.join(run['path'], rundir.eval_npz(split))
   if not os.path.isfile(path):
     return None
-  with np.load(path) as z:
-    return {k: z[k] for k in z.files}
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    raise ValueError(f'{path} cannot be read ({type(e).__name__}: {e}): remove it and '
+                     'rerun the sweep to evaluate the run again') from None
 
 
 def plot_roc_curves(runs: Sequence[dict], path: str) -> str:
@@ -279,10 +287,11 @@ def plot_maps(runs: Sequence[dict], path: str, export) -> Optional[str]:
   the run's build (the images are not in the run directory)."""
   # pylint: disable=import-outside-toplevel
   import cv2
-  from smsdd_jax import inference, maps
+  from smsdd_jax import dataset_export, inference, maps
   run = maps_run(runs)
   if run is None:
     return None
+  dataset_export.check_run(export, run['path'])  # Its images, not another set's.
   predictor = inference.Predictor(run['path'])
   if tuple(predictor.image_size) != tuple(export.image_size):
     raise ValueError(f'{run["path"]}: image size {predictor.image_size} but '

@@ -34,7 +34,11 @@ when its JSON is given, and each variant against beta = 0 paired on the same
 seeds and folds (smsdd_jax.stats). They need numpy only. Figures import
 matplotlib. A run whose files cannot be read is left out with its reason
 (load_runs), named on stderr by the report command (exit status 1) and in
-results.md by the launcher.
+results.md by the launcher; the report command does the same with a run
+whose eval_{val,test}.npz cannot be read. It refuses (one line, exit status
+2) a folder whose runs were trained on several datasets (their preprocessing.json
+names the build), a bad argument, and an --export that is not the data the
+maps' run recorded; it names a sweep in a folder below the one it reports.
 """
 from __future__ import annotations
 
@@ -117,6 +121,47 @@ def no_runs_reason(path: str) -> str:
             f'{", ".join(below)}; pass one of them as --sweep')
   return (f'{path}: no run found (a sweep folder of launch/sweep.py, one run '
           'directory with config.json, or a folder of them)')
+
+
+def run_dataset(path: str) -> str:
+  """The build a run was trained on: preprocessing.json's 'dataset'
+  ('<name>/<config>'), else config.json's data.name[/builder_config]; ''
+  where the run recorded neither."""
+  pre = os.path.join(path, rundir.PREPROCESSING)
+  try:
+    if os.path.isfile(pre):
+      dataset = rundir.read_json(pre, 'preprocessing record').get('dataset')
+      if dataset:
+        return str(dataset)
+    data = rundir.read_config(path).get('data') or {}
+  except (OSError, ValueError, AttributeError):
+    return ''
+  return '/'.join(str(v) for v in (data.get('name'), data.get('builder_config')) if v)
+
+
+def check_one_dataset(runs: Sequence[dict], sweep: str) -> None:
+  """ValueError (one line) when the runs were trained on several datasets:
+  one ROC or table over them would pair and overlay unrelated test sets
+  under one variant name."""
+  by_dataset = {}
+  for run in runs:
+    dataset = run_dataset(run['path'])
+    if dataset:
+      by_dataset.setdefault(dataset, []).append(run['run'])
+  if len(by_dataset) > 1:
+    raise ValueError(
+        f'{sweep} holds runs of {len(by_dataset)} datasets (' + '; '.join(
+            f'{d}: {len(r)} run{"s" * (len(r) != 1)}, e.g. {r[0]}'
+            for d, r in sorted(by_dataset.items())) + '): not drawn together; pass a '
+        'folder holding one dataset\'s runs as --sweep')
+
+
+def nested_sweeps(path: str) -> list[str]:
+  """Sweeps in folders below a sweep or folder of runs: not part of its
+  report (named by the report command)."""
+  if is_single_run(path):
+    return []
+  return sweeps_below(path)
 
 
 def _field(obj, path: str, *keys):
@@ -613,6 +658,21 @@ def markdown(table: Sequence[dict], meta: Optional[dict] = None,
   return '\n'.join(lines) + '\n'
 
 
+def _readable_outputs(runs: list[dict], unreadable: dict, figures) -> list[dict]:
+  """The runs whose eval_{val,test}.npz (what the ROC and embedding figures
+  read) can be read; the others left out, their reason in `unreadable`."""
+  kept = []
+  for run in runs:
+    try:
+      for split in ('val', 'test') if run['finished'] else ():
+        figures._load_npz(run, split)  # pylint: disable=protected-access
+    except ValueError as e:
+      unreadable[run['run']] = str(e)
+      continue
+    kept.append(run)
+  return kept
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(prog='python -m smsdd_jax.report', description=(
       'Figures of a sweep: loss curves (Fig. 5), ROC curves, test-embedding '
@@ -629,8 +689,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs = load_runs(args.sweep, unreadable)
     if not runs and not unreadable:
       raise ValueError(no_runs_reason(args.sweep))
+    check_one_dataset(runs, args.sweep)
+    runs = _readable_outputs(runs, unreadable, figures)
     for run, why in unreadable.items():  # Said, then drawn without them.
       print(f'left out {run}: {why}', file=sys.stderr)
+    if not runs:
+      return 1
+    for nested in nested_sweeps(args.sweep):
+      print(f'not included: {nested} is a sweep of its own (report it with '
+            f'--sweep={nested})', file=sys.stderr)
     export = None
     if args.export:
       from smsdd_jax import dataset_export  # pylint: disable=import-outside-toplevel
@@ -638,7 +705,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paths = figures.write_figures(args.sweep, args.out, runs, export=export)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   for path in paths:
     print(path)
   return 1 if unreadable else 0

@@ -68,7 +68,7 @@ def test_report_above_sweeps_names_them_in_one_line(tmp_path, capsys, with_root_
            sweep_meta={'variant': 'beta_a', 'seed': 0, 'args': []})
   if with_root_record:  # launch/sweep.py's own record of its arguments.
     (sweep / 'sweep.json').write_text(json.dumps({'configs': 'beta_a', 'quick': True}))
-  assert report.main([f'--sweep={tmp_path / "sweeps"}']) == 1
+  assert report.main([f'--sweep={tmp_path / "sweeps"}']) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err == [f'error: {tmp_path / "sweeps"} holds no run itself but 1 sweep(s): '
                  f'{sweep}; pass one of them as --sweep']

@@ -213,7 +213,7 @@ def test_export_command_line(crops_data, tmp_path, capsys):
   assert 'cli.npz: image_folder/none_stretch_rgb_tm1_' in capsys.readouterr().out
   assert dataset_export.load(out).meta['sha256'] == dataset_export.load(crops_data[1]).meta[
       'sha256']
-  assert dataset_export.main(['--data=image_folder', '--set=bogus=1']) == 1
+  assert dataset_export.main(['--data=image_folder', '--set=bogus=1']) == 2
   assert "config.data has no field 'bogus'" in capsys.readouterr().err
   assert os.path.basename(dataset_export.default_path(data)) == 'image_folder_110x230.npz'
 
