@@ -321,7 +321,9 @@ def run_identity(workdir: str) -> tuple[dict, str]:
 
 def differences(have: dict, want: dict) -> list[str]:
   """'field A vs B' for each field both record and that differs."""
-  return [f'{k} {have[k]} vs {want[k]}' for k in have
+  def short(key, value):  # A digest: its first 16 hex digits say enough.
+    return value[:16] if key in ('source fingerprint', 'sha256') else value
+  return [f'{k} {short(k, have[k])} vs {short(k, want[k])}' for k in have
           if k in want and have[k] and want[k] and have[k] != want[k]]
 
 
