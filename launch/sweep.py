@@ -41,9 +41,15 @@ both files when OUT/floors.json exists (or --floors=PATH names one);
 --run_floors computes OUT/floors.json (once, after the runs) with the sweep's
 data arguments, --kfold and data.* overrides.
 
+A run whose records cannot be read (a damaged OUT/<run>/sweep.json, eval.json,
+config.json) is named with the file, neither trained nor aggregated, and the
+others go on; fix or remove it and rerun. `python -m smsdd_jax.report
+--sweep=OUT` follows the same rule.
+
 Figures: python -m smsdd_jax.report --sweep=OUT. Exit status: 0 when every
-run finished, 1 when one failed (its log is named) or was left to the process
-training it, 2 for a usage error or an OUT in use.
+run finished, 1 when one failed (its log is named), was left to the process
+training it or could not be read (with --aggregate_only too), 2 for a usage
+error or an OUT in use.
 """
 from __future__ import annotations
 
@@ -204,14 +210,18 @@ def plan(args) -> list[dict]:
 def state_of(out: str, run: dict) -> str:
   """'finished', 'partial' (resume it), 'new', 'running' (a live process
   holds its lock: training it again at once would write every record twice),
-  or raises UsageError if the directory belongs to other arguments."""
+  or raises UsageError if the directory belongs to other arguments, ValueError
+  naming its sweep.json if that cannot be read (a damaged run)."""
   workdir = os.path.join(out, run['run'])
   meta_path = os.path.join(workdir, rundir.SWEEP)
   if not os.path.isdir(workdir) or not os.listdir(workdir):
     return 'new'
   if not os.path.isfile(meta_path):
     raise UsageError(f'{workdir} exists but was not made by this launcher (no sweep.json)')
-  recorded = rundir.read_json(meta_path, 'sweep record').get('args')
+  record = rundir.read_json(meta_path, 'sweep record')
+  if not isinstance(record, dict) or 'args' not in record:
+    raise ValueError(f'cannot read sweep record {meta_path}: no "args" entry')
+  recorded = record['args']
   if recorded != run['args']:
     raise UsageError(f'{workdir} was run with other arguments:\n  there: {recorded}\n'
                      f'  now:   {run["args"]}\nuse another --out (or remove it)')
@@ -308,10 +318,12 @@ def floors_path(out: str, given: Optional[str] = None) -> Optional[str]:
   return path if os.path.isfile(path) else None
 
 
-def aggregate(out: str, meta: dict, floors: Optional[str] = None) -> tuple[str, str, int]:
+def aggregate(out: str, meta: dict, floors: Optional[str] = None
+              ) -> tuple[str, str, int, list[str]]:
   """results.csv and results.md from every finished run in OUT (and the
-  floors JSON, if any). A run whose files cannot be read is named with the
-  reason, here and in results.md, and left out; the others are aggregated."""
+  floors JSON, if any), and the runs left out. A run whose files cannot be
+  read is named with the reason, here and in results.md, and left out; the
+  others are aggregated (the caller's exit status is then 1, as report's)."""
   unreadable = {}
   runs = report.load_runs(out, unreadable)
   for name, why in unreadable.items():
@@ -324,7 +336,7 @@ def aggregate(out: str, meta: dict, floors: Optional[str] = None) -> tuple[str, 
   text = report.markdown(table, meta, missing, floor_json,
                          report.relative_reasons(unreadable, out))
   rundir.write_text(md_path, text)
-  return csv_path, md_path, len(table)
+  return csv_path, md_path, len(table), sorted(unreadable)
 
 
 def floors_command(args, out: str) -> list[str]:
@@ -389,7 +401,13 @@ def _recorded_meta(out: str) -> dict:
   path = os.path.join(out, rundir.SWEEP)
   if not os.path.isfile(path):
     return {}
-  recorded = rundir.read_json(path, 'sweep record')
+  try:
+    recorded = rundir.read_json(path, 'sweep record')
+    if not isinstance(recorded, dict):
+      raise ValueError(f'cannot read sweep record {path}: not a JSON object')
+  except ValueError as e:
+    raise UsageError(f'{e}; rerun the launcher with the sweep\'s arguments to rewrite it, '
+                     'or remove it (the tables then name no arguments)') from None
   return {k: v for k, v in recorded.items() if k != 'argv'}
 
 
@@ -400,9 +418,10 @@ def main(argv=None) -> int:
     if args.aggregate_only:
       if not os.path.isdir(out):
         raise UsageError(f'{out} does not exist')
-      csv_path, md_path, n = aggregate(out, _recorded_meta(out), floors_path(out, args.floors))
+      csv_path, md_path, n, left_out = aggregate(out, _recorded_meta(out),
+                                                 floors_path(out, args.floors))
       _say(f'aggregated {n} rows: {csv_path}, {md_path}')
-      return 0
+      return _left_out(left_out)
     runs = plan(args)
     floors_path(out, args.floors)  # Refuses a missing --floors file before launching.
     if args.dry_run:
@@ -416,10 +435,25 @@ def main(argv=None) -> int:
     return 2
 
 
+def _left_out(names: list[str]) -> int:
+  """The exit status of an aggregation: 1 if a run was left out (named above)."""
+  if names:
+    _say(f'{len(names)} run(s) could not be read (named above): {", ".join(names)}; '
+         'fix or remove them and rerun')
+  return 1 if names else 0
+
+
 def _states(out: str, runs: list[dict]) -> dict:
-  """{run: state_of}, saying which runs are skipped. Raises UsageError,
-  before anything is launched, for a run directory made with other arguments."""
-  states = {r['run']: state_of(out, r) for r in runs}
+  """{run: state_of}, saying which runs are skipped ('damaged': its sweep.json
+  cannot be read, named here). Raises UsageError, before anything is
+  launched, for a run directory made with other arguments."""
+  states = {}
+  for r in runs:
+    try:
+      states[r['run']] = state_of(out, r)
+    except ValueError as e:
+      states[r['run']] = 'damaged'
+      _say(f'skip {r["run"]}: {e}; fix or remove {os.path.join(out, r["run"])} to rerun it')
   for name, state in states.items():
     workdir = os.path.join(out, name)
     if state == 'finished':
@@ -438,7 +472,7 @@ def dry_run(args, out: str, runs: list[dict]) -> int:
                       f'--workdir={os.path.join(out, r["run"])}']))
   if args.run_floors and not os.path.isfile(os.path.join(out, 'floors.json')):
     print(' '.join(floors_command(args, out)))
-  return 0
+  return 1 if 'damaged' in states.values() else 0
 
 
 def launch(args, out: str, runs: list[dict], argv) -> int:
@@ -447,10 +481,12 @@ def launch(args, out: str, runs: list[dict], argv) -> int:
   states = _states(out, runs)
   todo = [r for r in runs if states[r['run']] in ('new', 'partial')]
   busy = [name for name, state in states.items() if state == 'running']
+  damaged = [name for name, state in states.items() if state == 'damaged']
   rundir.write_json(os.path.join(out, 'sweep.json'),
                     {'argv': sys.argv[1:] if argv is None else list(argv), **_meta(args)})
-  _say(f'{len(runs)} runs, {len(runs) - len(todo) - len(busy)} finished, {len(todo)} to run '
-       f'with {args.workers} worker(s); logs in {out}/<run>/log.txt')
+  _say(f'{len(runs)} runs, {len(runs) - len(todo) - len(busy) - len(damaged)} finished, '
+       + (f'{len(damaged)} unreadable, ' if damaged else '')
+       + f'{len(todo)} to run with {args.workers} worker(s); logs in {out}/<run>/log.txt')
   env = child_env(args.workers)
   failed = []
   data_ready = threading.Event()
@@ -474,14 +510,15 @@ def launch(args, out: str, runs: list[dict], argv) -> int:
   pool.shutdown(wait=True)
   if args.run_floors and not run_floors(args, out, env):
     failed.append('floors')
-  csv_path, md_path, n = aggregate(out, _meta(args), floors_path(out, args.floors))
+  csv_path, md_path, n, left_out = aggregate(out, _meta(args), floors_path(out, args.floors))
   _say(f'results: {csv_path} ({n} rows), {md_path}')
+  unreadable = _left_out(left_out)
   if busy:
     _say(f'{len(busy)} run(s) left to the process training them: {", ".join(busy)}; '
          'rerun when they have ended')
   if failed:
     _say(f'{len(failed)} run(s) failed: {", ".join(failed)}; rerun to retry them')
-  return 1 if failed or busy else 0
+  return 1 if failed or busy or unreadable else 0
 
 
 if __name__ == '__main__':

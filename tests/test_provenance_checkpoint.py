@@ -210,3 +210,73 @@ def test_recheck_health_of_one_run_directory_checks_that_run(tmp_path):
   rc, out, err = _recheck([str(empty)])
   assert rc == 2 and err.startswith(f'error: {empty}: no run found') and '\n' == err[-1:], err
   assert len(err.strip().splitlines()) == 1 and 'checked' not in out
+
+
+# ------------------------------------------------------------------ damaged sweep records
+
+
+def _sweep_module():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('sweep', REPO / 'launch' / 'sweep.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _finished_sweep(out, sweep, argv):
+  """The runs sweep.py plans for `argv`, each left finished as train.py
+  leaves it (no training: config.json, eval.json and the run's sweep.json)."""
+  split = {k: 0.5 for k in ('accuracy', 'balanced_accuracy', 'auroc', 'escape_rate',
+                            'overkill_rate')}
+  split.update(tp=2, fp=1, tn=3, fn=2, num_examples=8, num_defective=4, num_good=4)
+  runs = sweep.plan(sweep.parser().parse_args(argv))
+  for run in runs:
+    workdir = out / run['run']
+    workdir.mkdir(parents=True)
+    (workdir / rundir.SWEEP).write_text(json.dumps(
+        {k: run[k] for k in ('variant', 'seed', 'fold', 'args')}))
+    (workdir / rundir.CONFIG).write_text(json.dumps({'config': {'loss': {'beta': 0.0}}}))
+    (workdir / rundir.EVAL).write_text(json.dumps(
+        {'step': 10, 'checkpoint': 'best', 'threshold_rule': 'best_f1', 'threshold': 0.5,
+         'val': split, 'test': split}))
+  return [r['run'] for r in runs]
+
+
+@pytest.mark.parametrize('damage', ['cut short', 'no variant'])
+def test_a_damaged_run_record_is_named_and_exits_1_in_sweep_as_in_report(tmp_path, capsys,
+                                                                        damage):
+  from smsdd_jax import report  # pylint: disable=import-outside-toplevel
+  sweep = _sweep_module()
+  out = tmp_path / 'sweep'
+  argv = [f'--out={out}', '--configs=beta_a,beta_c', '--seeds=0', '--quick',
+          f'--data_dir={tmp_path / "tfds"}']
+  names = _finished_sweep(out, sweep, argv)
+  record = out / names[1] / rundir.SWEEP
+  if damage == 'cut short':
+    record.write_text(record.read_text()[:20])
+  else:
+    meta = json.loads(record.read_text())
+    del meta['variant']
+    record.write_text(json.dumps(meta))
+  for command in (argv, [f'--out={out}', '--aggregate_only']):  # Full rerun, then tables.
+    assert sweep.main(command) == 1, command
+    said = capsys.readouterr().out
+    assert f'left out {names[1]}: ' in said and str(record) in said, said
+    assert f'1 run(s) could not be read (named above): {names[1]}' in said, said
+    assert 'Traceback' not in said
+  assert report.main([f'--sweep={out}', f'--out={tmp_path / "fig"}']) == 1
+  assert str(record) in capsys.readouterr().err
+  rows = report.read_csv(out / 'results.csv')
+  assert {r['run'] for r in rows} == {names[0]}
+
+
+def test_a_damaged_sweep_record_of_the_launcher_is_one_line(tmp_path, capsys):
+  sweep = _sweep_module()
+  out = tmp_path / 'sweep'
+  argv = [f'--out={out}', '--configs=beta_a', '--seeds=0', '--quick']
+  _finished_sweep(out, sweep, argv)
+  (out / rundir.SWEEP).write_text('{"configs": "beta_a", ')
+  assert sweep.main([f'--out={out}', '--aggregate_only']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: cannot read sweep record {out / rundir.SWEEP}: ') and \
+      len(err.strip().splitlines()) == 1, err

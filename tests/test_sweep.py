@@ -477,7 +477,7 @@ def _break_two_runs(hand_sweep):
 
 def test_aggregate_names_each_unreadable_run_and_tables_the_rest(hand_sweep, capsys):
   _break_two_runs(hand_sweep)
-  assert sweep.main([f'--out={hand_sweep}', '--aggregate_only']) == 0
+  assert sweep.main([f'--out={hand_sweep}', '--aggregate_only']) == 1  # As report's: exit 1.
   said = [line for line in capsys.readouterr().out.splitlines() if 'left out' in line]
   assert len(said) == 2, said
   assert 'left out beta_c_s0_f1: cannot read eval record' in said[0]
