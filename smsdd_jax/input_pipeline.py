@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -151,12 +152,47 @@ def prepare(data_config):
   if source not in SOURCES:
     raise ValueError(f'config.data.source={source!r}: expected one of {SOURCES}')
   if source == 'export':
-    return _numpy_pipeline().prepare(data_config)
+    export = _numpy_pipeline().prepare(data_config)
+    check_kfold(export, data_config)
+    return export
   load_tensorflow()
   from smsdd_jax import datasets  # pylint: disable=import-outside-toplevel
   builder = datasets.builder(data_config)
   check_image_size(builder, data_config)
+  check_kfold(builder, data_config)
   return builder
+
+
+def recorded_data(data: dict, builder) -> dict:
+  """config.data (a dict) as a run records it: on an export, the export's
+  builder_config and manual_dir where it leaves them empty."""
+  return _numpy_pipeline().recorded_data(data, builder) if _export(builder) else dict(data)
+
+
+def num_folds(builder) -> int:
+  """k of a build's fold_0 .. fold_{k-1} splits (0: it has none); the joined
+  k-fold training splits an export records ('fold_1+fold_2') do not count."""
+  names = builder.splits if _export(builder) else builder.info.splits.keys()
+  return sum(bool(re.fullmatch(r'fold_\d+', str(name))) for name in names)
+
+
+def check_kfold(builder, data_config) -> None:
+  """A build's folds are made once, for its own k (the builder's num_folds):
+  a run asking for another k would test and validate on some folds and
+  never use the rest (k=3 of 5 trains on fold_2 alone). Refused."""
+  kfold = data_config.kfold
+  if not kfold:
+    return
+  split_names(data_config)  # A fold outside [0, kfold) first: its own message.
+  k = num_folds(builder)
+  if k == kfold:
+    return
+  what = (data_config.export_path if _export(builder) else
+          f'{builder.name}/{builder.builder_config.name}')
+  has = f'{k} folds (fold_0..fold_{k - 1})' if k else 'no folds (no fold_0.. splits)'
+  way_out = (f'set --config.data.kfold={k} (and a fold in [0, {k}))' if k else
+             'set --config.data.kfold=0 (its train/validation/test splits)')
+  raise ValueError(f'config.data.kfold={kfold}, but the build {what} has {has}: {way_out}')
 
 
 def split_names(data_config) -> dict[str, str]:

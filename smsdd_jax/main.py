@@ -142,6 +142,7 @@ def parse_flags(argv):
   --help (or -h) exits 0 (absl's own help exits 1)."""
   end = argv.index('--') if '--' in argv else len(argv)
   argv = [argv[0]] + ['--help' if a == '-h' else a for a in argv[1:end]] + argv[end:]
+  _one_config_flag(argv[1:end])
   try:
     rest = FLAGS(argv)
     FLAGS.config.lock()  # Config files load lazily: force it here, errors included.
@@ -152,6 +153,20 @@ def parse_flags(argv):
     raise
   except Exception as e:  # pylint: disable=broad-except
     print(f'error: {_one_line_reason(e, argv)}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_config_flag(args) -> None:
+  """Two --config flags: absl takes the last one silently, or, with a
+  --config.KEY between them, says "defined twice" about the KEY. One line
+  instead (exit 2)."""
+  given = [arg if '=' in arg else f'{arg} {args[i + 1]}' for i, arg in enumerate(args)
+           if arg.startswith('-') and (arg.lstrip('-').startswith('config=') or (
+               arg.lstrip('-') == 'config' and i + 1 < len(args)))]
+  if len(given) > 1:
+    print(f'error: --config given {len(given)} times ({", ".join(given)}): only one '
+          '--config is allowed; set its keys with --config.KEY=VALUE, or its modes '
+          'with one argument, e.g. --config=configs/beta_c.py:quick,learn', file=sys.stderr)
     sys.exit(2)
 
 

@@ -29,6 +29,7 @@ trains on the current one.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Iterator
@@ -40,9 +41,35 @@ from smsdd_jax import input_pipeline
 
 GOOD, DEFECTIVE = input_pipeline.GOOD, input_pipeline.DEFECTIVE
 # config.data fields that change what the model sees: a run must ask for what
-# the export holds. (manual_dir, data_dir, builder_config say where a build
-# came from; the export records them.)
+# the export holds. (data_dir says only where the TFDS build lay.)
 _MATCHING = ('name', 'aspect', 'channels')
+# Where the build came from: a run on an export records the export's (its
+# config.json would otherwise name a build it never read), so a value set
+# must be the export's, and an empty one is filled in (recorded_data).
+_WHERE_FROM = ('builder_config', 'manual_dir')
+
+
+def _same_origin(field: str, value: str, export) -> bool:
+  """Whether config.data.<field>=value names what `export` was built from."""
+  built = export.meta['data'].get(field) or ''
+  if field == 'manual_dir':
+    source = ((export.info.metadata.get('card') or {}).get('source') or {}).get('root')
+    return any(os.path.realpath(value) == os.path.realpath(p)
+               for p in (built, source) if p)
+  # The export's own config name, or the named config it was derived from
+  # when the export was asked for the builder's default ('').
+  name = export.builder_config.name
+  return value in (built, name) or (not built and name.startswith(f'{value}_'))
+
+
+def recorded_data(data: dict, export) -> dict:
+  """config.data (a dict) as a run on `export` records it: builder_config
+  and manual_dir, where left empty, are the export's."""
+  data = dict(data)
+  for field in _WHERE_FROM:
+    if not data.get(field):
+      data[field] = export.meta['data'].get(field) or ''
+  return data
 
 
 def prepare(data_config) -> dataset_export.ExportedDataset:
@@ -58,6 +85,12 @@ def prepare(data_config) -> dataset_export.ExportedDataset:
     h, w = export.image_size
     raise ValueError(f'config.data.image_size={tuple(data_config.image_size)}: the export '
                      f'{data_config.export_path} holds {h}x{w} images')
+  for field in _WHERE_FROM:
+    value = data_config.get(field) or ''
+    if value and not _same_origin(field, value, export):
+      raise ValueError(f'config.data.{field}={value!r}, but {data_config.export_path} was '
+                       f'exported from {field}={built.get(field)!r}: leave it empty (the '
+                       "run then records the export's) or pass that build's export")
   threshold = data_config.get('near_dup_threshold')
   built_threshold = export.info.metadata.get('near_dup_threshold')
   if threshold is not None and built_threshold is not None and threshold != built_threshold:

@@ -2,7 +2,9 @@
 
 Every file of a workdir is named here, written through here and read back here:
 
-  config.json          {'config': ..., 'versions': ..., 'git_commit': ...} (train.write_run_info)
+  config.json          {'config': ..., 'versions': ..., 'git_commit': ...} (train.write_run_info);
+                       'resumed': [{'step', 'changed': {field: [was, now]}}] where a
+                       resume changed a field a resume may change (train._check_resume)
   data_stats.json      input normalisation {'mean', 'std', 'normalize', ...}
   preprocessing.json   what the build did to each file (preprocess.Spec), which build
   best.json            {'step', 'metric', 'value', 'tie_breakers'} of checkpoints_best/
@@ -362,6 +364,41 @@ def run_config(saved: dict):
                          f'{node!r}, not a group of fields')
     node.setdefault(key, value)
   return ml_collections.ConfigDict(config)
+
+
+def _flat(tree: dict, leaves: frozenset = frozenset(), prefix: str = '') -> dict:
+  """{'data.kfold': 5, ...}: every field of a nested config dict; a dict is
+  one field where it is empty or its path is in `leaves` (loss.extra: its
+  entries are the value, not fields)."""
+  out = {}
+  for key, value in tree.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, dict) and value and path not in leaves:
+      out.update(_flat(value, leaves, f'{path}.'))
+    else:
+      out[path] = value
+  return out
+
+
+def config_changes(saved: dict, now: dict, defaults: Optional[dict] = None
+                   ) -> dict[str, list]:
+  """{field: [saved value, value now]} of every config field that differs
+  between a run's saved config and `now` (plain dicts, as config.json holds
+  them). A field the saved config lacks had, when the run was made, its
+  FIELDS_ADDED value, else its value in `defaults` (configs/default.py's
+  config, as a dict), else None; a field
+  only the saved config has (no longer in the code) is not compared."""
+  plain = lambda tree: json.loads(json.dumps(tree, default=str))  # noqa: E731  Tuples as lists.
+  defaults = plain(defaults or {})
+  leaves = frozenset(k for k, v in _flat(defaults).items() if v == {})
+  was = _flat(plain(run_config(saved).to_dict()), leaves)
+  before = _flat(defaults, leaves)
+  changes = {}
+  for field, value in _flat(plain(now), leaves).items():
+    old = was.get(field, before.get(field))
+    if old != value:
+      changes[field] = [old, value]
+  return changes
 
 
 def read_stats(workdir: str, config: dict) -> tuple[dict, str]:

@@ -20,6 +20,7 @@ are null in the files, with the reason under "undefined".
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import signal
@@ -38,6 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smsdd_jax import checkpointing
+from smsdd_jax import dataset_export
 from smsdd_jax import health
 from smsdd_jax import input_pipeline
 from smsdd_jax import losses
@@ -65,6 +67,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuses a bad config before anything is built or compiled."""
+  _check_image_size(config.data.image_size)
   losses.validate(config.loss)
   models.feature_shape(config.data.image_size, config.model.width_mult)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps'):
@@ -87,6 +90,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config[field] % n:
       raise ValueError(f'config.{field}={config[field]} is not divisible by the '
                        f'{n} devices of the data mesh')
+
+
+def _check_image_size(size) -> None:
+  """(height, width), two whole numbers >= 1: ml_collections takes
+  --config.data.image_size=64x128 as ('64x128',)."""
+  try:
+    ok = len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                for v in size)
+  except TypeError:
+    ok = False
+  if not ok:
+    raise ValueError(f'config.data.image_size={size!r}: expected (height, width), two '
+                     'whole numbers >= 1, e.g. --config.data.image_size="(110,230)"')
 
 
 def make_mesh() -> Mesh:
@@ -148,8 +164,11 @@ def summarize(outputs: dict, threshold: float = 0.5) -> dict:
 # ------------------------------------------------------------------ the loop
 
 
-def write_run_info(config, workdir: str) -> None:
-  """config.json with the package versions and git commit beside it."""
+def write_run_info(config, workdir: str, record: dict | None = None,
+                   resumed: list | None = None) -> None:
+  """config.json with the package versions and git commit beside it.
+  record: the config as the run records it (Run.record; default the config
+  as given); resumed: the config changes made on resuming (Run.resumed)."""
   packages = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy',
               'tensorflow-cpu', 'tensorflow', 'tensorflow-datasets', 'ml-collections',
               'opencv-python-headless')
@@ -159,13 +178,15 @@ def write_run_info(config, workdir: str) -> None:
       versions[p] = metadata.version(p)
     except metadata.PackageNotFoundError:
       pass
-  info = {'config': config.to_dict(), 'versions': versions,
+  info = {'config': record or config.to_dict(), 'versions': versions,
           'python': sys.version.split()[0], 'git_commit': _git_commit(),
           'devices': [str(d) for d in jax.devices()],
           # Weights alone do not say which code ran: a term may come from a config file.
           'loss_terms': losses.describe(config.loss)}
   if config.model.init:  # The input convention the pretrained weights fixed.
     info['init_convention'] = pretrained.stats(config.model)['convention']
+  if resumed:  # From which step on each changed value of "config" holds.
+    info['resumed'] = resumed
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, rundir.CONFIG), info)
 
@@ -226,8 +247,16 @@ class Run:
     self.steps_per_epoch = input_pipeline.steps_per_epoch(info.num_examples,
                                                           config.batch_size)
     self.total_steps = self.steps_per_epoch * config.num_epochs
+    # What config.json records, and on a resume the checks that it may.
+    self.record = _recorded_config(config, self.builder)
+    taken = _steps_taken(workdir)
+    self.changes, self.earlier = _check_resume(workdir, self.record, taken,
+                                               self.steps_per_epoch)
+    preprocessing = _preprocessing_record(self.builder, self.record['data'])
+    _check_same_data(workdir, preprocessing, taken)
     self.stats = _data_stats(self.builder, config, workdir)
-    _save_preprocessing(self.builder, config.data, workdir)
+    if jax.process_index() == 0:
+      write_json(os.path.join(workdir, rundir.PREPROCESSING), preprocessing)
     mesh = make_mesh()
     self.data_sharding = NamedSharding(mesh, P('data'))
     self.replicated = NamedSharding(mesh, P())
@@ -237,6 +266,14 @@ class Run:
         os.path.join(workdir, rundir.CHECKPOINTS), max_to_keep=config.checkpoint.max_to_keep)
     self.best = checkpointing.BestCheckpoint(workdir, config.checkpoint)
     self.eval_fn = jax.jit(functools.partial(eval_step, model=self.model))
+
+  def resumed(self, step: int) -> list[dict]:
+    """config.json's "resumed": the earlier resumes' changes, and this one's
+    if it changed a field and resumes at `step` > 0 ({'step': from which
+    step the new values hold, 'changed': {field: [was, now]}})."""
+    if not step:  # Starts afresh (no usable checkpoint): the config is the run's.
+      return []
+    return self.earlier + ([{'step': step, 'changed': self.changes}] if self.changes else [])
 
   def initial_state(self) -> TrainState:
     state = create_train_state(self.config, self.model, self.tx)
@@ -276,17 +313,137 @@ def _check_eval_splits(builder, splits: dict, eval_config) -> None:
     logging.warning('%s: recall, escape rate, AUROC etc. will be undefined (null)', what)
 
 
-def _save_preprocessing(builder, data_config, workdir: str) -> None:
+def _preprocessing_record(builder, data: dict) -> dict:
   """preprocessing.json: how the build turned files into inputs (what
-  predict must do to a new file), and which build it was."""
+  predict must do to a new file), and which build it was (on an export,
+  also the export's sha256 and path). data: config.data as recorded."""
   md = builder.info.metadata or {}
   spec = md.get('preprocessing') or {'roi': 'hough'}  # Synthetic frames: screen search.
   card = md.get('card') or {}
-  if jax.process_index() == 0:
-    write_json(os.path.join(workdir, rundir.PREPROCESSING), {
-        **spec, 'dataset': f'{builder.name}/{builder.builder_config.name}',
-        'version': str(builder.version), 'manual_dir': data_config.manual_dir,
-        'source_fingerprint': card.get('source', {}).get('fingerprint', '')})
+  record = {**spec, 'dataset': f'{builder.name}/{builder.builder_config.name}',
+            'version': str(builder.version), 'manual_dir': data.get('manual_dir', ''),
+            'source_fingerprint': card.get('source', {}).get('fingerprint', '')}
+  if isinstance(builder, dataset_export.ExportedDataset):
+    record.update(export_sha256=builder.meta['sha256'],
+                  export_path=os.path.abspath(builder.path))
+  return record
+
+
+# preprocessing.json entries that say where the data lay, not what it was.
+_LOCATIONS = ('manual_dir', 'export_path')
+
+
+def _check_same_data(workdir: str, record: dict, taken: int) -> None:
+  """A resumed run (`taken` steps in checkpoints) must read the data its
+  steps were taken on: every entry of its preprocessing.json but the
+  locations (the build, its version, source fingerprint, preprocessing, the
+  export's sha256) must be what config.data reads now. An entry either side
+  lacks (a run older than it) is not compared."""
+  path = os.path.join(workdir, rundir.PREPROCESSING)
+  if not taken or not os.path.isfile(path):
+    return
+  old = rundir.read_json(path, 'preprocessing record')
+  if not isinstance(old, dict):
+    raise ValueError(f'{path}: not a preprocessing record; pass another --workdir')
+  plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  Tuples as lists.
+  diffs = [f'{key} {old[key]!r} vs {value!r}' for key, value in record.items()
+           if key not in _LOCATIONS and old.get(key) not in (None, '')
+           and value not in (None, '') and plain(old[key]) != plain(value)]
+  if diffs:
+    raise ValueError(
+        f'workdir {workdir} was trained ({taken} steps) on other data than config.data '
+        f'reads now: {"; ".join(diffs)} (its {rundir.PREPROCESSING} vs now): rerun with '
+        'the data it was trained on, or pass another --workdir')
+
+
+# Config fields a resume may change: each leaves what the steps already
+# taken computed, and what they mean, as it was. Any other change (loss,
+# optimiser, model, data, seed, batch, ...) is refused; num_epochs alone is
+# allowed under conditions (_check_resume). Every change is recorded in
+# config.json's "resumed" with the step from which it holds.
+_RESUME_FREE = frozenset({
+    'log_every_steps',  # How often train metrics are written.
+    'eval_batch_size',  # Eval batches are padded and masked: the same per-example outputs.
+    'checkpoint.every_steps', 'checkpoint.max_to_keep',  # Which states are kept.
+    'model.conv_impl',  # Speed only: every implementation computes the same function.
+    'data.cache',  # Memory only.
+    # Where the data lies; that it is the same data is checked (_check_same_data).
+    'data.data_dir', 'data.manual_dir', 'data.export_path',
+    # The final evaluation: redone whole after the last step, on the run's states.
+    'eval.threshold_rule', 'eval.max_escape_rate', 'eval.checkpoint',
+})
+
+
+def _steps_taken(workdir: str) -> int:
+  """The last step of any finished checkpoint in workdir (0: none)."""
+  return max(rundir.finished_steps(os.path.join(workdir, rundir.CHECKPOINTS)) +
+             rundir.finished_steps(os.path.join(workdir, rundir.CHECKPOINTS_BEST)),
+             default=0)
+
+
+def _default_config() -> dict | None:
+  """configs/default.py's config as a dict (the value of a field a saved
+  config predates), or None where configs/ cannot be imported."""
+  try:
+    from configs import default  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return default.get_config().to_dict()
+
+
+def _recorded_config(config, builder) -> dict:
+  """The config as config.json records it (input_pipeline.recorded_data)."""
+  record = config.to_dict()
+  record['data'] = input_pipeline.recorded_data(record['data'], builder)
+  return record
+
+
+def _check_resume(workdir: str, record: dict, taken: int, steps_per_epoch: int
+                  ) -> tuple[dict, list]:
+  """On a resume (`taken` steps in checkpoints), refuses a config that
+  changes what those steps meant (ValueError naming the fields). A longer
+  or shorter schedule (num_epochs) is allowed while it does not end before
+  the steps taken and the learning rate does not depend on the run's length
+  (schedule 'constant'): the resumed run is then the run a fresh one with
+  the new value would be. Returns (the changes, {field: [was, now]}; the
+  saved config.json's earlier "resumed" entries)."""
+  path = os.path.join(workdir, rundir.CONFIG)
+  if not taken or not os.path.isfile(path):
+    return {}, []
+  info = rundir.read_json(path, 'run config')
+  if not isinstance(info, dict) or not isinstance(info.get('config'), dict):
+    raise ValueError(f'run config {path} has no "config" entry; pass another --workdir')
+  saved = json.loads(json.dumps(info['config']))
+  if isinstance(saved.get('data'), dict) and saved['data'].get('source') == 'export':
+    # Fields a run before recorded_data left empty: the export's, as now.
+    saved['data'] = {**saved['data'], **{
+        k: v for k, v in record['data'].items()
+        if k in ('builder_config', 'manual_dir') and not saved['data'].get(k)}}
+  changes = rundir.config_changes(saved, record, _default_config())
+  refused = {k: v for k, v in changes.items() if k not in _RESUME_FREE | {'num_epochs'}}
+  where = f'workdir {workdir} holds a run trained {taken} steps'
+  way_out = 'rerun with the saved values, or pass another --workdir'
+  if refused:
+    fields = ', '.join(f'{k} {_shown(was)} -> {_shown(now)}'
+                       for k, (was, now) in refused.items())
+    raise ValueError(f'{where} with another config ({path}): {fields}; a resume must not '
+                     f'change what those steps meant: {way_out}')
+  if 'num_epochs' in changes:
+    was, now = changes['num_epochs']
+    schedule = record['optimizer']['schedule']
+    if schedule != 'constant':
+      raise ValueError(f'{where}: config.num_epochs {was} -> {now}: with '
+                       f'optimizer.schedule={schedule!r} the learning rate of those steps '
+                       f"depends on the run's length: {way_out}")
+    if now * steps_per_epoch < taken:
+      raise ValueError(f'{where}: config.num_epochs {was} -> {now} ends at step '
+                       f'{now * steps_per_epoch}, before them: {way_out}')
+  earlier = info.get('resumed')
+  return changes, list(earlier) if isinstance(earlier, list) else []
+
+
+def _shown(value) -> str:
+  return 'unset' if value is None else repr(value)
 
 
 def _data_stats(builder, config, workdir: str) -> dict:
@@ -327,7 +484,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run = Run(config, workdir)
     try:
       state = run.initial_state()  # Refuses a mismatching checkpoint first...
-      write_run_info(config, workdir)  # ...so config.json still describes it.
+      # ...so config.json still describes it.
+      write_run_info(config, workdir, run.record, run.resumed(int(state.step)))
       logging.info('train split: %s; %d steps/epoch, %d steps; params %d; start at %d',
                    run.train_info, run.steps_per_epoch, run.total_steps,
                    models.count_params(state.params), int(state.step))
