@@ -7,11 +7,15 @@
   python -m smsdd_jax.benchmark --only=layers --impls=custom,xla --steps=5
   python -m smsdd_jax.benchmark --only=runtimes --impls=xla,custom --cores=1
   python -m smsdd_jax.benchmark --only=maps --width_mult=0.0625 --cores=1
+  python -m smsdd_jax.benchmark --pairs=8 --dtype=bfloat16 --compare-torch=PATH/torch_siamese_vgg.py
 
 Times are medians of `--steps` repeated runs after a warm-up (compile) run.
 `--compare-torch` runs the PyTorch twin of the step in the same invocation
 (same model, loss, optimiser; it needs `pip install torch==2.13.0`) and prints
-the ratio; with inference it times the twin's forward of one image on the
+the ratio; with `--dtype=bfloat16` the train step runs in bfloat16 (float32
+master weights; oneDNN's bfloat16 kernels where the CPU has them, the line
+printed says which path ran) beside the same step in float32, and the twin
+under torch.autocast('cpu', torch.bfloat16); with inference it times the twin's forward of one image on the
 same cores (the reference for the forward stage). The last line printed is
 one JSON object (`pairs_per_s` is the train step at the first --pairs value)
 for scripts.
@@ -133,10 +137,12 @@ TORCH_WARMUP = 2
 
 
 def bench_torch(script: str, pairs: int, steps: int, width_mult: float,
-                env: dict | None = None) -> dict:
+                env: dict | None = None, bf16: bool = False) -> dict:
+  """The twin's step; bf16: under torch.autocast('cpu', torch.bfloat16)."""
   return _last_json_line([sys.executable, script, '--pairs', str(pairs), '--steps',
                           str(steps), '--width-mult', str(width_mult),
-                          '--warmup', str(TORCH_WARMUP)], 'torch twin', env)
+                          '--warmup', str(TORCH_WARMUP)] + (['--bf16'] if bf16 else []),
+                         'torch twin', env)
 
 
 def _last_json_line(cmd: list[str], what: str, env: dict | None = None) -> dict:
@@ -363,16 +369,21 @@ def side_by_side_table(results: dict, impls: list[str], torch: bool) -> str:
                              'the ratio is JAX pairs/s over PyTorch\'s in the same round)')
 
 
-def _interleaved(args, impls: list[str], pairs: int) -> dict:
-  """speed_ab.interleaved_train of `impls` (compiled first) and the twin."""
+def _interleaved(args, impls: list[str], pairs: int, baselines: dict | None = None) -> dict:
+  """speed_ab.interleaved_train of `impls` (compiled first) and the twin
+  (autocast to bfloat16 when --dtype is); baselines: more variants, label ->
+  (impl, dtype), in the same rounds."""
   from smsdd_jax import speed_ab  # pylint: disable=import-outside-toplevel
+  variants = {impl: (impl, args.dtype) for impl in impls} | (baselines or {})
   runners = {}
-  for impl in impls:
-    runners[impl], _ = make_train_runner(pairs, args.width_mult, args.dtype, impl)
-    runners[impl]()  # Compile before any timing.
+  for label, (impl, dtype) in variants.items():
+    runners[label], _ = make_train_runner(pairs, args.width_mult, dtype, impl)
+    runners[label]()  # Compile before any timing.
   torch_step = None
   if args.compare_torch:
-    torch_step = lambda n: bench_torch(args.compare_torch, pairs, n, args.width_mult)['step_s']
+    bf16 = args.dtype == 'bfloat16'
+    torch_step = lambda n: bench_torch(args.compare_torch, pairs, n, args.width_mult,
+                                       bf16=bf16)['step_s']
   return speed_ab.interleaved_train(runners, pairs, args.rounds, args.steps, torch_step)
 
 
@@ -383,19 +394,50 @@ def run_train(args, summary: dict) -> None:
   from smsdd_jax import models  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   impl = models.resolve_conv_impl(args.conv_impl or default.get_config().model.conv_impl)
+  # bfloat16 is measured against the same step in float32, in the same rounds
+  # (what it is for: a faster step than float32's).
+  base = f'{impl} float32'
+  baselines = {base: (impl, 'float32')} if args.dtype != 'float32' else {}
   results = {}
   for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
-    r = results[pairs] = _interleaved(args, [impl], pairs)
+    r = results[pairs] = _interleaved(args, [impl], pairs, baselines)
     v = r['variants'][impl]
     out = step_record(pairs, v['step_s'], args.width_mult, args.dtype, impl)
     if 'torch' in r:
       out.update(torch_pairs_per_s=r['torch']['pairs_per_s'],
                  ratio_vs_torch=v['ratio_vs_torch'], ratio_range=v['ratio_range'])
+      if args.dtype == 'bfloat16':
+        out['torch_autocast'] = 'bfloat16'
+    if baselines:
+      out.update(float32_pairs_per_s=r['variants'][base]['pairs_per_s'],
+                 speedup_vs_float32=round(r['variants'][base]['step_s'] / v['step_s'], 3))
     summary[f'train_{pairs}'] = out
     if i == 0:
       summary['pairs_per_s'] = out['pairs_per_s']
-  print(side_by_side_table(results, [impl], bool(args.compare_torch)), flush=True)
+  print(side_by_side_table(results, [impl, *baselines], bool(args.compare_torch)), flush=True)
+  if args.dtype == 'bfloat16':
+    summary['bf16_path'] = bf16_path(impl)
+    print(f"bfloat16 step: {summary['bf16_path']}", flush=True)
   summary['peak_rss_mib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def bf16_path(impl: str) -> str:
+  """One line: which path the bfloat16 step's convolutions ran, with
+  oneDNN's implementation names of the kernels that ran (as the plans
+  record them, e.g. 'fwd_bias_relu_bf16 brgconv:avx512_core_bf16')."""
+  from smsdd_jax import onednn  # pylint: disable=import-outside-toplevel
+  if impl != 'onednn_fused':
+    return f"conv_impl {impl}: XLA:CPU bfloat16 (oneDNN's bfloat16 kernels are 'onednn_fused' only)"
+  native, why = onednn.native_bf16()
+  if not native:
+    return f'XLA:CPU bfloat16, not oneDNN ({why})'
+  impls: dict = {}
+  for line in onednn.plans():
+    op, *_, name = line.removesuffix(' (weights reordered)').split()
+    if op in onednn.BF16_OPS:
+      impls.setdefault(op, set()).add(name)
+  kernels = '; '.join(f"{op} {', '.join(sorted(names))}" for op, names in impls.items())
+  return f'oneDNN bfloat16 ({why}): {kernels}'
 
 
 def run_ab(args, summary: dict) -> None:

@@ -207,6 +207,10 @@ class ConvBiasReLU(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
     if self.packed:  # Computed in the packed kernel's own dtype.
       return onednn.packed_conv3x3_bias_relu(x, kernel, bias)
+    if self.impl is onednn.conv3x3_bias_relu:
+      # The float32 master weights go in as they are: its bfloat16 kernels cast
+      # them in the reorder they run anyway and return float32 gradients.
+      return self.impl(x, kernel, bias)
     return self.impl(x, kernel.astype(self.dtype), bias.astype(self.dtype))
 
 

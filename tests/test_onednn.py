@@ -202,7 +202,8 @@ def test_pack_kernel_is_none_where_it_cannot(monkeypatch):
 def test_stats_count_calls_and_time():
   x, w, ct = _inputs((2, 5, 7, 8, 16))
   onednn.stats(reset=True)
-  _value_and_grads(onednn.conv3x3, x, w, ct)
+  # Waited for: jit dispatches asynchronously, and stats() may otherwise read first.
+  jax.block_until_ready(_value_and_grads(onednn.conv3x3, x, w, ct))
   rows = {r['op']: r for r in onednn.stats(reset=True) if r['shape'] == (2, 5, 7, 8, 16)}
   assert set(rows) == {'fwd', 'bwd_data', 'bwd_weights'}, rows
   assert all(r['calls'] == 1 and r['conv_ms'] > 0 and r['reorder_ms'] >= 0

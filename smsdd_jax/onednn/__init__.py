@@ -15,6 +15,15 @@ Where the library was not built or cannot load, `available()` is False,
 Limits: NHWC activations, HWIO weights, float32, CPU; no vmap (the FFI
 calls use jax.ffi's default vmap_method=None, so vmap raises); inputs
 sharded over several devices take the pure-JAX path.
+
+bfloat16 training (opt-in: config.model.dtype='bfloat16' with the fused
+path): `conv3x3_bias_relu` of bfloat16 x and float32 (master) w, b runs
+oneDNN's bfloat16 kernels where the CPU multiplies bfloat16 natively
+(AVX512-BF16 or AMX: `native_bf16()`), with float32 accumulation and float32
+gradients of w and b; XLA:CPU's own bfloat16 convs are slower than its
+float32 ones here (docs/performance.md). Elsewhere it logs one line saying so
+and runs the pure-JAX conv in bfloat16 (slow). The step's trace logs the
+kernels oneDNN picked (`bf16_kernels()`).
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from smsdd_jax import conv
 
 __all__ = ['available', 'reason', 'load_library', 'conv3x3', 'conv3x3_bias_relu',
            'conv_general_dilated', 'pack_kernel', 'packed_conv3x3_bias_relu', 'plans',
-           'stats']
+           'stats', 'native_bf16', 'bf16_kernels']
 
 LIB_ENV = 'SMSDD_ONEDNN_LIB'  # Overrides the built library's path (tests, experiments).
 RUNTIME_DIST = 'onednn-cpu-gomp'  # The pip package that ships libdnnl.so.3.
@@ -45,7 +54,17 @@ TARGETS = {  # FFI target name -> the symbol in conv_ffi.cc.
     'smsdd_onednn_conv3x3_bwd_weights_bias': 'OnednnConv3x3BwdWeightsBias',
     'smsdd_onednn_conv3x3_packed_bias_relu_fwd': 'OnednnConv3x3PackedBiasReluFwd',
     'smsdd_onednn_conv3x3_packed_bias_relu_fwd_bf16': 'OnednnConv3x3PackedBiasReluFwdBf16',
+    'smsdd_onednn_conv3x3_bias_relu_fwd_bf16': 'OnednnConv3x3BiasReluFwdBf16',
+    'smsdd_onednn_conv3x3_bwd_data_bf16': 'OnednnConv3x3BwdDataBf16',
+    'smsdd_onednn_conv3x3_bwd_weights_bias_bf16': 'OnednnConv3x3BwdWeightsBiasBf16',
 }
+# oneDNN's instruction sets with bfloat16 dot products (AVX512-BF16, and the
+# AMX ones, whose CPUs have it too): where bfloat16 convs beat float32 ones.
+# Below them oneDNN still computes bfloat16, emulated, slower than float32.
+BF16_ISAS = ('avx512_core_bf16', 'avx512_core_fp16', 'avx512_core_amx', 'avx512_core_amx_fp16')
+BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo's names for the same.
+# The bfloat16 training primitives, as conv_ffi.cc's kOpNames.
+BF16_OPS = ('fwd_bias_relu_bf16', 'bwd_data_bf16', 'bwd_weights_bias_bf16')
 _log = logging.getLogger(__name__)
 _state: dict = {}  # 'lib' and 'reason' once loaded; 'warned' once logged.
 
@@ -102,6 +121,10 @@ def load_library(path: str | os.PathLike | None = None):
   lib.SmsddOnednnStats.restype = ctypes.c_char_p
   lib.SmsddOnednnStats.argtypes = [ctypes.c_int]
   lib.SmsddOnednnPack.restype = ctypes.c_char_p
+  if hasattr(lib, 'SmsddOnednnIsa'):  # A library built before bfloat16 training lacks them.
+    lib.SmsddOnednnIsa.restype = ctypes.c_char_p
+    lib.SmsddOnednnPlanImpl.restype = ctypes.c_char_p
+    lib.SmsddOnednnPlanImpl.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 5
   lib.SmsddOnednnPack.argtypes = ([ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 2
                                   + [ctypes.c_int64])
   error = lib.SmsddOnednnInit().decode()
@@ -124,8 +147,9 @@ def _load_once():
     lib, why = load_library()
     if lib is not None:
       for name, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform='cpu')
+        if hasattr(lib, symbol):  # native_bf16() says so where the bf16 ones are missing.
+          jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                      platform='cpu')
     _state.update(lib=lib, reason=why)
   return _state['lib']
 
@@ -244,16 +268,122 @@ _bias_relu.defvjp(_bias_relu_fwd, _bias_relu_bwd)
 def conv3x3_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   """relu(conv3x3(x, w) + b) as one oneDNN primitive (bias and ReLU as its
   post-ops; the bias gradient inside the weight-gradient kernel); float32
-  x (N, H, W, C), w (3, 3, C, K), b (K,). Where oneDNN cannot take it (the
-  library missing, another dtype, a batch sharded over devices) it is
-  `smsdd_jax.conv.conv3x3_bias_relu`, the same values in pure JAX."""
-  fits = (x.ndim == 4 and all(a.dtype == jnp.float32 for a in (x, w, b))
-          and not any(size > 1 for size in conv._batch_axes(x).values()))
+  x (N, H, W, C), w (3, 3, C, K), b (K,). Computed in x's dtype: bfloat16
+  x with float32 (master) w and b runs the bfloat16 kernels where the CPU
+  has native bfloat16 (`native_bf16`; float32 gradients of w and b), else
+  logs once why not and runs the pure-JAX conv in bfloat16. Where oneDNN
+  cannot take it (the library missing, another dtype, a batch sharded over
+  devices) it is `smsdd_jax.conv.conv3x3_bias_relu`, the same values in
+  pure JAX."""
+  one_device = not any(size > 1 for size in conv._batch_axes(x).values())
+  if x.ndim == 4 and x.dtype == jnp.bfloat16 and one_device:
+    native, why = native_bf16()
+    if native:
+      _note_bf16_kernels(x, w)
+      return _bias_relu_bf16(x, w.astype(jnp.float32), b.astype(jnp.float32))
+    _warn_bf16_once(why)
+    return conv.conv3x3_bias_relu(x, w.astype(x.dtype), b.astype(x.dtype))
+  fits = (x.ndim == 4 and all(a.dtype == jnp.float32 for a in (x, w, b)) and one_device)
   if fits and available():
     return _bias_relu(x, w, b)
   if fits:
     _warn_fallback_once()
-  return conv.conv3x3_bias_relu(x, w, b)
+  return conv.conv3x3_bias_relu(x, w.astype(x.dtype), b.astype(x.dtype))
+
+
+def _cpu_flags() -> set[str]:
+  try:
+    with open('/proc/cpuinfo', encoding='ascii', errors='replace') as f:
+      for line in f:
+        if line.startswith('flags'):
+          return set(line.split(':', 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def native_bf16() -> tuple[bool, str]:
+  """(whether bfloat16 training runs oneDNN's bfloat16 kernels here, one
+  line saying why or why not). Both the CPU's flags (avx512_bf16 / amx_bf16)
+  and oneDNN's effective ISA (the CPU's, capped by ONEDNN_MAX_CPU_ISA) must
+  have native bfloat16 dot products: without them oneDNN emulates bfloat16,
+  slower than its float32."""
+  if 'bf16' not in _state:
+    lib = _load_once()
+    if not available():
+      _state['bf16'] = (False, f'oneDNN unavailable ({reason()})')
+    elif not hasattr(lib, 'SmsddOnednnIsa') or not hasattr(lib, TARGETS[_BF16_FWD]):
+      _state['bf16'] = (False, 'the oneDNN conv library predates bfloat16 training: '
+                        "reinstall (pip install -e '.[test]') to rebuild it")
+    else:
+      isa = lib.SmsddOnednnIsa().decode()
+      flags = sorted(_cpu_flags() & set(BF16_CPU_FLAGS))
+      ok = isa in BF16_ISAS and bool(flags)
+      cpu = f"CPU flags {'+'.join(flags)}" if flags else 'no avx512_bf16/amx_bf16 CPU flag'
+      _state['bf16'] = (ok, f'oneDNN ISA {isa}, {cpu}')
+  return _state['bf16']
+
+
+def bf16_kernels(shape) -> dict[str, str]:
+  """{op: oneDNN implementation} of the bfloat16 training primitives for x
+  of shape (n, h, w, c) and k output channels (shape = (n, h, w, c, k)),
+  building them if needed (they are cached for the run), e.g.
+  {'fwd_bias_relu_bf16': 'brgconv:avx512_core_bf16', ...}."""
+  lib = _load_once()
+  if lib is None or not hasattr(lib, 'SmsddOnednnPlanImpl'):
+    return {}
+  return {op: lib.SmsddOnednnPlanImpl(op.encode(), *(int(v) for v in shape)).decode()
+          for op in BF16_OPS}
+
+
+def _note_bf16_kernels(x, w) -> None:
+  """Logs (once per new combination, while the step is traced) which oneDNN
+  kernels the bfloat16 step runs: the record of which path ran."""
+  impls = bf16_kernels((*x.shape, w.shape[3]))
+  seen = _state.setdefault('bf16_impls', {})
+  new = {op: impl for op, impl in impls.items() if impl not in seen.setdefault(op, set())}
+  for op, impl in new.items():
+    seen[op].add(impl)
+  if new:
+    _log.info('bfloat16 training through oneDNN (%s): %s', native_bf16()[1],
+              ', '.join(f'{op} {impl}' for op, impl in impls.items()))
+
+
+_BF16_FWD = 'smsdd_onednn_conv3x3_bias_relu_fwd_bf16'
+
+
+def _bias_relu_bf16_call(x, w, b):
+  y = _ffi(_BF16_FWD, (*x.shape[:3], w.shape[3]), x, w, b, dtype=jnp.bfloat16)
+  return _with_batch_sharding(y, x)
+
+
+@jax.custom_vjp
+def _bias_relu_bf16(x, w, b):
+  return _bias_relu_bf16_call(x, w, b)
+
+
+def _bias_relu_bf16_fwd(x, w, b):
+  y = _bias_relu_bf16_call(x, w, b)
+  return y, (x, w, y)
+
+
+def _bias_relu_bf16_bwd(res, dy):
+  x, w, y = res
+  g = conv.relu_backward(y, dy.astype(jnp.bfloat16))
+  dx = _ffi('smsdd_onednn_conv3x3_bwd_data_bf16', x.shape, g, w, dtype=jnp.bfloat16)
+  # Float32 out of the kernel: the master weights' gradients, never rounded to bfloat16.
+  dw, db = _ffi('smsdd_onednn_conv3x3_bwd_weights_bias_bf16', [w.shape, w.shape[3:]], x, g)
+  return _with_batch_sharding(dx, x), dw, db
+
+
+_bias_relu_bf16.defvjp(_bias_relu_bf16_fwd, _bias_relu_bf16_bwd)
+
+
+def _warn_bf16_once(why: str):
+  if not _state.get('warned_bf16'):
+    _state['warned_bf16'] = True
+    _log.warning('bfloat16 training: not through oneDNN (%s); its convs run in XLA:CPU '
+                 'bfloat16 instead, slower than float32 here', why)
 
 
 def pack_kernel(kernel, h: int, w: int, dtype='float32'):
@@ -320,4 +450,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if available():
       return conv3x3(lhs, rhs)
     _warn_fallback_once()
+  elif lhs.dtype == jnp.bfloat16 and conv._is_3x3_same(rhs, *args[2:9]):
+    _warn_bf16_once("only conv_impl 'onednn_fused' without batch norm has oneDNN's bfloat16 "
+                    'training kernels')
   return conv.conv_general_dilated(*args)

@@ -8,6 +8,10 @@
 //   OnednnConv3x3BwdData         dx = conv_backward_data(dy, w)
 //   OnednnConv3x3BwdWeights      dw = conv_backward_weights(x, dy)
 //   OnednnConv3x3BwdWeightsBias  dw, db = the same, and sum(dy) over n, h, w
+//   OnednnConv3x3BiasReluFwdBf16, OnednnConv3x3BwdDataBf16,
+//   OnednnConv3x3BwdWeightsBiasBf16: the fused path's three in bfloat16 for
+//                                training (float32 master weights in, float32
+//                                dw and db out; see kFwdBiasReluBf16)
 //
 // Why it is built this way:
 //  * Creating a oneDNN primitive (descriptor dispatch + JIT code generation)
@@ -60,21 +64,44 @@ using Clock = std::chrono::steady_clock;
 // scoring: a batch-1 forward spent ~12% of its time reordering them.
 // kPackedFwdBiasReluBf16 is the same in bfloat16 (activations and weights;
 // float32 bias and accumulation): AVX512-BF16 doubles the multiply rate.
+// kFwdBiasReluBf16, kBwdDataBf16 and kBwdWeightsBiasBf16 are the fused
+// training path's three in bfloat16 (activations, dy, dx and the weights
+// inside the kernel; float32 accumulation), for bfloat16 training with
+// float32 master weights: the weights come in as float32 HWIO and are cast by
+// the reorder into oneDNN's layout that runs anyway (no separate cast pass),
+// and dw, db come out in float32, accumulated there, so neither the optimizer
+// nor the master weights ever see a bfloat16 rounding of a gradient.
 enum class Op {
   kFwd = 0, kBwdData = 1, kBwdWeights = 2, kFwdBiasRelu = 3, kBwdWeightsBias = 4,
-  kPackedFwdBiasRelu = 5, kPackedFwdBiasReluBf16 = 6
+  kPackedFwdBiasRelu = 5, kPackedFwdBiasReluBf16 = 6, kFwdBiasReluBf16 = 7,
+  kBwdDataBf16 = 8, kBwdWeightsBiasBf16 = 9
 };
 const char* const kOpNames[] = {"fwd", "bwd_data", "bwd_weights", "fwd_bias_relu",
                                 "bwd_weights_bias", "packed_fwd_bias_relu",
-                                "packed_fwd_bias_relu_bf16"};
+                                "packed_fwd_bias_relu_bf16", "fwd_bias_relu_bf16",
+                                "bwd_data_bf16", "bwd_weights_bias_bf16"};
+constexpr int kNumOps = sizeof(kOpNames) / sizeof(kOpNames[0]);
 
 bool IsPacked(Op op) { return op == Op::kPackedFwdBiasRelu || op == Op::kPackedFwdBiasReluBf16; }
-bool IsFwd(Op op) { return op == Op::kFwd || op == Op::kFwdBiasRelu || IsPacked(op); }
-bool IsBwdWeights(Op op) { return op == Op::kBwdWeights || op == Op::kBwdWeightsBias; }
-bool HasBias(Op op) {
-  return op == Op::kFwdBiasRelu || op == Op::kBwdWeightsBias || IsPacked(op);
+bool IsFwd(Op op) {
+  return op == Op::kFwd || op == Op::kFwdBiasRelu || op == Op::kFwdBiasReluBf16 || IsPacked(op);
 }
-Dt DataType(Op op) { return op == Op::kPackedFwdBiasReluBf16 ? Dt::bf16 : Dt::f32; }
+bool IsBwdData(Op op) { return op == Op::kBwdData || op == Op::kBwdDataBf16; }
+bool IsBwdWeights(Op op) {
+  return op == Op::kBwdWeights || op == Op::kBwdWeightsBias || op == Op::kBwdWeightsBiasBf16;
+}
+bool HasBias(Op op) {
+  return op == Op::kFwdBiasRelu || op == Op::kBwdWeightsBias || IsPacked(op) ||
+         op == Op::kFwdBiasReluBf16 || op == Op::kBwdWeightsBiasBf16;
+}
+// The activations' (and, but for the weight gradient, the weights') type
+// inside the kernel.
+Dt DataType(Op op) {
+  return op == Op::kPackedFwdBiasReluBf16 || op == Op::kFwdBiasReluBf16 ||
+                 op == Op::kBwdDataBf16 || op == Op::kBwdWeightsBiasBf16
+             ? Dt::bf16
+             : Dt::f32;
+}
 
 // x is (n, h, w, c); the weights are (3, 3, c, k); y is (n, h, w, k).
 struct Shape {
@@ -167,8 +194,8 @@ dnnl::convolution_forward::primitive_desc FwdPd(
     return {eng, prop, algo, Act(s.n, s.h, s.w, s.c, dt), w, Bias(s),
             Act(s.n, s.h, s.w, s.k, dt), kStrides, kPad, kPad, Attr(true)};
   }
-  return {eng, prop, algo, Act(s.n, s.h, s.w, s.c), w,
-          Act(s.n, s.h, s.w, s.k), kStrides, kPad, kPad, Attr()};
+  return {eng, prop, algo, Act(s.n, s.h, s.w, s.c, dt), w,
+          Act(s.n, s.h, s.w, s.k, dt), kStrides, kPad, kPad, Attr()};
 }
 
 // The layout packed weights are kept in: what the batch-1 inference
@@ -199,30 +226,33 @@ void Finish(Plan& p, dnnl::primitive conv, const dnnl::primitive_desc_base& pd,
 
 std::unique_ptr<Plan> MakePlan(Op op, const Shape& s, const dnnl::engine& eng) {
   auto p = std::make_unique<Plan>();
+  // Float32 HWIO for every op but the packed ones: in bfloat16 training too
+  // (the master weights; the reorder to conv_w casts them).
   p->user_w = Weights(s, Tag::hwio);
   p->bias = Bias(s);
-  memory::desc x = Act(s.n, s.h, s.w, s.c), y = Act(s.n, s.h, s.w, s.k);
+  Dt dt = DataType(op);
+  memory::desc x = Act(s.n, s.h, s.w, s.c, dt), y = Act(s.n, s.h, s.w, s.k, dt);
   const auto algo = dnnl::algorithm::convolution_direct;
   if (IsPacked(op)) {
-    Dt dt = DataType(op);
     auto fwd = FwdPd(eng, s, true, dnnl::prop_kind::forward_inference,
                      PackedWeights(eng, s, dt), dt);
-    p->act_in = Act(s.n, s.h, s.w, s.c, dt), p->act_out = Act(s.n, s.h, s.w, s.k, dt);
+    p->act_in = x, p->act_out = y;
     p->user_w = fwd.weights_desc();  // The caller's buffer is already in it: no reorder.
     Finish(*p, dnnl::convolution_forward(fwd), fwd, fwd.weights_desc(), false, eng);
   } else if (IsFwd(op)) {
-    auto fwd = FwdPd(eng, s, HasBias(op));
+    auto fwd = FwdPd(eng, s, HasBias(op), dnnl::prop_kind::forward_training, memory::desc(), dt);
     p->act_in = x, p->act_out = y;
     Finish(*p, dnnl::convolution_forward(fwd), fwd, fwd.weights_desc(), false, eng);
-  } else if (op == Op::kBwdData) {
+  } else if (IsBwdData(op)) {
     p->act_in = y, p->act_out = x;
     dnnl::convolution_backward_data::primitive_desc pd(
-        eng, algo, x, Weights(s, Tag::any), y, kStrides, kPad, kPad, FwdPd(eng, s, false),
-        Attr());
+        eng, algo, x, Weights(s, Tag::any, dt), y, kStrides, kPad, kPad,
+        FwdPd(eng, s, false, dnnl::prop_kind::forward_training, memory::desc(), dt), Attr());
     Finish(*p, dnnl::convolution_backward_data(pd), pd, pd.weights_desc(), false, eng);
   } else {
     p->act_in = x, p->act_out = y;  // Both inputs here: x and dy.
-    auto hint = FwdPd(eng, s, HasBias(op));
+    // The gradients stay float32 (Weights', Bias' default) whatever dt is.
+    auto hint = FwdPd(eng, s, HasBias(op), dnnl::prop_kind::forward_training, memory::desc(), dt);
     auto pd = HasBias(op)
         ? dnnl::convolution_backward_weights::primitive_desc(
               eng, algo, x, Weights(s, Tag::any), Bias(s), y, kStrides, kPad, kPad, hint,
@@ -386,6 +416,35 @@ ffi::Error PackedFwdBiasReluBf16(BF16Act x, BF16Act w, F32Vec b, OutBF16Act y) {
               {{y->untyped_data(), y->size_bytes()}});
 }
 
+// The bfloat16 training three: activations bf16, weights float32 HWIO,
+// gradients of the weights and bias float32.
+ffi::Error FwdBiasReluBf16(BF16Act x, F32 w, F32Vec b, OutBF16Act y) {
+  auto d = x.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], w.dimensions()[3]};
+  bool ok = Dims(w, 3, 3, s.c, s.k) && Dims(b, s.k) && Dims(*y, s.n, s.h, s.w, s.k);
+  return Call(Op::kFwdBiasReluBf16, s, ok,
+              {x.untyped_data(), w.typed_data(), b.typed_data(), y->untyped_data(), nullptr},
+              {{y->untyped_data(), y->size_bytes()}});
+}
+
+ffi::Error BwdDataBf16(BF16Act dy, F32 w, OutBF16Act dx) {
+  auto d = dy.dimensions();
+  Shape s{d[0], d[1], d[2], w.dimensions()[2], d[3]};
+  bool ok = Dims(w, 3, 3, s.c, s.k) && Dims(*dx, s.n, s.h, s.w, s.c);
+  return Call(Op::kBwdDataBf16, s, ok,
+              {dy.untyped_data(), w.typed_data(), nullptr, dx->untyped_data(), nullptr},
+              {{dx->untyped_data(), dx->size_bytes()}});
+}
+
+ffi::Error BwdWeightsBiasBf16(BF16Act x, BF16Act dy, OutF32 dw, OutF32Vec db) {
+  auto d = x.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], dy.dimensions()[3]};
+  bool ok = Dims(dy, s.n, s.h, s.w, s.k) && Dims(*dw, 3, 3, s.c, s.k) && Dims(*db, s.k);
+  return Call(Op::kBwdWeightsBiasBf16, s, ok,
+              {x.untyped_data(), dy.untyped_data(), nullptr, dw->typed_data(), db->typed_data()},
+              {{dw->untyped_data(), dw->size_bytes()}, {db->untyped_data(), db->size_bytes()}});
+}
+
 ffi::Error BwdData(F32 dy, F32 w, OutF32 dx) {
   auto d = dy.dimensions();
   Shape s{d[0], d[1], d[2], w.dimensions()[2], d[3]};
@@ -424,6 +483,9 @@ SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BiasReluFwd(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeightsBias(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3PackedBiasReluFwd(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3PackedBiasReluFwdBf16(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BiasReluFwdBf16(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdDataBf16(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeightsBiasBf16(XLA_FFI_CallFrame* frame);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3Fwd, Fwd,
@@ -441,6 +503,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3PackedBiasReluFwd, PackedFwdBiasRelu,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     OnednnConv3x3PackedBiasReluFwdBf16, PackedFwdBiasReluBf16,
     ffi::Ffi::Bind().Arg<BF16Act>().Arg<BF16Act>().Arg<F32Vec>().Ret<BF16Act>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    OnednnConv3x3BiasReluFwdBf16, FwdBiasReluBf16,
+    ffi::Ffi::Bind().Arg<BF16Act>().Arg<F32>().Arg<F32Vec>().Ret<BF16Act>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BwdDataBf16, BwdDataBf16,
+                              ffi::Ffi::Bind().Arg<BF16Act>().Arg<F32>().Ret<BF16Act>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    OnednnConv3x3BwdWeightsBiasBf16, BwdWeightsBiasBf16,
+    ffi::Ffi::Bind().Arg<BF16Act>().Arg<BF16Act>().Ret<F32>().Ret<F32Vec>());
 
 // Plain C helpers for the Python side (ctypes).
 extern "C" {
@@ -466,6 +536,50 @@ SMSDD_EXPORT const char* SmsddOnednnInit() {
     err = e.what();
     return err.c_str();
   }
+}
+
+// The most capable instruction set oneDNN will dispatch to here (the CPU's,
+// capped by ONEDNN_MAX_CPU_ISA), by the name oneDNN's implementations carry
+// ("avx512_core_bf16": native bfloat16 dot products).
+SMSDD_EXPORT const char* SmsddOnednnIsa() {
+  using dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case cpu_isa::sse41: return "sse41";
+    case cpu_isa::avx: return "avx";
+    case cpu_isa::avx2: return "avx2";
+    case cpu_isa::avx2_vnni: return "avx2_vnni";
+    case cpu_isa::avx2_vnni_2: return "avx2_vnni_2";
+    case cpu_isa::avx512_core: return "avx512_core";
+    case cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case cpu_isa::avx512_core_fp16: return "avx512_core_fp16";
+    case cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case cpu_isa::avx512_core_amx_fp16: return "avx512_core_amx_fp16";
+    default: return "unknown";
+  }
+}
+
+// Builds (or finds) the plan of op (one of kOpNames) for x (n, h, w, c) and
+// k output channels, without running it, and returns its implementation's
+// name ("error: ..." where oneDNN has none): lets the Python side say which
+// kernels a step will run when it traces the step, before any data.
+SMSDD_EXPORT const char* SmsddOnednnPlanImpl(const char* op_name, int64_t n, int64_t h,
+                                             int64_t w, int64_t c, int64_t k) {
+  static std::string text;
+  Runtime& rt = Rt();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  int op = static_cast<int>(std::find_if(kOpNames, kOpNames + kNumOps, [&](const char* x) {
+                              return std::strcmp(x, op_name) == 0;
+                            }) - kOpNames);
+  if (op == kNumOps) return text = std::string("error: no op ") + op_name, text.c_str();
+  Shape s{n, h, w, c, k};
+  if (s.Empty()) return text = "error: empty shape", text.c_str();
+  try {
+    text = GetPlan(rt, static_cast<Op>(op), s).impl;
+  } catch (const std::exception& e) {
+    text = std::string("error: ") + e.what();
+  }
+  return text.c_str();
 }
 
 SMSDD_EXPORT int64_t SmsddOnednnNumPlans() {
