@@ -144,7 +144,10 @@ def test_the_same_state_evaluates_identically_on_both_sources(crops_data, tmp_pa
   # What predict reads of a run: the same preprocessing and build on both.
   records = [json.loads((tmp_path / s / 'preprocessing.json').read_text())
              for s in ('tfds', 'export')]
+  # The export's run also records which export (its sha256 and path).
+  export_only = {k: records[1].pop(k) for k in ('export_sha256', 'export_path')}
   assert records[0] == records[1] and records[0]['source_fingerprint']
+  assert export_only['export_sha256'] == dataset_export.load(crops_data[1]).meta['sha256']
 
 
 def test_train_stats_match_tf_data(crops_data):
