@@ -426,15 +426,16 @@ def bf16_path(impl: str) -> str:
   oneDNN's implementation names of the kernels that ran (as the plans
   record them, e.g. 'fwd_bias_relu_bf16 brgconv:avx512_core_bf16')."""
   from smsdd_jax import onednn  # pylint: disable=import-outside-toplevel
-  if impl != 'onednn_fused':
-    return f"conv_impl {impl}: XLA:CPU bfloat16 (oneDNN's bfloat16 kernels are 'onednn_fused' only)"
+  if impl not in ('onednn', 'onednn_fused'):
+    return (f"conv_impl {impl}: XLA:CPU bfloat16 (oneDNN's bfloat16 kernels are conv_impl "
+            "'onednn' and 'onednn_fused' only)")
   native, why = onednn.native_bf16()
   if not native:
     return f'XLA:CPU bfloat16, not oneDNN ({why})'
   impls: dict = {}
-  for line in onednn.plans():
+  for line in onednn.plans():  # The fused path's and the plain conv's (batch norm's).
     op, *_, name = line.removesuffix(' (weights reordered)').split()
-    if op in onednn.BF16_OPS:
+    if op in onednn.BF16_OPS + onednn.BF16_CONV_OPS:
       impls.setdefault(op, set()).add(name)
   kernels = '; '.join(f"{op} {', '.join(sorted(names))}" for op, names in impls.items())
   return f'oneDNN bfloat16 ({why}): {kernels}'

@@ -81,6 +81,9 @@ CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'custom': conv.conv_general_d
 FUSED_IMPLS = {'custom_fused': conv.conv3x3_bias_relu,
                'onednn_fused': onednn.conv3x3_bias_relu}
 
+# The impls whose conv takes a float32 kernel with bfloat16 x (_keep_float32_kernel).
+ONEDNN_IMPLS = ('onednn', 'onednn_fused')
+
 # Kaiming-normal with fan_out, as torchvision initialises VGG. It keeps the
 # ReLU activations' variance roughly constant through 13 layers, so the
 # flattened features start at O(1) instead of vanishing (Glorot) or growing.
@@ -179,7 +182,9 @@ class SiameseVGG16(nn.Module):
         continue
       x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
                   kernel_init=CONV_INIT, dtype=self.dtype,
-                  conv_general_dilated=CONV_IMPLS[self.conv_impl], name=name)(x)
+                  conv_general_dilated=CONV_IMPLS[self.conv_impl],
+                  promote_dtype=(_keep_float32_kernel if self.conv_impl in ONEDNN_IMPLS
+                                 else nn.dtypes.promote_dtype), name=name)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          dtype=self.dtype, name=bn_name)(x)
@@ -212,6 +217,15 @@ class ConvBiasReLU(nn.Module):
       # them in the reorder they run anyway and return float32 gradients.
       return self.impl(x, kernel, bias)
     return self.impl(x, kernel.astype(self.dtype), bias.astype(self.dtype))
+
+
+def _keep_float32_kernel(inputs, kernel, bias, dtype=None, inexact=True):
+  """nn.Conv's promote_dtype for the oneDNN impls: inputs and bias cast to
+  dtype as flax does, the kernel left float32. In bfloat16 the oneDNN conv
+  casts the master weights in the reorder it runs anyway and returns their
+  gradient in float32; flax's cast would round that gradient to bfloat16."""
+  inputs, _, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=dtype, inexact=inexact)
+  return inputs, kernel, bias
 
 
 def _head_features(feature_map: jax.Array, head: str) -> jax.Array:

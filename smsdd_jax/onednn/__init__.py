@@ -12,18 +12,19 @@ Where the library was not built or cannot load, `available()` is False,
 `reason()` says why in one line, and `conv_general_dilated` falls back to
 `smsdd_jax.conv.conv_general_dilated` (pure JAX), logging that line once.
 
-Limits: NHWC activations, HWIO weights, float32, CPU; no vmap (the FFI
+Limits: NHWC activations, HWIO weights, float32 (bfloat16: below), CPU; no vmap (the FFI
 calls use jax.ffi's default vmap_method=None, so vmap raises); inputs
 sharded over several devices take the pure-JAX path.
 
-bfloat16 training (opt-in: config.model.dtype='bfloat16' with the fused
-path): `conv3x3_bias_relu` of bfloat16 x and float32 (master) w, b runs
-oneDNN's bfloat16 kernels where the CPU multiplies bfloat16 natively
-(AVX512-BF16 or AMX: `native_bf16()`), with float32 accumulation and float32
-gradients of w and b; XLA:CPU's own bfloat16 convs are slower than its
-float32 ones here (docs/performance.md). Elsewhere it logs one line saying so
-and runs the pure-JAX conv in bfloat16 (slow). The step's trace logs the
-kernels oneDNN picked (`bf16_kernels()`).
+bfloat16 training (opt-in: config.model.dtype='bfloat16' with conv_impl
+'onednn' or 'onednn_fused'): `conv3x3_bias_relu` (fused, no batch norm) and
+`conv_general_dilated` (the plain conv, batch norm's) of bfloat16 x and
+float32 (master) weights run oneDNN's bfloat16 kernels where the CPU
+multiplies bfloat16 natively (AVX512-BF16 or AMX: `native_bf16()`), with
+float32 accumulation and float32 weight (and bias) gradients; XLA:CPU's own
+bfloat16 convs are slower than its float32 ones here (docs/performance.md).
+Elsewhere it logs one line saying so and runs the pure-JAX conv in bfloat16
+(slow). The step's trace logs the kernels oneDNN picked (`bf16_kernels()`).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from smsdd_jax import conv
 
 __all__ = ['available', 'reason', 'load_library', 'conv3x3', 'conv3x3_bias_relu',
            'conv_general_dilated', 'pack_kernel', 'packed_conv3x3_bias_relu', 'plans',
-           'stats', 'native_bf16', 'bf16_kernels']
+           'stats', 'native_bf16', 'bf16_kernels', 'BF16_OPS', 'BF16_CONV_OPS']
 
 LIB_ENV = 'SMSDD_ONEDNN_LIB'  # Overrides the built library's path (tests, experiments).
 RUNTIME_DIST = 'onednn-cpu-gomp'  # The pip package that ships libdnnl.so.3.
@@ -57,14 +58,18 @@ TARGETS = {  # FFI target name -> the symbol in conv_ffi.cc.
     'smsdd_onednn_conv3x3_bias_relu_fwd_bf16': 'OnednnConv3x3BiasReluFwdBf16',
     'smsdd_onednn_conv3x3_bwd_data_bf16': 'OnednnConv3x3BwdDataBf16',
     'smsdd_onednn_conv3x3_bwd_weights_bias_bf16': 'OnednnConv3x3BwdWeightsBiasBf16',
+    'smsdd_onednn_conv3x3_fwd_bf16': 'OnednnConv3x3FwdBf16',
+    'smsdd_onednn_conv3x3_bwd_weights_bf16': 'OnednnConv3x3BwdWeightsBf16',
 }
 # oneDNN's instruction sets with bfloat16 dot products (AVX512-BF16, and the
 # AMX ones, whose CPUs have it too): where bfloat16 convs beat float32 ones.
 # Below them oneDNN still computes bfloat16, emulated, slower than float32.
 BF16_ISAS = ('avx512_core_bf16', 'avx512_core_fp16', 'avx512_core_amx', 'avx512_core_amx_fp16')
 BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo's names for the same.
-# The bfloat16 training primitives, as conv_ffi.cc's kOpNames.
+# The bfloat16 training primitives, as conv_ffi.cc's kOpNames: the fused
+# path's (conv + bias + ReLU) and the plain conv's (batch norm's).
 BF16_OPS = ('fwd_bias_relu_bf16', 'bwd_data_bf16', 'bwd_weights_bias_bf16')
+BF16_CONV_OPS = ('fwd_bf16', 'bwd_data_bf16', 'bwd_weights_bf16')
 _log = logging.getLogger(__name__)
 _state: dict = {}  # 'lib' and 'reason' once loaded; 'warned' once logged.
 
@@ -312,9 +317,10 @@ def native_bf16() -> tuple[bool, str]:
     lib = _load_once()
     if not available():
       _state['bf16'] = (False, f'oneDNN unavailable ({reason()})')
-    elif not hasattr(lib, 'SmsddOnednnIsa') or not hasattr(lib, TARGETS[_BF16_FWD]):
-      _state['bf16'] = (False, 'the oneDNN conv library predates bfloat16 training: '
-                        "reinstall (pip install -e '.[test]') to rebuild it")
+    elif not hasattr(lib, 'SmsddOnednnIsa') or not all(
+        hasattr(lib, TARGETS[t]) for t in (_BF16_FWD, _BF16_CONV_FWD)):
+      _state['bf16'] = (False, 'the oneDNN conv library predates (some of) its bfloat16 '
+                        "training kernels: reinstall (pip install -e '.[test]') to rebuild it")
     else:
       isa = lib.SmsddOnednnIsa().decode()
       flags = sorted(_cpu_flags() & set(BF16_CPU_FLAGS))
@@ -324,22 +330,23 @@ def native_bf16() -> tuple[bool, str]:
   return _state['bf16']
 
 
-def bf16_kernels(shape) -> dict[str, str]:
-  """{op: oneDNN implementation} of the bfloat16 training primitives for x
-  of shape (n, h, w, c) and k output channels (shape = (n, h, w, c, k)),
+def bf16_kernels(shape, ops=BF16_OPS) -> dict[str, str]:
+  """{op: oneDNN implementation} of the bfloat16 training primitives `ops`
+  (the fused path's by default; BF16_CONV_OPS: the plain conv's) for x of
+  shape (n, h, w, c) and k output channels (shape = (n, h, w, c, k)),
   building them if needed (they are cached for the run), e.g.
   {'fwd_bias_relu_bf16': 'brgconv:avx512_core_bf16', ...}."""
   lib = _load_once()
   if lib is None or not hasattr(lib, 'SmsddOnednnPlanImpl'):
     return {}
   return {op: lib.SmsddOnednnPlanImpl(op.encode(), *(int(v) for v in shape)).decode()
-          for op in BF16_OPS}
+          for op in ops}
 
 
-def _note_bf16_kernels(x, w) -> None:
+def _note_bf16_kernels(x, w, ops=BF16_OPS) -> None:
   """Logs (once per new combination, while the step is traced) which oneDNN
   kernels the bfloat16 step runs: the record of which path ran."""
-  impls = bf16_kernels((*x.shape, w.shape[3]))
+  impls = bf16_kernels((*x.shape, w.shape[3]), ops)
   seen = _state.setdefault('bf16_impls', {})
   new = {op: impl for op, impl in impls.items() if impl not in seen.setdefault(op, set())}
   for op, impl in new.items():
@@ -377,6 +384,41 @@ def _bias_relu_bf16_bwd(res, dy):
 
 
 _bias_relu_bf16.defvjp(_bias_relu_bf16_fwd, _bias_relu_bf16_bwd)
+
+_BF16_CONV_FWD = 'smsdd_onednn_conv3x3_fwd_bf16'
+
+
+def _conv3x3_bf16_call(x, w):
+  y = _ffi(_BF16_CONV_FWD, (*x.shape[:3], w.shape[3]), x, w.astype(jnp.float32),
+           dtype=jnp.bfloat16)
+  return _with_batch_sharding(y, x)
+
+
+@jax.custom_vjp
+def _conv3x3_bf16(x, w):
+  """The plain conv (batch norm's) in bfloat16: bfloat16 x, w float32 (the
+  master weights, which models.py passes as they are) or bfloat16 (as
+  nn.Conv's own dtype promotion gives it; widened exactly, for the kernels'
+  float32 HWIO input)."""
+  return _conv3x3_bf16_call(x, w)
+
+
+def _conv3x3_bf16_fwd(x, w):
+  return _conv3x3_bf16_call(x, w), (x, w)
+
+
+def _conv3x3_bf16_bwd(res, dy):
+  x, w = res
+  dy = dy.astype(jnp.bfloat16)
+  dx = _ffi('smsdd_onednn_conv3x3_bwd_data_bf16', x.shape, dy, w.astype(jnp.float32),
+            dtype=jnp.bfloat16)
+  # Accumulated and returned in float32 by oneDNN; a custom_vjp must give
+  # w's own dtype back, so a bfloat16 w (not models.py's) gets it rounded.
+  dw = _ffi('smsdd_onednn_conv3x3_bwd_weights_bf16', w.shape, x, dy)
+  return _with_batch_sharding(dx, x), dw.astype(w.dtype)
+
+
+_conv3x3_bf16.defvjp(_conv3x3_bf16_fwd, _conv3x3_bf16_bwd)
 
 
 def _warn_bf16_once(why: str):
@@ -418,17 +460,23 @@ def packed_conv3x3_bias_relu(x: jax.Array, w_packed: jax.Array, b: jax.Array) ->
 
 def _onednn_fits(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                  dimension_numbers, feature_group_count, batch_group_count,
-                 precision, preferred_element_type) -> bool:
-  """The oneDNN kernels' case: f32 3x3 / stride 1 / SAME / NHWC-HWIO, on
-  one device (a batch sharded over several would need a partitioning rule)."""
-  if precision is not None or preferred_element_type is not None:
-    return False
-  if lhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
-    return False
+                 precision, preferred_element_type) -> str:
+  """The oneDNN kernels' case: 3x3 / stride 1 / SAME / NHWC-HWIO, on one
+  device (a batch sharded over several would need a partitioning rule):
+  'float32' (x and w float32), 'bfloat16' (x bfloat16, w float32 or
+  bfloat16), else ''."""
+  if precision is not None or preferred_element_type is not None or lhs.ndim != 4:
+    return ''
+  if lhs.dtype == rhs.dtype == jnp.float32:
+    dtype = 'float32'
+  elif lhs.dtype == jnp.bfloat16 and rhs.dtype in (jnp.float32, jnp.bfloat16):
+    dtype = 'bfloat16'
+  else:
+    return ''
   if not conv._is_3x3_same(rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                            dimension_numbers, feature_group_count, batch_group_count):
-    return False
-  return not any(size > 1 for size in conv._batch_axes(lhs).values())
+    return ''
+  return '' if any(size > 1 for size in conv._batch_axes(lhs).values()) else dtype
 
 
 def _warn_fallback_once():
@@ -441,16 +489,28 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-  """Drop-in for `lax.conv_general_dilated`: oneDNN for the f32 3x3 / stride 1
-  / SAME / NHWC-HWIO case, `smsdd_jax.conv.conv_general_dilated` otherwise."""
+  """Drop-in for `lax.conv_general_dilated`: oneDNN for the 3x3 / stride 1
+  / SAME / NHWC-HWIO case, `smsdd_jax.conv.conv_general_dilated` otherwise.
+  bfloat16 lhs may come with a float32 (master) rhs: oneDNN's bfloat16
+  kernels where the CPU has native bfloat16 (float32 weight gradient), else
+  one line saying why not and the pure-JAX conv in bfloat16."""
+  if lhs.dtype == jnp.bfloat16 and rhs.dtype != lhs.dtype:
+    master, rhs = rhs, rhs.astype(lhs.dtype)  # What every path but oneDNN's bfloat16 one takes.
+  else:
+    master = None
   args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
           dimension_numbers, feature_group_count, batch_group_count, precision,
           preferred_element_type)
-  if _onednn_fits(*args):
+  fits = _onednn_fits(*args)
+  if fits == 'float32':
     if available():
       return conv3x3(lhs, rhs)
     _warn_fallback_once()
-  elif lhs.dtype == jnp.bfloat16 and conv._is_3x3_same(rhs, *args[2:9]):
-    _warn_bf16_once("only conv_impl 'onednn_fused' without batch norm has oneDNN's bfloat16 "
-                    'training kernels')
+  elif fits == 'bfloat16':
+    native, why = native_bf16()
+    if native:
+      w = rhs if master is None else master  # The float32 master weights, uncast.
+      _note_bf16_kernels(lhs, w, BF16_CONV_OPS)
+      return _conv3x3_bf16(lhs, w)
+    _warn_bf16_once(why)
   return conv.conv_general_dilated(*args)

@@ -12,6 +12,9 @@
 //   OnednnConv3x3BwdWeightsBiasBf16: the fused path's three in bfloat16 for
 //                                training (float32 master weights in, float32
 //                                dw and db out; see kFwdBiasReluBf16)
+//   OnednnConv3x3FwdBf16, OnednnConv3x3BwdWeightsBf16: the plain conv's
+//                                forward and weight gradient in bfloat16 (with
+//                                BwdDataBf16: the unfused path, batch norm's)
 //
 // Why it is built this way:
 //  * Creating a oneDNN primitive (descriptor dispatch + JIT code generation)
@@ -71,24 +74,29 @@ using Clock = std::chrono::steady_clock;
 // the reorder into oneDNN's layout that runs anyway (no separate cast pass),
 // and dw, db come out in float32, accumulated there, so neither the optimizer
 // nor the master weights ever see a bfloat16 rounding of a gradient.
+// kFwdBf16 and kBwdWeightsBf16 are the same for the plain conv (no bias, no
+// ReLU: batch norm sits between the conv and its ReLU), with kBwdDataBf16.
 enum class Op {
   kFwd = 0, kBwdData = 1, kBwdWeights = 2, kFwdBiasRelu = 3, kBwdWeightsBias = 4,
   kPackedFwdBiasRelu = 5, kPackedFwdBiasReluBf16 = 6, kFwdBiasReluBf16 = 7,
-  kBwdDataBf16 = 8, kBwdWeightsBiasBf16 = 9
+  kBwdDataBf16 = 8, kBwdWeightsBiasBf16 = 9, kFwdBf16 = 10, kBwdWeightsBf16 = 11
 };
 const char* const kOpNames[] = {"fwd", "bwd_data", "bwd_weights", "fwd_bias_relu",
                                 "bwd_weights_bias", "packed_fwd_bias_relu",
                                 "packed_fwd_bias_relu_bf16", "fwd_bias_relu_bf16",
-                                "bwd_data_bf16", "bwd_weights_bias_bf16"};
+                                "bwd_data_bf16", "bwd_weights_bias_bf16", "fwd_bf16",
+                                "bwd_weights_bf16"};
 constexpr int kNumOps = sizeof(kOpNames) / sizeof(kOpNames[0]);
 
 bool IsPacked(Op op) { return op == Op::kPackedFwdBiasRelu || op == Op::kPackedFwdBiasReluBf16; }
 bool IsFwd(Op op) {
-  return op == Op::kFwd || op == Op::kFwdBiasRelu || op == Op::kFwdBiasReluBf16 || IsPacked(op);
+  return op == Op::kFwd || op == Op::kFwdBiasRelu || op == Op::kFwdBiasReluBf16 ||
+         op == Op::kFwdBf16 || IsPacked(op);
 }
 bool IsBwdData(Op op) { return op == Op::kBwdData || op == Op::kBwdDataBf16; }
 bool IsBwdWeights(Op op) {
-  return op == Op::kBwdWeights || op == Op::kBwdWeightsBias || op == Op::kBwdWeightsBiasBf16;
+  return op == Op::kBwdWeights || op == Op::kBwdWeightsBias || op == Op::kBwdWeightsBiasBf16 ||
+         op == Op::kBwdWeightsBf16;
 }
 bool HasBias(Op op) {
   return op == Op::kFwdBiasRelu || op == Op::kBwdWeightsBias || IsPacked(op) ||
@@ -98,7 +106,8 @@ bool HasBias(Op op) {
 // inside the kernel.
 Dt DataType(Op op) {
   return op == Op::kPackedFwdBiasReluBf16 || op == Op::kFwdBiasReluBf16 ||
-                 op == Op::kBwdDataBf16 || op == Op::kBwdWeightsBiasBf16
+                 op == Op::kBwdDataBf16 || op == Op::kBwdWeightsBiasBf16 ||
+                 op == Op::kFwdBf16 || op == Op::kBwdWeightsBf16
              ? Dt::bf16
              : Dt::f32;
 }
@@ -445,6 +454,26 @@ ffi::Error BwdWeightsBiasBf16(BF16Act x, BF16Act dy, OutF32 dw, OutF32Vec db) {
               {{dw->untyped_data(), dw->size_bytes()}, {db->untyped_data(), db->size_bytes()}});
 }
 
+// The plain conv's two (bwd_data is BwdDataBf16): weights float32 HWIO in,
+// their gradient float32 out, accumulated in float32 by oneDNN.
+ffi::Error FwdBf16(BF16Act x, F32 w, OutBF16Act y) {
+  auto d = x.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], w.dimensions()[3]};
+  bool ok = Dims(w, 3, 3, s.c, s.k) && Dims(*y, s.n, s.h, s.w, s.k);
+  return Call(Op::kFwdBf16, s, ok,
+              {x.untyped_data(), w.typed_data(), nullptr, y->untyped_data(), nullptr},
+              {{y->untyped_data(), y->size_bytes()}});
+}
+
+ffi::Error BwdWeightsBf16(BF16Act x, BF16Act dy, OutF32 dw) {
+  auto d = x.dimensions();
+  Shape s{d[0], d[1], d[2], d[3], dy.dimensions()[3]};
+  bool ok = Dims(dy, s.n, s.h, s.w, s.k) && Dims(*dw, 3, 3, s.c, s.k);
+  return Call(Op::kBwdWeightsBf16, s, ok,
+              {x.untyped_data(), dy.untyped_data(), nullptr, dw->typed_data(), nullptr},
+              {{dw->untyped_data(), dw->size_bytes()}});
+}
+
 ffi::Error BwdData(F32 dy, F32 w, OutF32 dx) {
   auto d = dy.dimensions();
   Shape s{d[0], d[1], d[2], w.dimensions()[2], d[3]};
@@ -486,6 +515,8 @@ SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3PackedBiasReluFwdBf16(XLA_FFI_CallFrame
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BiasReluFwdBf16(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdDataBf16(XLA_FFI_CallFrame* frame);
 SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeightsBiasBf16(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3FwdBf16(XLA_FFI_CallFrame* frame);
+SMSDD_EXPORT XLA_FFI_Error* OnednnConv3x3BwdWeightsBf16(XLA_FFI_CallFrame* frame);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3Fwd, Fwd,
@@ -511,6 +542,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BwdDataBf16, BwdDataBf16,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     OnednnConv3x3BwdWeightsBiasBf16, BwdWeightsBiasBf16,
     ffi::Ffi::Bind().Arg<BF16Act>().Arg<BF16Act>().Ret<F32>().Ret<F32Vec>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3FwdBf16, FwdBf16,
+                              ffi::Ffi::Bind().Arg<BF16Act>().Arg<F32>().Ret<BF16Act>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv3x3BwdWeightsBf16, BwdWeightsBf16,
+                              ffi::Ffi::Bind().Arg<BF16Act>().Arg<BF16Act>().Ret<F32>());
 
 // Plain C helpers for the Python side (ctypes).
 extern "C" {
