@@ -57,14 +57,16 @@ def _median_time(fn, steps: int) -> float:
   return statistics.median(times)
 
 
-def make_train_runner(pairs: int, width_mult: float, dtype: str, conv_impl: str = ''):
+def make_train_runner(pairs: int, width_mult: float, dtype: str, conv_impl: str = '',
+                      recipe: str = 'paper'):
   """(one_step, config): a callable running one jitted train step on a fixed
-  random batch (state carried from call to call), and the config it built."""
+  random batch (state carried from call to call), and the config it built;
+  recipe 'learn' is `:learn`'s step (batch norm, AdamW), 'paper' the twin's."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   from smsdd_jax import models, step as step_lib  # pylint: disable=import-outside-toplevel
-  config = default.get_config()
+  config = default.get_config(recipe if recipe == default.LEARN else None)
   config.model.width_mult, config.model.dtype = width_mult, dtype
   if conv_impl:
     config.model.conv_impl = conv_impl
@@ -377,7 +379,7 @@ def _interleaved(args, impls: list[str], pairs: int, baselines: dict | None = No
   variants = {impl: (impl, args.dtype) for impl in impls} | (baselines or {})
   runners = {}
   for label, (impl, dtype) in variants.items():
-    runners[label], _ = make_train_runner(pairs, args.width_mult, dtype, impl)
+    runners[label], _ = make_train_runner(pairs, args.width_mult, dtype, impl, args.recipe)
     runners[label]()  # Compile before any timing.
   torch_step = None
   if args.compare_torch:
@@ -408,6 +410,7 @@ def run_train(args, summary: dict) -> None:
                  ratio_vs_torch=v['ratio_vs_torch'], ratio_range=v['ratio_range'])
       if args.dtype == 'bfloat16':
         out['torch_autocast'] = 'bfloat16'
+    out['recipe'] = args.recipe
     if baselines:
       out.update(float32_pairs_per_s=r['variants'][base]['pairs_per_s'],
                  speedup_vs_float32=round(r['variants'][base]['step_s'] / v['step_s'], 3))
@@ -586,6 +589,8 @@ def main(argv=None) -> None:
                  help='timed repeats (median); per round where there are rounds')
   p.add_argument('--width-mult', '--width_mult', type=float, default=1.0)
   p.add_argument('--dtype', default='float32', help='compute dtype: float32 | bfloat16')
+  p.add_argument('--recipe', default='paper', choices=('paper', 'learn'),
+                 help="train: the paper's step (the twin's) or :learn's (batch norm, AdamW)")
   p.add_argument('--conv-impl', '--conv_impl', default='',
                  help="model.conv_impl: 'xla' | 'custom' | 'custom_fused' | 'onednn' | "
                  "'onednn_fused' | 'winograd' "
