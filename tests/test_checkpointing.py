@@ -62,15 +62,22 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(quick_config, trained_
   shutil.copytree(trained_run, workdir)  # A finished 1-epoch run at 1/16 width.
   wider = small_run(quick_config.copy_and_resolve_references(), 2)
   wider.model.width_mult = 1 / 8
-  with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match=r'params/block1_conv1/bias is \(4,\) there but \(8,\) here'
-                           r'.*width_mult=0.0625'):
-    train.train_and_evaluate(wider, str(workdir))
   bn = small_run(quick_config.copy_and_resolve_references(), 2)
   bn.model.batch_norm = True
-  with pytest.raises(checkpointing.CheckpointMismatchError, match='batch_norm=False'):
+  # The run's config.json refuses them first, naming the field ...
+  with pytest.raises(ValueError, match=r'model.width_mult 0.0625 -> 0.125'):
+    train.train_and_evaluate(wider, str(workdir))
+  with pytest.raises(ValueError, match=r'model.batch_norm False -> True'):
     train.train_and_evaluate(bn, str(workdir))
   saved = json.loads((workdir / 'config.json').read_text())
+  # ... and without it (a copied checkpoint folder) the checkpoint's shapes do.
+  bare = tmp_path / 'bare'
+  shutil.copytree(workdir / 'checkpoints', bare / 'checkpoints')
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'params/block1_conv1/bias is \(4,\) there but \(8,\) here'):
+    train.train_and_evaluate(wider, str(bare))
+  with pytest.raises(checkpointing.CheckpointMismatchError, match='block1_conv1_bn'):
+    train.train_and_evaluate(bn, str(bare))
   assert saved['config']['model']['width_mult'] == 1 / 16  # Not overwritten.
 
 
