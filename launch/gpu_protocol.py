@@ -4,6 +4,7 @@
   python launch/gpu_protocol.py --out=/tmp/protocol --archive=$OUT/protocol.tar.gz \
       [--exports=exports/msd_screens_110x230.npz,exports/magnetic_tile_110x230.npz]
       [--parts=twin,bench,protocol] [--budget_s=500] [--seeds=0,1] [--quick]
+  python launch/gpu_protocol.py --out=unused --dry_run [--first_step]   # the recipe, the commands
 
 runs, in this order, without TensorFlow (the data are dataset exports:
 smsdd_jax/dataset_export.py, read by smsdd_jax/numpy_pipeline.py):
@@ -54,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -128,6 +130,11 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--twin_timeout_s', type=float, default=240.0,
                  help='most seconds the twin may take in all')
   p.add_argument('--keep_checkpoints', action='store_true')
+  p.add_argument('--dry_run', action='store_true',
+                 help='print the recipe the runs train with and their commands; run nothing')
+  p.add_argument('--first_step', action='store_true',
+                 help="with --dry_run: one train step of the first run's config here, on "
+                 'random images of its input shape (its loss must be finite)')
   p.add_argument('--compile_cache', default='',
                  help='JAX persistent compilation cache (default OUT/jax_cache)')
   return p
@@ -290,6 +297,70 @@ def load_config(argv: list[str]):
                                   lock_config=True, sys_argv=argv)
   values(argv)
   return values.config
+
+
+# The fields that make a recipe, printed by --dry_run whatever their value.
+RECIPE_FIELDS = ('recipe', 'model.width_mult', 'model.head', 'model.batch_norm', 'model.dtype',
+                 'batch_size', 'num_epochs', 'optimizer.name', 'optimizer.learning_rate',
+                 'optimizer.schedule', 'optimizer.warmup_steps', 'optimizer.weight_decay',
+                 'optimizer.grad_clip_norm', 'loss.beta')
+
+
+def recipe_lines(config) -> list[str]:
+  """RECIPE_FIELDS of a run's config, then every other field that is not
+  configs/default.py's (data location and fold fields aside)."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  now = traverse_util.flatten_dict(config.to_dict(), sep='.')
+  base = traverse_util.flatten_dict(default.get_config().to_dict(), sep='.')
+  skip = {'seed', 'data.fold', 'data.export_path', 'data.manual_dir', 'data.source'}
+  other = [k for k in now if k not in RECIPE_FIELDS and k not in skip
+           and now[k] != base.get(k, object())]
+  return [f'  {k} = {now[k]!r}' for k in (*RECIPE_FIELDS, *other)]
+
+
+def first_step(config) -> tuple[float, float]:
+  """(seconds, loss) of one jitted train step of `config` (compile
+  included) on random images of its input shape, on this machine."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import models, step as step_lib  # pylint: disable=import-outside-toplevel
+  model = models.create(config.model)
+  tx = step_lib.make_optimizer(config.optimizer, total_steps=100)
+  state = step_lib.create_train_state(config, model, tx)
+  train_step = step_lib.make_train_step(model, tx, config.loss)
+  rng, n = np.random.default_rng(0), config.batch_size
+  labels = rng.integers(0, 2, (2, n)).astype(np.int32)
+  shape = (n, *config.data.image_size, 3)
+  batch = {'image_a': rng.standard_normal(shape, np.float32),
+           'image_b': rng.standard_normal(shape, np.float32),
+           'label_a': labels[0], 'label_b': labels[1],
+           'same': (labels[0] == labels[1]).astype(np.float32)}
+  t = time.time()
+  _, metrics = train_step(state, batch)
+  loss = float(jax.device_get(metrics['loss']))
+  return time.time() - t, loss
+
+
+def dry_run(runs: list[dict], with_step: bool) -> int:
+  """Prints the first run's recipe (the config main.py makes of its flags)
+  and every run's command; with_step: its first train step here, exit 1 on a
+  non-finite loss."""
+  if not runs:
+    print('no runs planned (--parts has no protocol)')
+    return 0
+  config = load_config(runs[0]['args'])
+  print(f'recipe of {runs[0]["sweep"]}/{runs[0]["run"]} (every run differs only in '
+        'seed, fold, variant and export):')
+  print('\n'.join(recipe_lines(config)))
+  for r in runs:
+    print(' '.join(['python -m smsdd_jax.main', *r['args'],
+                    f'--workdir=OUT/{r["sweep"]}/{r["run"]}']))
+  if not with_step:
+    return 0
+  seconds, loss = first_step(config)
+  print(f'first step here: loss {loss:.4f} in {seconds:.1f} s (compile included)')
+  return 0 if math.isfinite(loss) else 1
 
 
 # ------------------------------------------------------------------ running
@@ -564,6 +635,8 @@ def main(argv=None) -> int:
       raise ValueError(f'--parts: unknown {sorted(unknown)}; expected twin, bench, protocol')
     exports = {p: export_info(p) for p in paths}
     runs = plan(args, exports) if 'protocol' in parts else []
+    if args.dry_run:
+      return dry_run(runs, args.first_step)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

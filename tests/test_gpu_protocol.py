@@ -124,3 +124,21 @@ def test_a_run_starts_only_when_its_export_says_it_fits():
   clock.start = time.monotonic() - 40  # 60 s left, 20 kept for the end.
   assert not gpu_protocol.fits(run, done, clock)
   assert gpu_protocol.fits({'sweep': 'b'}, done, clock)  # Another export: unknown.
+
+
+@pytest.mark.parametrize('size', ['--quick', 'full'])
+def test_dry_run_shows_the_recipe_and_its_first_step_runs_here(crops_data, tmp_path, capsys,
+                                                               size):
+  """The recipe a lent GPU's minutes would train, and its first step on this
+  CPU (full width: the paper's VGG16, 8 pairs) before any GPU time is spent."""
+  _, path = crops_data
+  argv = [f'--out={tmp_path / "unused"}', f'--exports={path}', '--configs=beta_a',
+          '--seeds=0', '--folds=0', '--override=model.head=gmp', '--dry_run', '--first_step']
+  assert gpu_protocol.main(argv + ([size] if size == '--quick' else [])) == 0
+  out = capsys.readouterr().out
+  width = '0.0625' if size == '--quick' else '1.0'
+  assert f'model.width_mult = {width}' in out and "model.head = 'gmp'" in out
+  assert "recipe = 'learn'" in out and 'model.batch_norm = True' in out
+  assert 'python -m smsdd_jax.main --config=configs/beta_a.py:' in out
+  assert 'first step here: loss' in out
+  assert not (tmp_path / 'unused').exists()  # A dry run claims no OUT.
