@@ -95,6 +95,10 @@ def read_rung(sweep: str) -> dict:
           'cpu': sorted({c for _, c in walls.values() if c})}
 
 
+def _width_name(width: float) -> str:
+  return 'full' if width == 1.0 else f'1/{round(1 / width)}'
+
+
 def _mean_sd(values) -> str:
   values = list(values)
   if not values:
@@ -131,18 +135,19 @@ def markdown(rungs: dict) -> str:
   base = rungs[BASE]
   lines = [
       '| width | params | GFLOP / pair | s / run (mean) | folds | test AUROC | with flips '
-      '| minus 1/16 (paired) | flips minus 1/16 | above every floor | recall per type |',
-      '|---|---|---|---|---|---|---|---|---|---|---|']
+      '| minus 1/16 (paired) | flips minus 1/16 | above every floor | collapsed | recall per type |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rungs.values():
     aurocs = {f: float(x['auroc']) for f, x in r['runs'].items()}
     above = sum(all(a > v for v in r['floors'].get(f, {}).values()) for f, a in aurocs.items())
     secs = [s for s in r['seconds'].values() if s == s]
     lines.append(
-        f'| 1/{round(1 / r["width"])} | {r["params"]:,} | {r["gflop"]:.2f} | '
+        f'| {_width_name(r["width"])} | {r["params"]:,} | {r["gflop"]:.2f} | '
         f'{statistics.mean(secs):.0f} | {",".join(map(str, sorted(aurocs)))} | '
         f'{_mean_sd(aurocs.values())} | {_mean_sd(r["flips"].values())} | '
         f'{_paired(r, base, "plain")} | {_paired(r, base, "flips")} | '
-        f'{above} of {len(aurocs)} | {_recall_by_type(r["runs"])} |')
+        f'{above} of {len(aurocs)} | {sum(x["health"] == "collapsed" for x in r["runs"].values())} '
+        f'| {_recall_by_type(r["runs"])} |')
   commits = sorted({c for r in rungs.values() for c in r['commits']})
   cpus = sorted({c for r in rungs.values() for c in r['cpu']})
   lines += ['', f'Commit of every run: {", ".join(commits)}. Seconds on: {"; ".join(cpus)}.']
@@ -162,7 +167,7 @@ def plot(rungs: dict, path: str) -> None:
     if r['flips']:
       ax.scatter(r['gflop'] * 1.08, statistics.mean(r['flips'].values()), marker='^',
                  color='#ff7f0e', label='with flips (mean)' if name == BASE else None)
-    ax.annotate(f'1/{round(1 / r["width"])}', (r['gflop'], min(aurocs) - 0.03), ha='center',
+    ax.annotate(_width_name(r['width']), (r['gflop'], min(aurocs) - 0.03), ha='center',
                 fontsize=8)
   ax.set_xscale('log')
   ax.set_xlabel('training GFLOP per pair (log)')
