@@ -57,3 +57,17 @@ def test_refuses_a_ladder_without_its_base(tmp_path, capsys):
   (tmp_path / 'w8' / 'results.csv').write_text('variant,split\n')
   assert ladder.main([f'--ladder={tmp_path}', f'--figure={tmp_path / "x.png"}']) == 2
   assert 'w16' in capsys.readouterr().err
+
+
+def test_run_curves_draws_committed_runs_and_refuses_a_folder_without_metrics(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location('run_curves', REPO / 'launch' / 'run_curves.py')
+  curves = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(curves)
+  run = RUNG / 'beta_a_s0_f0'
+  if not run.is_dir():
+    pytest.skip('the ladder has no committed 1/16 rung')
+  out = tmp_path / 'curves.png'
+  assert curves.main([f'--run=a=b={run}', f'--out={out}']) == 0  # The label may hold '='.
+  assert out.stat().st_size > 5000
+  assert curves.main([f'--run=x={tmp_path}', f'--out={out}']) == 2
+  assert 'metrics.jsonl' in capsys.readouterr().err
