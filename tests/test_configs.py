@@ -43,3 +43,11 @@ def test_variants_have_the_paper_beta_and_differ_only_there(name, beta):
 def test_unknown_config_argument_is_refused():
   with pytest.raises(ValueError, match='quik'):
     load(CONFIGS / 'default.py').get_config('quik')
+
+
+def test_learn_takes_a_tenth_of_the_rate_at_full_width_in_any_mode_order():
+  from configs import default  # pylint: disable=import-outside-toplevel
+  assert default.get_config('learn').optimizer.learning_rate == 1e-4  # Full width.
+  for arg in ('quick,learn', 'learn,quick'):
+    config = default.get_config(arg)
+    assert config.model.width_mult == 1 / 16 and config.optimizer.learning_rate == 1e-3
