@@ -120,19 +120,26 @@ def _rgb(path):
   return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
-def _readme_notebook_block() -> str:
-  readme = (REPO / 'README.md').read_text(encoding='utf-8')
-  blocks = [b for b in re.findall(r'```python\n(.*?)```', readme, re.S)
+def _doc_pages() -> list[pathlib.Path]:
+  """The README and the docs pages it sends readers to (docs/*.md)."""
+  return [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
+
+
+def _readme_notebook_block() -> tuple[str, str]:
+  """The one python block with load_run, in the README or a docs page."""
+  blocks = [(page.name, b) for page in _doc_pages()
+            for b in re.findall(r'```python\n(.*?)```', page.read_text(encoding='utf-8'), re.S)
             if 'inference.load_run(' in b]
-  assert len(blocks) == 1, 'README shows no (or several) notebook blocks with load_run'
+  assert len(blocks) == 1, f'README and docs show {len(blocks)} notebook blocks with load_run'
   return blocks[0]
 
 
 def test_readme_notebook_block_runs_and_differentiates_the_loss(trained_run):
-  code = _readme_notebook_block().replace("'runs/beta_c_quick'", repr(trained_run))
+  name, code = _readme_notebook_block()
+  code = code.replace("'runs/beta_c_quick'", repr(trained_run))
   assert repr(trained_run) in code
   scope = {}
-  exec(compile(code, 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+  exec(compile(code, name, 'exec'), scope)  # pylint: disable=exec-used
   run, grads = scope['run'], scope['grads']
   assert jax.tree.structure(grads) == jax.tree.structure(run.params)
   norms = [float(np.linalg.norm(g)) for g in jax.tree.leaves(grads)]
@@ -155,3 +162,21 @@ def test_readme_orbax_restore_reads_what_load_run_restores(trained_run):
   leaves = zip(jax.tree.leaves(scope['state']['params']), jax.tree.leaves(run.params),
                strict=True)
   assert all(np.array_equal(a, b) for a, b in leaves)
+
+
+def test_readme_first_two_commands_are_what_ci_runs():
+  """The README's install and test commands are .ci/run's (which adds -q)."""
+  readme = (REPO / 'README.md').read_text(encoding='utf-8')
+  block = re.findall(r'```bash\n(.*?)```', readme, re.S)[0].splitlines()
+  ci = (REPO / '.ci' / 'run').read_text(encoding='utf-8')
+  for line in block[:2]:
+    command = line.split('#')[0].strip().replace("pip install -e", "pip install -q -e")
+    assert command in ci, f'README command not in .ci/run: {command}'
+  assert 'smsdd_jax.main --config=configs/beta_c.py:quick' in block[2]
+
+
+def test_readme_and_docs_link_only_to_files_that_exist():
+  missing = [f'{page.name}: {target}' for page in _doc_pages()
+             for target in re.findall(r'\]\(([^)#:]+)\)', page.read_text(encoding='utf-8'))
+             if not (page.parent / target).exists()]
+  assert not missing, missing
