@@ -174,7 +174,7 @@ def plot(rungs: dict, path: str) -> None:
   ax.set_ylabel('test AUROC (per fold; mean ± sd)')
   ax.set_title('magnetic_tile, :learn + gmp head, beta = 0: width ladder')
   if any(r['flips'] for r in rungs.values()):
-    ax.legend(loc='lower right', fontsize=8)
+    ax.legend(loc='lower left', fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=120)
