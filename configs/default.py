@@ -64,6 +64,9 @@ def get_config(arg=None):
   config.data.export_path = ''  # The export's .npz, with source 'export'.
 
   config.model = ml_collections.ConfigDict()
+  # The conv tower (smsdd_jax/backbones/): 'vgg16' (the paper's) | 'resnet18'
+  # (ResNet-18-style basic blocks, always with batch norm).
+  config.model.backbone = 'vgg16'
   config.model.width_mult = 1.0  # 1.0 = the paper's VGG16 (64..512 channels).
   config.model.batch_norm = False  # False = the paper; True = the common VGG16-BN.
   # Vector compared by the contrastive loss. The paper: flattened tower output

@@ -36,15 +36,15 @@ import time
 FWD_BWD_FACTOR = 3
 
 
-def conv_macs_per_image(image_size, width_mult: float) -> int:
-  """Multiply-accumulates of the VGG16 tower's convolutions for one image."""
-  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
-  return sum(h * w * 9 * cin * cout for h, w, cin, cout in models.conv_shapes(image_size,
-                                                                             width_mult))
+def conv_macs_per_image(image_size, width_mult: float, backbone: str = 'vgg16') -> int:
+  """Multiply-accumulates of the tower's convolutions for one image."""
+  from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
+  return backbones.get(backbone).conv_macs(image_size, width_mult)
 
 
-def train_gflop_per_pair(image_size=(110, 230), width_mult: float = 1.0) -> float:
-  return 2 * conv_macs_per_image(image_size, width_mult) * 2 * FWD_BWD_FACTOR / 1e9
+def train_gflop_per_pair(image_size=(110, 230), width_mult: float = 1.0,
+                         backbone: str = 'vgg16') -> float:
+  return 2 * conv_macs_per_image(image_size, width_mult, backbone) * 2 * FWD_BWD_FACTOR / 1e9
 
 
 def _median_time(fn, steps: int) -> float:

@@ -89,8 +89,9 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
     try:
-      # Runs saved before the layers had VGG16's names: read under the old
-      # names, renamed below (the one place old trees are translated).
+      # Runs saved before the layers were named (each backbone states its
+      # old names): read under them, renamed below (the one place old trees
+      # are translated).
       legacy = models.uses_legacy_names(self._saved_tree(step))
       self._check_shapes(step, target)
       abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,

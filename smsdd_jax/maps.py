@@ -10,9 +10,11 @@ map of a crop scored 0.999 would be noise.
 
 Methods (`METHODS`):
 
-  gradcam    Grad-CAM (Selvaraju et al., 2017) at a block's output before its
-             pool (models.TAPS; default the last, 'block5': 1/16 of the ROI's
-             size): relu(sum_c w_c A_c) with w_c the spatial mean of
+  gradcam    Grad-CAM (Selvaraju et al., 2017) at one of the backbone's taps
+             (smsdd_jax/backbones/; VGG16's: each block's output before its
+             pool, default the last, 'block5': 1/16 of the ROI's size; a
+             ResNet-18's: each stage's, default 'layer4', 1/32):
+             relu(sum_c w_c A_c) with w_c the spatial mean of
              d(score)/dA_c, bilinearly upsampled to the ROI. One forward and
              one backward per image, jitted per batch like the scores.
   occlusion  The drop of the score when a patch of the normalised input is set
@@ -47,7 +49,6 @@ import numpy as np
 from smsdd_jax import metrics
 
 METHODS = ('gradcam', 'occlusion')
-DEFAULT_LAYER = 'block5'
 
 
 def defect_score(logits: jax.Array) -> jax.Array:
@@ -62,14 +63,16 @@ def normalise(maps: jax.Array) -> jax.Array:
 
 
 def gradcam(params, model_state, images_uint8: jax.Array, *, model, mean, std,
-            layer: str = DEFAULT_LAYER) -> jax.Array:
+            layer: str | None = None) -> jax.Array:
   """Pure: uint8 RGB ROIs (N, H, W, 3) -> Grad-CAM maps (N, H, W) float32 in
-  [0, 1]. Eval mode (BatchNorm's running statistics), so every image's map
+  [0, 1] at `layer`, a tap of the model's backbone (None: its default). Eval mode (BatchNorm's running statistics), so every image's map
   depends on that image alone and one backward of the batch's summed score
   gives each image's gradient."""
-  from smsdd_jax import inference, models  # pylint: disable=import-outside-toplevel
-  if layer not in models.TAPS:
-    raise ValueError(f'layer={layer!r}: expected one of {models.TAPS}')
+  from smsdd_jax import backbones, inference  # pylint: disable=import-outside-toplevel
+  taps = backbones.get(model.backbone).taps
+  layer = layer or backbones.get(model.backbone).default_tap
+  if layer not in taps:
+    raise ValueError(f'layer={layer!r}: expected one of {tuple(taps)}')
   x = inference.normalize(images_uint8, mean, std)
   variables = {'params': params, **(model_state or {})}
 
@@ -86,8 +89,7 @@ def gradcam(params, model_state, images_uint8: jax.Array, *, model, mean, std,
   grads, activation = jax.grad(run, has_aux=True)(zeros)
   weights = grads[layer].astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
   cam = jax.nn.relu((weights * activation.astype(jnp.float32)).sum(-1))
-  stride = 2 ** (models.TAPS.index(layer))  # blockB's output has been pooled B - 1 times.
-  return normalise(jax.nn.relu(to_input_grid(cam, images_uint8.shape[1:3], stride)))
+  return normalise(jax.nn.relu(to_input_grid(cam, images_uint8.shape[1:3], taps[layer])))
 
 
 def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
@@ -96,10 +98,13 @@ def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int) -> jax.Arr
   [i stride, (i + 1) stride); the pools' floor division leaves the last rows
   and columns (fewer than `stride`) uncovered: they take the nearest cell's
   value, where a plain resize to (H, W) would stretch the map over them and
-  shift every cell (up to 14 px at the bottom of a 110-row ROI at block5)."""
+  shift every cell (up to 14 px at the bottom of a 110-row ROI at block5).
+  A tower that pads to ceil(size / 2) per stride (ResNet's) has cells past
+  the border: they are cut off."""
   n, h, w = cam.shape
   up = jax.image.resize(cam, (n, h * stride, w * stride), method='bilinear')
-  return jnp.pad(up, ((0, 0), (0, size[0] - h * stride), (0, size[1] - w * stride)),
+  up = up[:, :size[0], :size[1]]
+  return jnp.pad(up, ((0, 0), (0, size[0] - up.shape[1]), (0, size[1] - up.shape[2])),
                  mode='edge')
 
 

@@ -1,7 +1,9 @@
-"""The SMSDD network: a VGG16 conv tower shared by both images of a pair.
+"""The SMSDD network: a conv tower shared by both images of a pair.
 
 The paper's backbone is VGG16 without its fully connected layers (13 conv 3x3 +
-ReLU, 5 max-pools) followed by one Dense layer with two outputs. A Siamese pair
+ReLU, 5 max-pools) followed by one Dense layer with two outputs;
+`config.model.backbone` picks another tower from smsdd_jax/backbones/ (which
+states everything outside the tower needs: taps, sizes, names). A Siamese pair
 is run as ONE concatenated batch through ONE tower, so the two branches share
 their weights by construction rather than by bookkeeping.
 
@@ -13,124 +15,70 @@ Everything outside this file sees pure functions over pytrees:
 
 `out['embedding']` is the vector the contrastive loss compares.
 
-The parameter tree uses VGG16's own layer names, as Keras writes them:
-block1_conv1 ... block5_conv3 (each block's 3x3 convs), block<b>_conv<c>_bn
-for their batch norms, and 'predictions' for the classifier, so the tree
-sorts in network order. Runs saved with Flax's automatic names (Conv_0 ..
-Conv_12, BatchNorm_i, Dense_0) are renamed on restore (`rename_legacy`,
-called by checkpointing.Checkpointer.restore).
+The parameter tree holds the tower's layers under the backbone's names
+(VGG16's as Keras writes them: block1_conv1 ... block5_conv3, block<b>_conv<c>_bn
+for their batch norms) and 'predictions' for the classifier. Runs saved with
+Flax's automatic names (Conv_0 .. Conv_12, BatchNorm_i, Dense_0) are renamed
+on restore (`rename_legacy`, called by checkpointing.Checkpointer.restore).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from smsdd_jax import conv, onednn, winograd  # onednn loads its library on first use.
+from smsdd_jax import backbones, onednn
+from smsdd_jax.backbones import vgg16
+# The conv layers' pieces, where code written before the registry finds them.
+from smsdd_jax.backbones.layers import (CONV_IMPLS, CONV_INIT, FUSED_IMPLS,  # noqa: F401
+                                        ONEDNN_IMPLS, ConvBiasReLU)
 
-# Channels per conv layer; 'M' is a 2x2 max-pool with stride 2 (VGG16, config D).
-VGG16_LAYERS: tuple[Any, ...] = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
-                                 512, 512, 512, 'M', 512, 512, 512, 'M')
-NUM_POOLS = sum(1 for v in VGG16_LAYERS if v == 'M')
-
-
-def _conv_names() -> tuple[str, ...]:
-  names, block, conv = [], 1, 1
-  for v in VGG16_LAYERS:
-    if v == 'M':
-      block, conv = block + 1, 1
-    else:
-      names.append(f'block{block}_conv{conv}')
-      conv += 1
-  return tuple(names)
-
-
-CONV_NAMES = _conv_names()  # block1_conv1 ... block5_conv3, Keras' VGG16 names.
 HEAD_NAME = 'predictions'  # Keras' name for VGG16's classifier layer.
-BN_SUFFIX = '_bn'  # block1_conv1_bn: the batch norm after block1_conv1.
 # Flax's automatic names (runs saved before the layers were named) -> ours.
-LEGACY_NAMES = {**{f'Conv_{i}': n for i, n in enumerate(CONV_NAMES)},
-                **{f'BatchNorm_{i}': n + BN_SUFFIX for i, n in enumerate(CONV_NAMES)},
-                'Dense_0': HEAD_NAME}
+LEGACY_NAMES = {**backbones.legacy_names(), 'Dense_0': HEAD_NAME}
 EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
 # What the classifier reads from the last feature map: the paper's flattened
 # map ('flatten': one weight per position, so a defect is scored by where it
 # sits), or its global average / max ('gap' | 'gmp': the same weights at every
 # position, as in ResNet-style heads; 'gmp' keeps the strongest local response).
 HEADS = ('flatten', 'gap', 'gmp')
-# Block outputs (before each pool) that apply() can return and differentiate.
-TAPS = tuple(f'block{b}' for b in range(1, 6))
-TAP_COLLECTIONS = ('intermediates', 'perturbations')
-# model.conv_impl -> the conv function nn.Conv calls. Every impl but 'xla'
-# also takes conv.py's max-pool (its backward is ~10x XLA:CPU's). 'custom_fused'
-# is 'custom' with each conv + bias + ReLU as one custom_vjp (conv.py) where
-# there is no batch norm between them; 'onednn' calls oneDNN's convolution
-# primitives through XLA's FFI (smsdd_jax/onednn/, built at install; falls
-# back to 'custom' with one line where the library is missing); 'onednn_fused'
-# is 'onednn' with conv + bias + ReLU as one primitive (post-ops); 'winograd' is
-# 'custom' with Winograd F(4,3) / F(2,3) where winograd.pick_plan measured it faster.
-CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'custom': conv.conv_general_dilated,
-              'custom_fused': conv.conv_general_dilated,
-              'onednn': onednn.conv_general_dilated,
-              'onednn_fused': onednn.conv_general_dilated,
-              'winograd': winograd.conv_general_dilated}
-# The fused impls' conv + bias + ReLU, one custom_vjp per layer (ConvBiasReLU).
-FUSED_IMPLS = {'custom_fused': conv.conv3x3_bias_relu,
-               'onednn_fused': onednn.conv3x3_bias_relu}
+TAP_COLLECTIONS = ('intermediates', 'perturbations')  # Of SiameseNet.tap.
 
-# The impls whose conv takes a float32 kernel with bfloat16 x (_keep_float32_kernel).
-ONEDNN_IMPLS = ('onednn', 'onednn_fused')
+# VGG16's constants under their names before the registry (backbones.vgg16).
+VGG16_LAYERS, NUM_POOLS, CONV_NAMES = vgg16.LAYERS, vgg16.NUM_POOLS, vgg16.CONV_NAMES
+BN_SUFFIX, channels = vgg16.BN_SUFFIX, vgg16.channels
+TAPS = tuple(vgg16.VGG16.taps)  # Block outputs (before each pool) apply() can return.
 
-# Kaiming-normal with fan_out, as torchvision initialises VGG. It keeps the
-# ReLU activations' variance roughly constant through 13 layers, so the
-# flattened features start at O(1) instead of vanishing (Glorot) or growing.
-CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # A tiny classifier init starts the logits near zero (loss ~= ln 2): with
 # 10752 input features a default LeCun init gives logits of O(1) and large
 # first gradients, which with lr 0.01 and momentum 0.9 was what diverged.
 DENSE_INIT = nn.initializers.normal(stddev=0.01)
 
 
-def channels(width_mult: float) -> list[Any]:
-  """Layer plan with each conv's channel count scaled by `width_mult`."""
-  return [v if v == 'M' else max(1, int(v * width_mult)) for v in VGG16_LAYERS]
+def conv_shapes(image_shape: Sequence[int], width_mult: float,
+                backbone: str = 'vgg16') -> list[tuple[int, int, int, int]]:
+  """(H, W, C_in, C_out) of each 3x3 / stride 1 conv of the tower, in order."""
+  return backbones.get(backbone).conv3x3_shapes(image_shape, width_mult)
 
 
-def conv_shapes(image_shape: Sequence[int], width_mult: float) -> list[tuple[int, int, int, int]]:
-  """(H, W, C_in, C_out) of each 3x3 conv of the tower, in order (floor
-  division per pool, as the model's)."""
-  (h, w), cin, shapes = tuple(image_shape[:2]), 3, []
-  for v in channels(width_mult):
-    if v == 'M':
-      h, w = h // 2, w // 2
-      continue
-    shapes.append((h, w, cin, v))
-    cin = v
-  return shapes
+def feature_shape(image_shape: Sequence[int], width_mult: float,
+                  backbone: str = 'vgg16') -> tuple[int, int, int]:
+  """Shape (h, w, c) of the tower's last feature map; ValueError where the
+  image is too small for it."""
+  return backbones.get(backbone).feature_shape(image_shape, width_mult)
 
 
-def feature_shape(image_shape: Sequence[int], width_mult: float) -> tuple[int, int, int]:
-  """Shape (h, w, c) of the tower's last feature map; floor division per pool."""
-  h, w = image_shape[0], image_shape[1]
-  for _ in range(NUM_POOLS):
-    h, w = h // 2, w // 2
-  if h < 1 or w < 1:
-    raise ValueError(
-        f'image size {image_shape[:2]} is too small for VGG16: needs at least '
-        f'{2 ** NUM_POOLS}x{2 ** NUM_POOLS} for {NUM_POOLS} max-pools')
-  return h, w, channels(width_mult)[-2]
-
-
-class SiameseVGG16(nn.Module):
-  """VGG16 conv tower + Dense(num_classes). Returns (logits, out).
+class SiameseNet(nn.Module):
+  """The backbone's conv tower + Dense(num_classes). Returns (logits, out).
 
   No field has a default: `create(config.model)` fills every one from the
   config, so configs/default.py is the one place a default lives."""
+  backbone: str  # A key of backbones.REGISTRY.
   width_mult: float
-  batch_norm: bool
+  batch_norm: bool  # True wherever the tower has batch norm (backbones' always_batch_norm).
   num_classes: int
   embedding: str
   head: str  # A key of HEADS.
@@ -142,20 +90,15 @@ class SiameseVGG16(nn.Module):
   # learned worse: launch/fit_check.py's held-out accuracy at 60 steps fell
   # from 0.92-0.99 to 0.63-0.84 on seeds 0-5, while the old draws renamed
   # trained as before (0.97). Drawing under the old names keeps every seed's
-  # weights those of the runs made before the rename.
+  # weights those of the runs made before the rename. (A tower without
+  # legacy names draws under its own.)
   legacy_names: bool = False
   # Conv layers whose kernels in `params` are oneDNN-packed (inference only;
   # `packed_for_inference` makes both).
   packed: tuple[str, ...] = ()
 
-  def _names(self, i: int) -> tuple[str, str]:
-    """(conv, batch norm) names of the i-th conv layer."""
-    if self.legacy_names:
-      return f'Conv_{i}', f'BatchNorm_{i}'
-    return CONV_NAMES[i], CONV_NAMES[i] + BN_SUFFIX
-
-  def _tap(self, name: str, x: jax.Array) -> jax.Array:
-    """Each block's output before its pool (TAPS), for maps.py's Grad-CAM:
+  def tap(self, name: str, x: jax.Array) -> jax.Array:
+    """A tower's Grad-CAM tap (its backbone's `taps`), for maps.py:
     sown into 'intermediates' and given a zero 'perturbations' entry whose
     gradient is d(output)/d(activation). Both are no-ops unless apply() is
     asked for those collections, so training and scoring are unchanged."""
@@ -164,31 +107,7 @@ class SiameseVGG16(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False):
-    x = images.astype(self.dtype)
-    fused = self.conv_impl in FUSED_IMPLS and not self.batch_norm
-    i = block = 0
-    for v in channels(self.width_mult):
-      if v == 'M':
-        block += 1
-        x = self._tap(f'block{block}', x)
-        x = (nn.max_pool(x, (2, 2), strides=(2, 2)) if self.conv_impl == 'xla'
-             else conv.max_pool2x2(x))
-        continue
-      name, bn_name = self._names(i)
-      i += 1
-      if fused:  # Named as nn.Conv is: checkpoints move between impls.
-        x = ConvBiasReLU(v, dtype=self.dtype, impl=FUSED_IMPLS[self.conv_impl],
-                         packed=name in self.packed, name=name)(x)
-        continue
-      x = nn.Conv(v, (3, 3), padding='SAME', use_bias=not self.batch_norm,
-                  kernel_init=CONV_INIT, dtype=self.dtype,
-                  conv_general_dilated=CONV_IMPLS[self.conv_impl],
-                  promote_dtype=(_keep_float32_kernel if self.conv_impl in ONEDNN_IMPLS
-                                 else nn.dtypes.promote_dtype), name=name)(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         dtype=self.dtype, name=bn_name)(x)
-      x = nn.relu(x)
+    x = backbones.get(self.backbone).tower(self, images.astype(self.dtype), train=train)
     features = _head_features(x, self.head)
     logits = nn.Dense(self.num_classes, kernel_init=DENSE_INIT,
                       dtype=self.dtype,
@@ -197,35 +116,7 @@ class SiameseVGG16(nn.Module):
     return logits.astype(jnp.float32), out
 
 
-class ConvBiasReLU(nn.Module):
-  """relu(conv3x3(x) + bias) as one custom_vjp (`impl`: a value of
-  FUSED_IMPLS), with nn.Conv's parameters (same names, shapes, init), so
-  either loads the other's."""
-  features: int
-  dtype: Any
-  impl: Callable = conv.conv3x3_bias_relu
-  packed: bool = False  # The kernel is oneDNN-packed (models.packed_for_inference).
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', CONV_INIT, (3, 3, x.shape[-1], self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    if self.packed:  # Computed in the packed kernel's own dtype.
-      return onednn.packed_conv3x3_bias_relu(x, kernel, bias)
-    if self.impl is onednn.conv3x3_bias_relu:
-      # The float32 master weights go in as they are: its bfloat16 kernels cast
-      # them in the reorder they run anyway and return float32 gradients.
-      return self.impl(x, kernel, bias)
-    return self.impl(x, kernel.astype(self.dtype), bias.astype(self.dtype))
-
-
-def _keep_float32_kernel(inputs, kernel, bias, dtype=None, inexact=True):
-  """nn.Conv's promote_dtype for the oneDNN impls: inputs and bias cast to
-  dtype as flax does, the kernel left float32. In bfloat16 the oneDNN conv
-  casts the master weights in the reorder it runs anyway and returns their
-  gradient in float32; flax's cast would round that gradient to bfloat16."""
-  inputs, _, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=dtype, inexact=inexact)
-  return inputs, kernel, bias
+SiameseVGG16 = SiameseNet  # Its name when VGG16 was the only tower.
 
 
 def _head_features(feature_map: jax.Array, head: str) -> jax.Array:
@@ -265,8 +156,9 @@ def resolve_conv_impl(conv_impl: str, platform: str | None = None,
   return 'onednn_fused' if built else 'custom'
 
 
-def create(model_config: ml_collections.ConfigDict) -> SiameseVGG16:
+def create(model_config: ml_collections.ConfigDict) -> SiameseNet:
   """The Flax module described by `config.model`."""
+  backbone = backbones.get(model_config.backbone)
   if model_config.embedding not in EMBEDDINGS:
     raise ValueError(f'config.model.embedding={model_config.embedding!r}: '
                      f'expected one of {EMBEDDINGS}')
@@ -278,24 +170,26 @@ def create(model_config: ml_collections.ConfigDict) -> SiameseVGG16:
                      f"expected 'auto' or one of {tuple(CONV_IMPLS)}")
   if model_config.width_mult <= 0:
     raise ValueError(f'config.model.width_mult={model_config.width_mult}: must be > 0')
-  return SiameseVGG16(width_mult=model_config.width_mult,
-                      batch_norm=model_config.batch_norm,
-                      num_classes=model_config.num_classes,
-                      embedding=model_config.embedding,
-                      head=model_config.head,
-                      dtype=jnp.dtype(model_config.dtype),
-                      conv_impl=conv_impl)
+  return SiameseNet(backbone=backbone.name,
+                    width_mult=model_config.width_mult,
+                    batch_norm=model_config.batch_norm or backbone.always_batch_norm,
+                    num_classes=model_config.num_classes,
+                    embedding=model_config.embedding,
+                    head=model_config.head,
+                    dtype=jnp.dtype(model_config.dtype),
+                    conv_impl=conv_impl)
 
 
-def init(model: SiameseVGG16, rng: jax.Array, image_shape: Sequence[int]):
+def init(model: SiameseNet, rng: jax.Array, image_shape: Sequence[int]):
   """Returns (params, model_state); model_state holds BatchNorm statistics."""
-  feature_shape(image_shape, model.width_mult)  # Fail early on a too-small image.
+  # Fail early on a too-small image.
+  backbones.get(model.backbone).feature_shape(image_shape, model.width_mult)
   # Drawn under Flax's automatic names, then renamed (see legacy_names).
   variables = jax.jit(model.clone(legacy_names=True).init)(
       rng, jnp.zeros((1, *image_shape), jnp.float32))
   variables = rename_legacy(dict(variables))
   params = variables['params']
-  # BatchNorm statistics only: init also fills _tap's collections.
+  # BatchNorm statistics only: init also fills tap's collections.
   model_state = {k: v for k, v in variables.items() if k not in ('params',) + TAP_COLLECTIONS}
   return params, model_state
 
@@ -303,7 +197,7 @@ def init(model: SiameseVGG16, rng: jax.Array, image_shape: Sequence[int]):
 PRECISIONS = ('float32', 'bfloat16')  # Of packed_for_inference's convolutions.
 
 
-def packed_for_inference(model: SiameseVGG16, params, image_shape: Sequence[int],
+def packed_for_inference(model: SiameseNet, params, image_shape: Sequence[int],
                          precision: str = 'float32'):
   """(model, params) for scoring only, with each conv kernel that oneDNN can
   take packed in its layout (onednn.pack_kernel) so that no forward reorders
@@ -320,8 +214,10 @@ def packed_for_inference(model: SiameseVGG16, params, image_shape: Sequence[int]
       or model.dtype != jnp.float32 or not onednn.available()):
     return model, params
   packed, params = [], dict(params)
-  for i, (h, w, _, _) in enumerate(conv_shapes(image_shape, model.width_mult)):
-    name = model._names(i)[0]  # pylint: disable=protected-access
+  for spec in backbones.get(model.backbone).convs(image_shape, model.width_mult):
+    if (spec.kernel, spec.stride) != (3, 1):
+      continue  # oneDNN's fused kernels take 3x3 / stride 1 only.
+    name, h, w = spec.name, spec.h, spec.w
     kernel = onednn.pack_kernel(params[name]['kernel'], h, w, precision)
     if kernel is None and precision != 'float32':
       kernel = onednn.pack_kernel(params[name]['kernel'], h, w)
@@ -331,7 +227,7 @@ def packed_for_inference(model: SiameseVGG16, params, image_shape: Sequence[int]
   return model.clone(packed=tuple(packed), dtype=jnp.dtype(precision)), params
 
 
-def forward(params, images: jax.Array, *, model: SiameseVGG16, model_state=None,
+def forward(params, images: jax.Array, *, model: SiameseNet, model_state=None,
             train: bool = False):
   """Pure forward pass: (logits, out). In training with BatchNorm,
   `out['model_state']` carries the updated statistics."""
@@ -345,7 +241,7 @@ def forward(params, images: jax.Array, *, model: SiameseVGG16, model_state=None,
 
 
 def siamese_forward(params, images_a: jax.Array, images_b: jax.Array, *,
-                    model: SiameseVGG16, model_state=None, train: bool = False):
+                    model: SiameseNet, model_state=None, train: bool = False):
   """Both images of every pair through the one tower as a single batch.
 
   Returns (logits, out): logits is (2N, classes) with the a-images first;
@@ -369,7 +265,7 @@ def uses_legacy_names(tree) -> bool:
 def rename_legacy(tree, *, inverse: bool = False):
   """The nested dict `tree` (params, model_state, an optimizer state's
   params-shaped parts: every level) with Flax's automatic layer names
-  replaced by VGG16's (`LEGACY_NAMES`); `inverse` maps ours back."""
+  replaced by the backbones' (`LEGACY_NAMES`); `inverse` maps ours back."""
   names = {v: k for k, v in LEGACY_NAMES.items()} if inverse else LEGACY_NAMES
   if not isinstance(tree, dict):
     return tree

@@ -2,7 +2,9 @@
 
 `config.model.init` = '' trains from scratch (the paper's literal reading);
 a path initialises the 13 conv layers (and batch-norm statistics) from one of
-the files people have. The format is recognised from the bytes, not the name:
+the files people have, where the backbone states where they go
+(backbones' `pretrained` layout: VGG16's; a backbone without one refuses any
+file). The format is recognised from the bytes, not the name:
 
   torchvision state dict   vgg16-397923af.pth, vgg16_bn-6c64b313.pth: PyTorch's
                            zip format (>= 1.6) or the older pickle stream,
@@ -38,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from smsdd_jax import models
+from smsdd_jax import backbones
 from smsdd_jax import rundir
 
 logging = logging.getLogger('smsdd_jax')
@@ -108,14 +110,15 @@ def load(model_config, params: dict, model_state: dict) -> tuple[dict, dict]:
   fmt, index = _open(model_config.init)
   plan = _plan(model_config, fmt, index)
   try:
-    return _replace(model_config.init, fmt, index, plan, params, model_state)
+    return _replace(model_config.init, fmt, index, plan, params, model_state,
+                    _layout(model_config))
   except PretrainedError:
     raise
   except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # Corrupt data.
     _fail(model_config.init, f'unreadable ({type(e).__name__}: {e})')
 
 
-def _replace(path, fmt, index, plan, params, model_state):
+def _replace(path, fmt, index, plan, params, model_state, layout):
   """`load` once the plan is checked: reads the arrays and swaps them in."""
   params = dict(params)
   batch_stats = dict(model_state.get('batch_stats', {}))
@@ -126,7 +129,7 @@ def _replace(path, fmt, index, plan, params, model_state):
       kernel = kernel[:, :, ::-1, :] if layer.index == 0 else kernel
     else:  # torch OIHW -> HWIO; both are cross-correlations, no spatial flip.
       kernel = kernel.transpose(2, 3, 1, 0)
-    conv_name = models.CONV_NAMES[layer.index]
+    conv_name = layout.conv_names[layer.index]
     conv = dict(params[conv_name])
     conv['kernel'] = _like(kernel, conv['kernel'], f'{conv_name}/kernel')
     if layer.bn is None:
@@ -134,7 +137,7 @@ def _replace(path, fmt, index, plan, params, model_state):
     else:
       # Our conv has no bias before batch norm; torchvision's has one. BN
       # subtracts the running mean right after it, so folding it there is exact.
-      name = conv_name + models.BN_SUFFIX
+      name = layout.bn_name(conv_name)
       read = {k: index[v].read().astype(np.float32) for k, v in layer.bn.items()}
       norm = dict(params[name])
       norm['scale'] = _like(read['scale'], norm['scale'], f'{name}/scale')
@@ -170,23 +173,31 @@ def _plan(model_config, fmt: str, index: dict[str, _Array]) -> list[_Layer]:
   """The 13 layers' keys in the file, after checking everything that can be
   checked without reading the arrays."""
   path = model_config.init
+  layout = _layout(model_config)
   if model_config.width_mult != 1.0:
-    _fail(path, f'ImageNet VGG16 weights fit only config.model.width_mult=1.0 '
-          f'(64..512 channels), not {model_config.width_mult}')
-  convs = [v for v in models.channels(1.0) if v != 'M']
-  shapes = list(zip([3] + convs[:-1], convs))  # (in, out) per conv layer.
+    _fail(path, f'ImageNet {layout.title} weights fit only config.model.width_mult=1.0, '
+          f'not {model_config.width_mult}')
   if fmt == 'keras_h5':
-    plan = _keras_plan(path, index, shapes, model_config.batch_norm)
+    plan = _keras_plan(path, index, layout, model_config.batch_norm)
   else:
-    plan = _torch_plan(path, index, shapes, model_config.batch_norm)
+    plan = _torch_plan(path, index, layout, model_config.batch_norm)
   missing = [k for layer in plan
              for k in (layer.kernel, layer.bias, *(layer.bn or {}).values())
              if k not in index]
   if missing:
     _fail(path, f'missing keys {", ".join(missing[:4])}'
           f'{f" and {len(missing) - 4} more" if len(missing) > 4 else ""} '
-          f'({len(missing)} of the VGG16 conv layers\' {_count(plan)} entries)')
+          f'({len(missing)} of the {layout.title} conv layers\' {_count(plan)} entries)')
   return plan
+
+
+def _layout(model_config) -> backbones.base.PretrainedLayout:
+  """Where the backbone's conv layers come from in a weights file."""
+  backbone = backbones.get(model_config.backbone)
+  if backbone.pretrained is None:
+    _fail(model_config.init, f'config.model.backbone={backbone.name!r} reads no weights '
+          "file (only 'vgg16' does): set config.model.init=''")
+  return backbone.pretrained
 
 
 def _count(plan) -> int:
@@ -199,7 +210,7 @@ def _check_shape(path, index, key, need, layout, layer, hint=''):
           f'{layer} needs {tuple(need)} ({layout}){hint}')
 
 
-def _torch_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
+def _torch_plan(path, index, layout, batch_norm: bool) -> list[_Layer]:
   features = {k: v for k, v in index.items() if k.startswith('features.')}
   if not features:
     some = ', '.join(list(index)[:5]) or 'none'
@@ -211,12 +222,7 @@ def _torch_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
           f'({"with" if file_bn else "without"} batch norm) but '
           f'config.model.batch_norm={batch_norm}: set it to {file_bn} or use '
           f'{"vgg16_bn-6c64b313.pth" if batch_norm else "vgg16-397923af.pth"}')
-  # torchvision's `features` numbering: conv[, bn], relu per conv; one per pool.
-  positions, n = [], 0
-  for v in models.VGG16_LAYERS:
-    if v != 'M':
-      positions.append(n)
-    n += 1 if v == 'M' else (3 if batch_norm else 2)
+  positions = layout.torch_positions(batch_norm)
   extra = sorted((k for k, v in features.items()
                   if len(v.shape) == 4 and int(k.split('.')[1]) not in positions),
                  key=lambda k: int(k.split('.')[1]))
@@ -224,7 +230,7 @@ def _torch_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
     _fail(path, f'conv weights at {", ".join(extra[:3])}, where VGG16 has none: '
           'not a VGG16 (VGG11/13/19?)')
   plan = []
-  for i, (p, (cin, cout)) in enumerate(zip(positions, shapes)):
+  for i, (p, (cin, cout)) in enumerate(zip(positions, layout.conv_io)):
     bn = None
     if batch_norm:
       bn = {'scale': f'features.{p + 1}.weight', 'bias': f'features.{p + 1}.bias',
@@ -232,19 +238,19 @@ def _torch_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
             'var': f'features.{p + 1}.running_var'}
     layer = _Layer(i, f'features.{p}.weight', f'features.{p}.bias',
                    (cout, cin, 3, 3), bn)
-    _check_shape(path, index, layer.kernel, layer.kernel_shape, 'OIHW', models.CONV_NAMES[i])
+    _check_shape(path, index, layer.kernel, layer.kernel_shape, 'OIHW', layout.conv_names[i])
     for key in (layer.bias, *(bn or {}).values()):
       _check_shape(path, index, key, (cout,), 'channels', f'layer {i}')
     plan.append(layer)
   return plan
 
 
-def _keras_plan(path, index, shapes, batch_norm: bool) -> list[_Layer]:
+def _keras_plan(path, index, layout, batch_norm: bool) -> list[_Layer]:
   if batch_norm:
     _fail(path, 'Keras\' VGG16 weights have no batch norm but '
           'config.model.batch_norm=True: set it to False or use vgg16_bn-6c64b313.pth')
   plan = []  # Keras names its layers as our tree does.
-  for i, (name, (cin, cout)) in enumerate(zip(models.CONV_NAMES, shapes)):
+  for i, (name, (cin, cout)) in enumerate(zip(layout.conv_names, layout.conv_io)):
     layer = _Layer(i, f'{name}/kernel', f'{name}/bias', (3, 3, cin, cout))
     hint = ''
     if layer.kernel in index and tuple(index[layer.kernel].shape) == (cout, cin, 3, 3):

@@ -336,6 +336,7 @@ FIELDS_ADDED = {
     'recipe': 'paper',
     'model.conv_impl': 'auto',  # Speed only: every implementation computes the same function.
     'model.init': '',
+    'model.backbone': 'vgg16',  # The only tower before the registry.
     'model.head': 'flatten',
     'data.normalize': 'fixed',
     'data.aspect': 'stretch',

@@ -13,7 +13,7 @@ back to back, so each round's variants saw about the same load, and the
 result keeps each round's ratios (paired) as well as the medians.
 
 Per-layer timings time `conv_general_dilated`-compatible functions (the ones
-models.CONV_IMPLS holds) on the VGG16's 3x3 layer shapes, forward, input
+models.CONV_IMPLS holds) on the tower's 3x3 layer shapes (VGG16's), forward, input
 gradient and weight gradient separately, each under jit, interleaved per
 repeat. Their GFLOP/s are the direct convolution's FLOPs over the time, so
 formulations that do fewer multiplies (Winograd) show as faster, not as
@@ -101,10 +101,12 @@ def env_table(result: dict, impl: str) -> str:
   return '\n'.join(lines)
 
 
-def layer_shapes(image_size=(110, 230), width_mult: float = 1.0) -> list[tuple]:
-  """(H, W, C_in, C_out) of each 3x3 conv of the VGG16 tower, in order."""
-  from smsdd_jax import models  # pylint: disable=import-outside-toplevel
-  return models.conv_shapes(image_size, width_mult)
+def layer_shapes(image_size=(110, 230), width_mult: float = 1.0,
+                 backbone: str = 'vgg16') -> list[tuple]:
+  """(H, W, C_in, C_out) of each 3x3 / stride 1 conv of the tower, in order:
+  the ones the impls replace."""
+  from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
+  return backbones.get(backbone).conv3x3_shapes(image_size, width_mult)
 
 
 def conv_parts(conv_fn) -> dict:
