@@ -276,13 +276,16 @@ class Predictor:
     return self._batched(self._embed, images_rgb_uint8)
 
   def maps(self, images_rgb_uint8: np.ndarray, method: str = 'gradcam', *,
-           layer: str = 'block5', patch: int = 16, stride: int = 8) -> np.ndarray:
+           layer: str | None = None, patch: int = 16, stride: int = 8) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB ROIs -> (N, H, W) float32 in [0, 1]: what raised
-    each image's defect score (smsdd_jax/maps.py: 'gradcam' at `layer`, or
+    each image's defect score (smsdd_jax/maps.py: 'gradcam' at `layer`, a tap
+    of the run's backbone, None its default ('block5' for VGG16), or
     'occlusion' with `patch` x `patch` windows `stride` apart). Of the image
     itself, never test-time augmented."""
     from smsdd_jax import maps as maps_lib  # pylint: disable=import-outside-toplevel
     if method == 'gradcam':
+      from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
+      layer = layer or backbones.get(self.model.backbone).default_tap
       if layer not in self._gradcam:
         self._gradcam[layer] = jax.jit(functools.partial(
             maps_lib.gradcam, model=self.model, mean=self.mean, std=self.std, layer=layer))

@@ -69,7 +69,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuses a bad config before anything is built or compiled."""
   _check_image_size(config.data.image_size)
   losses.validate(config.loss)
-  models.feature_shape(config.data.image_size, config.model.width_mult)
+  models.feature_shape(config.data.image_size, config.model.width_mult, config.model.backbone)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps'):
     if config[field] <= 0:
       raise ValueError(f'config.{field}={config[field]}: must be > 0')
