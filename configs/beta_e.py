@@ -1,5 +1,11 @@
 """SMSDD-E (the paper's Table 1): cross-entropy + 0.0001 x contrastive."""
-from configs import default
+import pathlib
+import sys
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # `configs` found from any working directory.
+  sys.path.insert(0, ROOT)
+from configs import default  # noqa: E402
 
 
 def get_config(arg=None):

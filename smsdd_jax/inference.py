@@ -153,11 +153,14 @@ class Run:
 
 def load_run(workdir: str, step: Optional[int] = None) -> Run:
   """Restores a run from its directory alone: the best checkpoint, or `step`
-  (see the module docstring for which one). Raises FileNotFoundError or
-  ValueError (checkpointing's mismatch / unreadable errors) in one line."""
+  (see the module docstring for which one), with the loss terms it used
+  registered (`losses.register_from_run`: a term of its own from the source
+  the run recorded). Raises FileNotFoundError or ValueError (checkpointing's
+  mismatch / unreadable errors, a term missing or differing) in one line."""
   files = resolve_run(workdir, step)
   # pylint: disable=import-outside-toplevel
-  from smsdd_jax import checkpointing, models, step as step_lib
+  from smsdd_jax import checkpointing, losses, models, step as step_lib
+  losses.register_from_run(files.workdir)  # A term of its own: combined_loss works.
   config = run_config(files.config)
   model = models.create(config.model)
   # The restore target: create_train_state's structure, shapes and dtypes

@@ -16,6 +16,12 @@ file itself is the simplest place (configs/examples/smoothed_ce.py):
 
   config.loss.extra = {'my_term': 0.5}     # or --config.loss.pair=my_term
 
+A run carries its terms: config.json records the source text of every file
+that defined a term in use outside this package (`term_sources`), and
+`inference.load_run` runs it again where the term is not registered
+(`register_from_run`). So that file is executed on loading: a script keeps
+its own work under `if __name__ == '__main__':`.
+
 `ctx`, what a term receives (N pairs per step, so 2N images; traced arrays):
 
   logits  (2N, 2) float   classifier outputs, images a then images b
@@ -37,8 +43,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import linecache
 import math
 import os
+import sys
+import types
 from typing import Callable, Mapping, Optional
 
 import jax
@@ -119,6 +129,9 @@ class _Entry:
 
 
 _TERMS: dict[str, _Entry] = {}
+# (file, text) of the recorded source a term was registered from by
+# `register_from_run`: the file on disk may have changed since.
+_RECORDED: dict[str, tuple[str, str]] = {}
 
 
 def _origin(fn) -> tuple[str, str]:
@@ -156,6 +169,7 @@ def register(name: str, *, check: Optional[Callable[[object], None]] = None
       raise ValueError(f'loss term {name!r} is already registered by '
                        f'{".".join(_origin(_TERMS[name].fn))}; pick another name')
     _TERMS[name] = _Entry(fn, check)
+    _RECORDED.pop(name, None)
     return fn
   return wrap
 
@@ -265,6 +279,102 @@ def describe(loss_config) -> dict[str, dict]:
     out[name] = {'weight': weight, 'module': fn.__module__,
                  'function': getattr(fn, '__qualname__', ''), 'source': source}
   return out
+
+
+def _source_of(name: str) -> tuple[str, str]:
+  """(file, text) of the file that defined registered term `name`: the
+  recorded one it was registered from, else the file as it is now (a
+  notebook cell's text through linecache); ('', '') where none is known."""
+  if name in _RECORDED:
+    return _RECORDED[name]
+  fn = _TERMS[name].fn
+  code = getattr(fn, '__code__', None)
+  if code is None:  # A partial or a callable object: no file to record.
+    return '', ''
+  file = code.co_filename
+  linecache.checkcache(file)  # The file as it is now, not as first read.
+  text = ''.join(linecache.getlines(file, getattr(fn, '__globals__', None)))
+  if not text:
+    return '', ''
+  return (file if file.startswith('<') else os.path.abspath(file)), text
+
+
+def _builtin(name: str) -> bool:
+  return _TERMS[name].fn.__module__.split('.')[0] == __name__.split('.')[0]
+
+
+def term_sources(loss_config) -> dict[str, dict]:
+  """{term: {'file', 'code'}} of the terms in use defined outside this
+  package, for config.json: the whole text of the defining file (a config
+  file, a module, a notebook cell), so that `register_from_run` can register
+  the term again where it was never imported. A term whose text cannot be
+  read records code ''."""
+  out = {}
+  for name in terms_in_use(loss_config):
+    get_term(name)  # Unknown: the one-line KeyError.
+    if not _builtin(name):
+      file, code = _source_of(name)
+      out[name] = {'file': file, 'code': code}
+  return out
+
+
+def register_from_run(workdir: str) -> list[str]:
+  """Registers the loss terms a run used (config.json's "loss_terms") that
+  are not registered here, by running the source text the run recorded
+  ("loss_term_sources", `term_sources`); returns the names it registered.
+
+  Raises ValueError in one line naming config.json and the term when a term
+  is not registered and the run recorded no source for it, when its recorded
+  source fails or does not register it, or when a term of that name is
+  registered here from another text (an edited config file: its loss would
+  not be the run's)."""
+  path = os.path.join(workdir, 'config.json')
+  with open(path, encoding='utf-8') as f:
+    info = json.load(f)
+  names = list(info.get('loss_terms') or {})
+  if not names:  # A run from before config.json recorded its terms.
+    loss = (info.get('config') or {}).get('loss') or {}
+    names = [loss.get('classification'), loss.get('pair'), *(loss.get('extra') or {})]
+  recorded = info.get('loss_term_sources') or {}
+  added = []
+  for name in filter(None, names):
+    source = recorded.get(name) or {}
+    if name in _TERMS:
+      if source.get('code') and _source_of(name)[1] != source.get('code'):
+        raise ValueError(f'{path}: loss term {name!r} is registered here from '
+                         f'{_source_of(name)[0] or "?"}, which differs from the source the '
+                         f'run recorded ({source.get("file")}); load the run in a process '
+                         f'where {name!r} is not registered')
+      continue
+    if not source.get('code'):
+      where = source.get('file') or (info.get('loss_terms') or {}).get(name, {}).get('source')
+      raise ValueError(f'{path}: loss term {name!r} is not registered and the run recorded '
+                       f'no source for it; import the file that defines it first '
+                       f'({where or "unknown"})')
+    _exec_recorded(name, source['file'], source['code'], path)
+    added.append(name)
+  return added
+
+
+def _exec_recorded(name: str, file: str, code: str, where: str) -> None:
+  """Runs a recorded source as a fresh module (not '__main__', so a script's
+  own work stays out) and keeps its text as the source of every term it
+  registers."""
+  module = types.ModuleType(f'_smsdd_recorded_{name}')
+  module.__file__ = file
+  sys.modules[module.__name__] = module  # For dataclasses and pickling in it.
+  try:
+    exec(compile(code, file or f'<recorded {name}>', 'exec'), module.__dict__)  # noqa: S102
+  except Exception as e:  # pylint: disable=broad-except
+    sys.modules.pop(module.__name__, None)
+    raise ValueError(f'{where}: the source the run recorded for loss term {name!r} '
+                     f'({file}) fails: {type(e).__name__}: {e}') from None
+  for term, entry in _TERMS.items():
+    if entry.fn.__module__ == module.__name__:
+      _RECORDED[term] = (file, code)
+  if name not in _TERMS:
+    raise ValueError(f'{where}: the source the run recorded for loss term {name!r} '
+                     f'({file}) does not register it')
 
 
 def combined_loss(ctx: LossContext, loss_config) -> tuple[jax.Array, dict]:

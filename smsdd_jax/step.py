@@ -3,6 +3,7 @@
   state = create_train_state(config, model, make_optimizer(config.optimizer))
   step = make_train_step(model, tx, config.loss)   # jitted, donates the state
   state, metrics = step(state, batch)
+  loss, aux = loss_fn(params, batch, model=model, loss_config=config.loss)  # for jax.grad
 
 A pure SGD step on paired batches (both images through one tower: shared
 weights by construction), its optimiser, the train state and the eval step.
@@ -93,31 +94,46 @@ def create_train_state(config, model, tx) -> TrainState:
 # ------------------------------------------------------------------ the step
 
 
+def loss_fn(params, batch: dict, *, model, loss_config, model_state=None, rng=None):
+  """The training objective of one batch of pairs: (loss, aux), for jax.grad.
+
+  The train step differentiates exactly this (training-mode forward: batch
+  norm on the batch's statistics). batch: 'image_a', 'image_b' (N, H, W, 3)
+  float32, normalised as training feeds them (`inference.Run.normalize`),
+  'label_a', 'label_b' (N,) int32, 'same' (N,) float32. model_state: the
+  batch-norm statistics (None: {}, a model without batch norm); rng: the
+  key a stochastic term reads (None: PRNGKey(0)). aux: 'terms' (each term's
+  value), 'logits', 'labels', 'emb_a', 'emb_b', 'model_state' (updated).
+
+    run = inference.load_run(workdir)  # its own loss terms registered again
+    grads, aux = jax.grad(step.loss_fn, has_aux=True)(run.params, batch, model=run.model,
+        loss_config=run.config.loss, model_state=run.model_state)
+  """
+  labels = jnp.concatenate([batch['label_a'], batch['label_b']])
+  logits, out = models.siamese_forward(
+      params, batch['image_a'], batch['image_b'], model=model,
+      model_state=model_state, train=True)
+  ctx = {'logits': logits, 'labels': labels, 'emb_a': out['emb_a'],
+         'emb_b': out['emb_b'], 'same': batch['same'],
+         'rng': jax.random.PRNGKey(0) if rng is None else rng}
+  loss, terms = losses.combined_loss(ctx, loss_config)
+  return loss, {'terms': terms, 'logits': logits, 'labels': labels, **out}
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx, loss_config):
   """One SGD step on a batch of pairs. Pure; jitted by `make_train_step`."""
-  rng = jax.random.fold_in(state.rng, state.step)
-  labels = jnp.concatenate([batch['label_a'], batch['label_b']])
-
-  def loss_fn(params):
-    logits, out = models.siamese_forward(
-        params, batch['image_a'], batch['image_b'], model=model,
-        model_state=state.model_state, train=True)
-    ctx = {'logits': logits, 'labels': labels, 'emb_a': out['emb_a'],
-           'emb_b': out['emb_b'], 'same': batch['same'], 'rng': rng}
-    loss, terms = losses.combined_loss(ctx, loss_config)
-    return loss, (terms, logits, out)
-
-  (loss, (terms, logits, out)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, batch, model=model, loss_config=loss_config,
+      model_state=state.model_state, rng=jax.random.fold_in(state.rng, state.step))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, **terms,
-             'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
+  metrics = {'loss': loss, **aux['terms'],
+             'accuracy': jnp.mean(jnp.argmax(aux['logits'], -1) == aux['labels']),
              'l2_grads': optax.tree.norm(grads),
              'l2_params': optax.tree.norm(params),
-             **_pair_distances(out['emb_a'], out['emb_b'], batch['same'])}
+             **_pair_distances(aux['emb_a'], aux['emb_b'], batch['same'])}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            model_state=out['model_state'])
+                            model_state=aux['model_state'])
   return new_state, metrics
 
 

@@ -182,7 +182,9 @@ def write_run_info(config, workdir: str, record: dict | None = None,
           'python': sys.version.split()[0], 'git_commit': _git_commit(),
           'devices': [str(d) for d in jax.devices()],
           # Weights alone do not say which code ran: a term may come from a config file.
-          'loss_terms': losses.describe(config.loss)}
+          'loss_terms': losses.describe(config.loss),
+          # Their files' text, which inference.load_run runs where a term is not registered.
+          'loss_term_sources': losses.term_sources(config.loss)}
   if config.model.init:  # The input convention the pretrained weights fixed.
     info['init_convention'] = pretrained.stats(config.model)['convention']
   if resumed:  # From which step on each changed value of "config" holds.

@@ -13,11 +13,17 @@ same (N,), rng). To add it beside cross-entropy instead of replacing it:
 config.loss.extra = {'smoothed_ce': 0.5} (or, on the command line,
 --config.loss.extra="{'smoothed_ce': 0.5}").
 """
+import pathlib
+import sys
+
 import jax
 import jax.numpy as jnp
 
-from configs import default
-from smsdd_jax import losses
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:  # `configs` found from any working directory.
+  sys.path.insert(0, ROOT)
+from configs import default  # noqa: E402
+from smsdd_jax import losses  # noqa: E402
 
 NAME = 'smoothed_ce'
 
