@@ -300,7 +300,8 @@ def _source_of(name: str) -> tuple[str, str]:
 
 
 def _builtin(name: str) -> bool:
-  return _TERMS[name].fn.__module__.split('.')[0] == __name__.split('.')[0]
+  module = getattr(_TERMS[name].fn, '__module__', None) or ''
+  return module.split('.')[0] == __name__.split('.')[0]
 
 
 def term_sources(loss_config) -> dict[str, dict]:
@@ -367,10 +368,11 @@ def _exec_recorded(name: str, file: str, code: str, where: str) -> None:
     exec(compile(code, file or f'<recorded {name}>', 'exec'), module.__dict__)  # noqa: S102
   except Exception as e:  # pylint: disable=broad-except
     sys.modules.pop(module.__name__, None)
+    first = (str(e).splitlines() or [''])[0]  # One line, whatever the error says.
     raise ValueError(f'{where}: the source the run recorded for loss term {name!r} '
-                     f'({file}) fails: {type(e).__name__}: {e}') from None
+                     f'({file}) fails: {type(e).__name__}: {first}') from None
   for term, entry in _TERMS.items():
-    if entry.fn.__module__ == module.__name__:
+    if getattr(entry.fn, '__module__', None) == module.__name__:
       _RECORDED[term] = (file, code)
   if name not in _TERMS:
     raise ValueError(f'{where}: the source the run recorded for loss term {name!r} '
