@@ -5,36 +5,33 @@ Data comes from a TFDS builder (`config.data.name`), whose examples carry an
 1 defective), read with tf.data: `config.data.source='tfds'`, the default.
 With `config.data.source='export'` it comes from a file written by
 `python -m smsdd_jax.dataset_export` (`config.data.export_path`) and is read
-by numpy_pipeline.py with the same rules and no TensorFlow: the functions
-below hand an export there, so callers never ask which source they read.
+by numpy_pipeline.py with no TensorFlow: the functions below hand an export
+there, so callers never ask which source they read.
 
-Pair sampling rule (training). Two independent image streams A and B are
-drawn; each picks a defective image with probability
-`config.data.defective_fraction` (default 0.5) and otherwise a good one, each
-class cycling through its own seeded shuffle. Pair i is (A_i, B_i). With 0.5,
-every class makes half of the images the tower sees and same/different pairs
-come 1:1 (GG, GD, DG, DD each 1/4), so the rare defective class is never
-drowned. Drawing pairs uniformly from 168/1032 images would instead give ~76%
-same-class pairs, nearly all good-good.
-
-An epoch is `len(train split) // (2 * batch_size)` steps: as many images as
-the split holds. The stream is one seeded, deterministic sequence; resuming at
-step s skips its first s batches, so a resumed run sees the same data.
+Training pairs and their augmentation are decided by the one pair sampler,
+smsdd_jax/pairs.py (the pair rule, seeds, resuming, sharding, epochs: its
+module doc). Each source only reads and normalises the training images it is
+asked for, so both give bit-identical batches on the same build. The split
+helpers both sources share (split_names, SplitInfo, pixel_stats) live in
+data_splits.py, the export reader in export_reader.py.
 
 TensorFlow here is only an input library: it is imported on first use (an
 export never loads it) and kept off any GPU.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import json
 import os
 import re
 from typing import Iterator
 
 import numpy as np
 
-from smsdd_jax import dataset_export
+from smsdd_jax import data_splits
+from smsdd_jax import export_reader
+from smsdd_jax import numpy_pipeline
+from smsdd_jax import pairs
 from smsdd_jax import preprocess
 
 SOURCES = ('tfds', 'export')  # config.data.source.
@@ -78,17 +75,17 @@ def load_tensorflow() -> None:
     importlib.import_module('tensorflow').config.set_visible_devices([], 'GPU')
     _tf_loaded = True
 
-GOOD, DEFECTIVE = 0, 1
+# Shared with the export source (data_splits, pairs); known here by these names.
+GOOD, DEFECTIVE = data_splits.GOOD, data_splits.DEFECTIVE
+SplitInfo = data_splits.SplitInfo
+split_names = data_splits.split_names
+pixel_stats = data_splits.pixel_stats
+steps_per_epoch = pairs.steps_per_epoch
 
 
 def _export(builder) -> bool:
   """True when `builder` is a dataset export (numpy_pipeline reads it)."""
-  return isinstance(builder, dataset_export.ExportedDataset)
-
-
-def _numpy_pipeline():
-  from smsdd_jax import numpy_pipeline  # pylint: disable=import-outside-toplevel
-  return numpy_pipeline
+  return isinstance(builder, export_reader.ExportedDataset)
 
 
 # Normalisation: (pixel - mean) / std per RGB channel, pixels in [0, 255].
@@ -120,28 +117,12 @@ def compute_stats(builder, data_config) -> dict:
   """Per-channel mean/std: fixed, or measured on the training split only
   (never validation or test, which would leak them into training)."""
   if _export(builder):
-    return _numpy_pipeline().compute_stats(builder, data_config)
-  if data_config.normalize == 'fixed':
+    return numpy_pipeline.compute_stats(builder, data_config)
+  if data_splits.check_normalize(data_config) == 'fixed':
     return FIXED_STATS
-  if data_config.normalize != 'train_stats':
-    raise ValueError(f'config.data.normalize={data_config.normalize!r}: expected '
-                     "'fixed' or 'train_stats'")
   ds = builder.as_dataset(split=split_names(data_config)['train']).map(
       lambda ex: ex['image'])
   return pixel_stats(tfds.as_numpy(ds.batch(256)))
-
-
-def pixel_stats(image_batches) -> dict:
-  """Per-channel mean and std of uint8 RGB image batches (both sources)."""
-  total, total_sq, count = np.zeros(3), np.zeros(3), 0
-  for images in image_batches:
-    pixels = images.reshape(-1, 3).astype(np.float64)
-    total += pixels.sum(0)
-    total_sq += (pixels ** 2).sum(0)
-    count += len(pixels)
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-6))
-  return {'mean': mean.tolist(), 'std': std.tolist()}
 
 
 def prepare(data_config):
@@ -152,7 +133,7 @@ def prepare(data_config):
   if source not in SOURCES:
     raise ValueError(f'config.data.source={source!r}: expected one of {SOURCES}')
   if source == 'export':
-    export = _numpy_pipeline().prepare(data_config)
+    export = numpy_pipeline.prepare(data_config)
     check_kfold(export, data_config)
     return export
   load_tensorflow()
@@ -166,7 +147,7 @@ def prepare(data_config):
 def recorded_data(data: dict, builder) -> dict:
   """config.data (a dict) as a run records it: on an export, the export's
   builder_config and manual_dir where it leaves them empty."""
-  return _numpy_pipeline().recorded_data(data, builder) if _export(builder) else dict(data)
+  return numpy_pipeline.recorded_data(data, builder) if _export(builder) else dict(data)
 
 
 def num_folds(builder) -> int:
@@ -195,35 +176,13 @@ def check_kfold(builder, data_config) -> None:
   raise ValueError(f'config.data.kfold={kfold}, but the build {what} has {has}: {way_out}')
 
 
-def split_names(data_config) -> dict[str, str]:
-  """TFDS split strings for 'train', 'val' and 'test' (k-fold aware)."""
-  if data_config.kfold:
-    from smsdd_jax.datasets import splits  # pylint: disable=import-outside-toplevel
-    try:
-      folds = splits.kfold_splits(data_config.kfold, data_config.fold)
-    except ValueError as e:
-      raise ValueError(f'config.data.kfold/fold: {e}') from None
-    return {'train': folds['train'], 'val': folds['validation'], 'test': folds['test']}
-  return {'train': data_config.train_split, 'val': data_config.val_split,
-          'test': data_config.test_split}
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitInfo:
-  num_examples: int
-  num_good: int
-  num_defective: int
-
-
 def split_info(builder, split: str) -> SplitInfo:
   """Example counts per class (one pass over the labels only)."""
   if _export(builder):
-    return _numpy_pipeline().split_info(builder, split)
+    return numpy_pipeline.split_info(builder, split)
   ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
-  labels = np.fromiter((ex['label'] for ex in tfds.as_numpy(ds.map(
-      lambda ex: {'label': ex['label']}))), dtype=np.int64)
-  return SplitInfo(len(labels), int((labels == GOOD).sum()),
-                   int((labels == DEFECTIVE).sum()))
+  return data_splits.split_info(np.fromiter((ex['label'] for ex in tfds.as_numpy(ds.map(
+      lambda ex: {'label': ex['label']}))), dtype=np.int64))
 
 
 def defect_types(builder, split: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -231,7 +190,7 @@ def defect_types(builder, split: str) -> tuple[np.ndarray, np.ndarray] | None:
   eval_batches gives them (no image decoded); None when the builder has no
   `defect_type` feature."""
   if _export(builder):
-    return _numpy_pipeline().defect_types(builder, split)
+    return numpy_pipeline.defect_types(builder, split)
   features = builder.info.features
   if 'defect_type' not in features:
     return None
@@ -247,83 +206,62 @@ def defect_types(builder, split: str) -> tuple[np.ndarray, np.ndarray] | None:
           np.asarray(types, dtype=str))
 
 
-def steps_per_epoch(num_train_examples: int, batch_size: int) -> int:
-  return max(1, num_train_examples // (2 * batch_size))
-
-
-def _images(builder, split, data_config, stats, cache: bool) -> tf.data.Dataset:
+def _images(builder, split, stats) -> tf.data.Dataset:
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(lambda ex: {'image': normalize(ex['image'], stats),
-                          'label': tf.cast(ex['label'], tf.int32)},
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.cache() if cache else ds
+  return ds.map(lambda ex: {'image': normalize(ex['image'], stats),
+                            'label': tf.cast(ex['label'], tf.int32)},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _class_stream(images: tf.data.Dataset, data_config, seed: int) -> tf.data.Dataset:
-  """Endless image stream: a defective image with prob defective_fraction."""
-  per_class = []
-  for offset, label in enumerate((GOOD, DEFECTIVE)):
-    ds = images.filter(lambda ex, label=label: ex['label'] == label)
-    ds = ds.shuffle(4096, seed=seed + offset, reshuffle_each_iteration=True).repeat()
-    per_class.append(ds)
-  f = float(data_config.defective_fraction)
-  return tf.data.Dataset.sample_from_datasets(per_class, weights=[1.0 - f, f],
-                                              seed=seed + 2)
+# The last training images read (key, normalised images, means, labels): the
+# runs of one process on one build share them (config.data.cache).
+_train_cache: tuple = (None, None, None, None)
 
 
-def _pair_seed(seed: int, index: tf.Tensor) -> tf.Tensor:
-  return tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
-
-
-def augment(image: tf.Tensor, data_config, seed) -> tf.Tensor:
-  """Label-preserving changes of a normalised image (a flipped or slightly
-  brighter screen keeps its defect), from stateless seeded ops."""
-  seeds = tf.random.experimental.stateless_split(seed, 4)
-  if data_config.augment_flips:
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    image = tf.image.stateless_random_flip_up_down(image, seeds[1])
-  a = float(data_config.augment_jitter)
-  if a > 0:
-    image = tf.image.stateless_random_contrast(image, 1.0 - a, 1.0 + a, seeds[2])
-    image = image + tf.random.stateless_uniform([], seeds[3], -a, a)
-  return image
+def _train_images(builder, data_config, stats: dict, shard: tuple[int, int]):
+  """This process's share of the training split (every n-th image), read
+  with tf.data and normalised as an export's are (preprocess.normalize):
+  (images, channel means, labels). Pairs pick images at random, so the
+  share is held in memory while it trains."""
+  global _train_cache
+  index, count = shard
+  split = split_names(data_config)['train']
+  key = (builder.data_dir, split, index, count, json.dumps(stats, sort_keys=True))
+  if _train_cache[0] == key:
+    return _train_cache[1:]
+  _train_cache = (None, None, None, None)  # Frees the old arrays first.
+  ds = builder.as_dataset(split=split, shuffle_files=False).shard(count, index)
+  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']}).batch(256)
+  images, labels = [], []
+  for batch in tfds.as_numpy(ds):
+    images.append(batch['image'])
+    labels.append(batch['label'])
+  if not images:
+    raise ValueError(f'no training image in this process\'s share of split {split!r}')
+  normalized = preprocess.normalize(np.concatenate(images), stats)
+  held = (normalized, pairs.channel_means(normalized), np.concatenate(labels))
+  if data_config.cache:
+    _train_cache = (key, *held)
+  return held
 
 
 def train_pairs(builder, config, *, stats: dict = FIXED_STATS, start_step: int = 0,
                 shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
   """Endless numpy batches of pairs: image_a, image_b, label_a, label_b, same.
 
-  Deterministic for a given config.seed; starts at batch `start_step`. With
-  shard=(i, n) (process i of n) it samples from every n-th training image
-  only and yields batch_size // n pairs: this process's part of the global
-  batch.
+  The pairs and their augmentation are pairs.PairSampler's: deterministic for
+  a given config.seed, the same on both sources; starts at batch
+  `start_step` as a run from 0 reaches it. With shard=(i, n) (process i of n)
+  it samples from every n-th training image only and yields
+  batch_size // n pairs: this process's part of the global batch.
   """
   if _export(builder):
-    return _numpy_pipeline().train_pairs(builder, config, stats=stats,
-                                         start_step=start_step, shard=shard)
-  index, count = shard
-  data_config = config.data
-  if not 0.0 < data_config.defective_fraction < 1.0:
-    raise ValueError(f'config.data.defective_fraction={data_config.defective_fraction}:'
-                     ' must be in (0, 1)')
-  images = _images(builder, split_names(data_config)['train'], data_config, stats,
-                   data_config.cache).shard(count, index)
-  seed = int(config.seed) * 1000 + 100 * index
-  a = _class_stream(images, data_config, seed)
-  b = _class_stream(images, data_config, seed + 10)
-  # The counter numbers the pairs: augmentation seeds come from it, so a
-  # resumed stream (skip) augments exactly as the uninterrupted one.
-  pairs = tf.data.Dataset.zip(a, b, tf.data.Dataset.counter()).map(
-      lambda x, y, i: {'image_a': augment(x['image'], data_config, _pair_seed(seed, 2 * i)),
-                       'image_b': augment(y['image'], data_config, _pair_seed(seed, 2 * i + 1)),
-                       'label_a': x['label'], 'label_b': y['label'],
-                       'same': tf.cast(tf.equal(x['label'], y['label']), tf.float32)},
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  pairs = pairs.batch(config.batch_size // count, drop_remainder=True)
-  pairs = pairs.skip(start_step).prefetch(tf.data.AUTOTUNE)
-  options = tf.data.Options()
-  options.deterministic = True
-  return iter(tfds.as_numpy(pairs.with_options(options)))
+    return numpy_pipeline.train_pairs(builder, config, stats=stats,
+                                      start_step=start_step, shard=shard)
+  pairs.check_fraction(config.data)  # Before any image is read.
+  images, means, labels = _train_images(builder, config.data, stats, shard)
+  return pairs.train_batches(images, means, np.arange(len(labels)), labels, config,
+                             start_step=start_step, shard=shard)
 
 
 def eval_batches(builder, split: str, config, *,
@@ -334,10 +272,10 @@ def eval_batches(builder, split: str, config, *,
   step sees one shape) and `mask` is 1.0 for real examples, 0.0 for padding.
   """
   if _export(builder):
-    yield from _numpy_pipeline().eval_batches(builder, split, config, stats=stats)
+    yield from numpy_pipeline.eval_batches(builder, split, config, stats=stats)
     return
   size = config.eval_batch_size
-  ds = _images(builder, split, config.data, stats, cache=False).batch(size)
+  ds = _images(builder, split, stats).batch(size)
   for batch in tfds.as_numpy(ds.prefetch(2)):
     n = len(batch['label'])
     mask = np.zeros(size, np.float32)
