@@ -3,9 +3,11 @@
 Module map (imports only point down):
   main.py           flags -> train.train_and_evaluate
   train.py          train state, jitted step, evaluation, the loop
-  input_pipeline.py tf.data pairs and eval batches over a TFDS dataset (or an export)
+  input_pipeline.py training images and eval batches over a TFDS dataset (or an export)
   numpy_pipeline.py the same from a dataset export, in numpy (no TensorFlow)
-  dataset_export.py a built dataset as one file: write (from TFDS), load
+  pairs.py          the one pair sampler both use: pairs and augmentation, seeded
+  dataset_export.py a built dataset as one file: write (from TFDS); export_reader.py loads
+  data_splits.py    split names, class counts, pixel statistics (below the pipelines)
   datasets/         TFDS builders (synthetic_screens, ...)
   models.py         VGG16 tower + 2-way classifier, pure forward()
   losses.py         cross-entropy, contrastive and extra loss terms (registry)
