@@ -55,7 +55,11 @@ def get_config(arg=None):
   config.data.augment_jitter = 0.0  # Max brightness shift / contrast change (0 = off).
   config.data.defective_fraction = 0.5  # Share of defective images among sampled images.
   config.data.normalize = 'fixed'  # 'fixed' ([0,255] -> [-1,1]) | 'train_stats'.
-  config.data.cache = True  # Keep decoded examples in memory (the sets are small).
+  # Keep the decoded, normalised training share in memory for later runs of the
+  # same process on the same build (the sets are small); False reads it again
+  # for each run (it is held in memory while a run trains either way: pairs
+  # pick images at random, smsdd_jax/pairs.py).
+  config.data.cache = True
   # Where examples come from: 'tfds' (the TFDS build, read with tf.data) or
   # 'export' (export_path: one file written by `python -m
   # smsdd_jax.dataset_export` from that build, read in numpy without
@@ -71,7 +75,7 @@ def get_config(arg=None):
   config.model.batch_norm = False  # False = the paper; True = the common VGG16-BN.
   # Vector compared by the contrastive loss. The paper: flattened tower output
   # (3x7x512 = 10752 ReLU dims, distances in the hundreds). '_l2' normalises it
-  # so distances lie in [0, 2] and margin=1 is meaningful (see docs in README).
+  # so distances lie in [0, 2] and margin=1 is meaningful (docs/architecture.md).
   config.model.embedding = 'flatten_l2'  # 'flatten' | 'flatten_l2' | 'gap' | 'gap_l2'
   # What the classifier reads: 'flatten' (the paper: the 3x7xC map, one weight
   # per position) | 'gap' | 'gmp' (global average / max over positions).

@@ -11,8 +11,8 @@ line as --config.KEY=VALUE, e.g. --config.loss.beta=0.05 --config.num_epochs=3;
 an unknown key is refused with one line naming it.
 
 Thin on purpose (as the Flax examples' main.py): flags, device log, then
-`train.train_and_evaluate`. Run from the repository root, so that config
-files can import `configs.default`.
+`train.train_and_evaluate`. The config files in configs/ find
+`configs.default` from their own location, so any working directory works.
 
 Exit status: 0 done; 2 bad input (flags, config, data, workdir, init file),
 one line on stderr; 1 a non-finite loss; 130 interrupted (Ctrl-C, or the
