@@ -75,7 +75,7 @@ def get_config(arg=None):
   config.model.batch_norm = False  # False = the paper; True = the common VGG16-BN.
   # Vector compared by the contrastive loss. The paper: flattened tower output
   # (3x7x512 = 10752 ReLU dims, distances in the hundreds). '_l2' normalises it
-  # so distances lie in [0, 2] and margin=1 is meaningful (docs/architecture.md).
+  # so distances lie in [0, 2] and margin=1 is meaningful (docs/loss-terms.md).
   config.model.embedding = 'flatten_l2'  # 'flatten' | 'flatten_l2' | 'gap' | 'gap_l2'
   # What the classifier reads: 'flatten' (the paper: the 3x7xC map, one weight
   # per position) | 'gap' | 'gmp' (global average / max over positions).
