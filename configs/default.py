@@ -191,13 +191,19 @@ def apply_learn(config):
   # about the rate whatever the width, so a 16x wider layer's outputs move
   # ~16x more per step. Only the width ':quick' set is read here: a width
   # overridden on the command line keeps the rate of its mode.
-  config.optimizer.learning_rate = 1e-3 if config.model.width_mult < 1.0 else 1e-4
+  config.optimizer.learning_rate = learn_rate(config.model.width_mult)
   config.optimizer.schedule = 'warmup_cosine'
   config.optimizer.warmup_steps = 50
   config.optimizer.weight_decay = 5e-4
   config.data.augment_flips = True
   config.data.augment_jitter = 0.1
   return config
+
+
+def learn_rate(width_mult: float) -> float:
+  """':learn''s AdamW peak rate for a tower of this width (apply_learn): a
+  script that sets the width after building the config asks here."""
+  return 1e-3 if width_mult < 1.0 else 1e-4
 
 
 MODES = {QUICK: apply_quick, LEARN: apply_learn}

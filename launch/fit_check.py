@@ -54,6 +54,8 @@ def build_config(args):
   from configs import default  # pylint: disable=import-outside-toplevel
   config = default.get_config('learn' if args.recipe == 'learn' else None)
   config.model.width_mult = args.width_mult
+  if args.recipe == 'learn':  # The rate ':learn' gives this width.
+    config.optimizer.learning_rate = default.learn_rate(args.width_mult)
   config.model.dtype = args.dtype
   config.model.conv_impl = args.conv_impl
   config.batch_size = args.pairs
