@@ -278,15 +278,8 @@ def execute(out: str, run: dict, env: dict, state: str,
 
 
 def cpu_name() -> str:
-  """The processor's model name (Linux), so a time says which machine made it."""
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
+  """The processor's model name, so a time says which machine made it."""
+  return rundir.cpu_field('model name') or platform.processor() or platform.machine()
 
 
 def _record_wall(workdir: str, state: str, rc: int, seconds: float) -> None:

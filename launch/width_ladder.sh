@@ -4,7 +4,7 @@
 # widths 1/16, 1/8, 1/4 on every fold and 1/2, 1 on folds 0 and 1, one sweep
 # per width under OUT_ROOT/w<denominator> (w1 = the paper's VGG16).
 #
-#   launch/width_ladder.sh [OUT_ROOT]      # default runs/ladder
+#   MANUAL_DIR=<magnetic_tile folder> launch/width_ladder.sh [OUT_ROOT]   # default runs/ladder
 #
 # Cheapest first, and full width's fold 0 before 1/2 width, so that a
 # machine that cannot finish still answers the most. Every sweep resumes
@@ -12,13 +12,13 @@
 # from one commit: a pinned checkout, e.g.
 #   git worktree add ../ladder <commit> && cd ../ladder && launch/width_ladder.sh
 # (the commit each run used is in its config.json). Env: PYTHON (default
-# python), MANUAL_DIR (default ../shared/data/magnetic_tile).
+# python), MANUAL_DIR (required: the magnetic_tile images, as the builder reads them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 ROOT=${1:-runs/ladder}
 COMMON=(--configs=beta_a --seeds=0 --quick --learn --kfold=5 --data=magnetic_tile
-        "--manual_dir=${MANUAL_DIR:-../shared/data/magnetic_tile}"
+        "--manual_dir=${MANUAL_DIR:?set MANUAL_DIR to the magnetic_tile folder}"
         --floors=docs/sweeps/mt_k5_quick/floors.json --override=model.head=gmp)
 
 rung() {  # rung DENOMINATOR WIDTH_MULT [--folds=...]

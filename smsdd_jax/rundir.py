@@ -548,3 +548,19 @@ def resolve_run(workdir: str, step: Optional[int] = None) -> RunFiles:
   ckpt = choose_checkpoint(workdir, step)
   return RunFiles(workdir, config, stats, stats_source, ckpt.directory, ckpt.step,
                   ckpt.source, ckpt.note, threshold, threshold_source, spec)
+
+
+CPUINFO = '/proc/cpuinfo'  # The kernel's interface (Linux), not a path of one machine.
+
+
+def cpu_field(name: str) -> str:
+  """The value of the first `name` line of the processor description
+  ('model name', 'flags'); '' where there is none (not Linux)."""
+  try:
+    with open(CPUINFO, encoding='utf-8', errors='replace') as f:
+      for line in f:
+        if line.startswith(name):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return ''

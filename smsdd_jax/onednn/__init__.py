@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from smsdd_jax import conv
+from smsdd_jax import conv, rundir
 
 __all__ = ['available', 'reason', 'load_library', 'conv3x3', 'conv3x3_bias_relu',
            'conv_general_dilated', 'pack_kernel', 'packed_conv3x3_bias_relu', 'plans',
@@ -297,14 +297,7 @@ def conv3x3_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _cpu_flags() -> set[str]:
-  try:
-    with open('/proc/cpuinfo', encoding='ascii', errors='replace') as f:
-      for line in f:
-        if line.startswith('flags'):
-          return set(line.split(':', 1)[1].split())
-  except OSError:
-    pass
-  return set()
+  return set(rundir.cpu_field('flags').split())
 
 
 def native_bf16() -> tuple[bool, str]:
