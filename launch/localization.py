@@ -40,7 +40,7 @@ for path in (REPO, HERE):
 import numpy as np  # pylint: disable=wrong-import-position
 
 import prediction_gains  # pylint: disable=wrong-import-position
-from smsdd_jax import dataset_export, figures, inference, maps, report, rundir, stats  # pylint: disable=wrong-import-position
+from smsdd_jax import dataset_export, figures, inference, maps, rundir, stats, sweep_runs  # pylint: disable=wrong-import-position
 
 METRICS = ('pixel_auroc', 'pointing')
 BASE_VARIANT = 'beta_a'
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     examples = args.examples or os.path.join(args.sweep[0], 'maps.png')
     first = min(runs, key=lambda r: (not r['variant'].endswith(BASE_VARIANT), r['seed'],
                                    r['fold'] or 0))
-    figures.plot_maps([report.load_run(first['workdir'])], examples, export)
+    figures.plot_maps([sweep_runs.load_run(first['workdir'])], examples, export)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -7,7 +7,7 @@ A run's health is computed once, at the end of training, from its
 metrics.jsonl and the evaluated checkpoint's numbers in eval.json; when the
 checks improve, runs made before say what the old checks found. This
 recomputes it from the same two files (no model, no data: the same inputs as
-train.final_evaluation gives health.diagnose) and prints every run whose
+evaluation.final_evaluation gives health.diagnose) and prints every run whose
 status changes. With --write it replaces eval.json's "health" and keeps the
 previous one as "health_as_trained"; re-aggregate the sweep afterwards
 (`launch/sweep.py --out=SWEEP --aggregate_only`) for its tables. A finished
@@ -28,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from smsdd_jax import health, report, rundir  # pylint: disable=wrong-import-position
+from smsdd_jax import health, report, rundir, sweep_runs  # pylint: disable=wrong-import-position
 
 
 def recheck(run_path: str) -> tuple[dict, dict] | None:
@@ -42,7 +42,7 @@ def recheck(run_path: str) -> tuple[dict, dict] | None:
   if not (isinstance(ev, dict) and isinstance(ev.get('step'), int) and all(
       isinstance(ev.get(split), dict) for split in ('val', 'test'))):
     raise ValueError(f'{eval_path}: no "step", "val" and "test" entries: not an eval '
-                     'record of train.final_evaluation')
+                     'record of evaluation.final_evaluation')
   records = rundir.read_metrics(run_path)
   end = max([ev['step'], *rundir.finished_steps(os.path.join(run_path, rundir.CHECKPOINTS))])
   gap = health.history_gap(records, end)
@@ -59,7 +59,7 @@ def runs_of(path: str) -> list[str]:
     raise FileNotFoundError(f'{path} does not exist')
   if any(os.path.isfile(os.path.join(path, f)) for f in (rundir.EVAL, rundir.CONFIG)):
     return [path]
-  found = report.run_dirs(path) or report.single_runs_below(path)
+  found = sweep_runs.run_dirs(path) or sweep_runs.single_runs_below(path)
   if not found:
     raise FileNotFoundError(report.no_runs_reason(path).replace(' as --sweep', ''))
   return found

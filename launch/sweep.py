@@ -69,7 +69,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from smsdd_jax import report, rundir  # pylint: disable=wrong-import-position
+from smsdd_jax import report, rundir, sweep_runs  # pylint: disable=wrong-import-position
 
 DEFAULT_CONFIGS = ('beta_a', 'beta_b', 'beta_c', 'beta_d', 'beta_e')
 # smsdd_jax/main.py stops when the process this names ends (LAUNCHER_ENV there).
@@ -327,7 +327,7 @@ def aggregate(out: str, meta: dict, floors: Optional[str] = None
   report.write_csv(csv_path, table + report.floor_rows(floor_json))
   missing = [r['run'] for r in runs if not r['finished']]
   text = report.markdown(table, meta, missing, floor_json,
-                         report.relative_reasons(unreadable, out))
+                         sweep_runs.relative_reasons(unreadable, out))
   rundir.write_text(md_path, text)
   return csv_path, md_path, len(table), sorted(unreadable)
 

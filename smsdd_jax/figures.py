@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
-import zlib
 from typing import Optional, Sequence
 
 import numpy as np
 
 from smsdd_jax import rundir
-from smsdd_jax.report import as_float, load_runs, mean_std, no_runs_reason, variant_names
+from smsdd_jax.sweep_runs import (as_float, load_eval_npz, load_runs, mean_std, no_runs_reason,
+                                  variant_names)
 
 
 def _pyplot():
@@ -138,20 +137,6 @@ def plot_loss_curves(runs: Sequence[dict], path: str) -> str:
   return path
 
 
-def _load_npz(run: dict, split: str) -> Optional[dict]:
-  """A run's eval_<split>.npz, None without one; ValueError naming the file
-  when it cannot be read (truncated, damaged)."""
-  path = os.path.join(run['path'], rundir.eval_npz(split))
-  if not os.path.isfile(path):
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
-  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-    raise ValueError(f'{path} cannot be read ({type(e).__name__}: {e}): remove it and '
-                     'rerun the sweep to evaluate the run again') from None
-
-
 def plot_roc_curves(runs: Sequence[dict], path: str) -> str:
   from smsdd_jax import metrics  # pylint: disable=import-outside-toplevel
   plt = _pyplot()
@@ -164,7 +149,7 @@ def plot_roc_curves(runs: Sequence[dict], path: str) -> str:
     for v in variants:
       aucs, labelled = [], False
       for run in (r for r in finished if r['variant'] == v):
-        arrays = _load_npz(run, split)
+        arrays = load_eval_npz(run, split)
         if arrays is None or metrics.missing_classes(arrays['label']):
           continue
         fpr, tpr, _ = metrics.roc_curve(arrays['label'], arrays['prob'])
@@ -240,7 +225,7 @@ def plot_embeddings(runs: Sequence[dict], path: str) -> str:
   fig, axes = plt.subplots(1, max(1, len(chosen)), figsize=(6.5 * max(1, len(chosen)), 5.5),
                            squeeze=False)
   for ax, (run, why) in zip(axes[0], chosen):
-    arrays = _load_npz(run, 'test')
+    arrays = load_eval_npz(run, 'test')
     if arrays is None:
       ax.set_title(f'{run["run"]}: no eval_test.npz')
       continue

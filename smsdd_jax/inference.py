@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smsdd_jax import maps as maps_lib
 from smsdd_jax import preprocess
 from smsdd_jax import rundir
 
@@ -285,13 +286,14 @@ class Predictor:
     of the run's backbone, None its default ('block5' for VGG16), or
     'occlusion' with `patch` x `patch` windows `stride` apart). Of the image
     itself, never test-time augmented."""
-    from smsdd_jax import maps as maps_lib  # pylint: disable=import-outside-toplevel
     if method == 'gradcam':
       from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
       layer = layer or backbones.get(self.model.backbone).default_tap
       if layer not in self._gradcam:
-        self._gradcam[layer] = jax.jit(functools.partial(
-            maps_lib.gradcam, model=self.model, mean=self.mean, std=self.std, layer=layer))
+        self._gradcam[layer] = jax.jit(
+            lambda params, state, images, layer=layer: maps_lib.gradcam(
+                params, state, normalize(images, self.mean, self.std), model=self.model,
+                layer=layer))
       return self._batched(self._gradcam[layer], images_rgb_uint8)
     if method != 'occlusion':
       raise ValueError(f'method={method!r}: expected one of {maps_lib.METHODS}')
@@ -424,7 +426,6 @@ class Ensemble:
 
   def maps(self, images_rgb_uint8: np.ndarray, method: str = 'gradcam', **kwargs) -> np.ndarray:
     """The members' mean map (`Predictor.maps`), renormalised to [0, 1]."""
-    from smsdd_jax import maps as maps_lib  # pylint: disable=import-outside-toplevel
     heat = np.mean([m.maps(images_rgb_uint8, method, **kwargs) for m in self.members], axis=0)
     return np.asarray(maps_lib.normalise(jnp.asarray(heat, jnp.float32)))
 

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smsdd_jax import metrics
+from smsdd_jax import backbones, metrics
 
 METHODS = ('gradcam', 'occlusion')
 
@@ -62,18 +62,16 @@ def normalise(maps: jax.Array) -> jax.Array:
   return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
-def gradcam(params, model_state, images_uint8: jax.Array, *, model, mean, std,
+def gradcam(params, model_state, x: jax.Array, *, model,
             layer: str | None = None) -> jax.Array:
-  """Pure: uint8 RGB ROIs (N, H, W, 3) -> Grad-CAM maps (N, H, W) float32 in
-  [0, 1] at `layer`, a tap of the model's backbone (None: its default). Eval mode (BatchNorm's running statistics), so every image's map
+  """Pure: normalised ROIs x (N, H, W, 3), the model's input
+  (`inference.normalize`), -> Grad-CAM maps (N, H, W) float32 in [0, 1] at `layer`, a tap of the model's backbone (None: its default). Eval mode (BatchNorm's running statistics), so every image's map
   depends on that image alone and one backward of the batch's summed score
   gives each image's gradient."""
-  from smsdd_jax import backbones, inference  # pylint: disable=import-outside-toplevel
   taps = backbones.get(model.backbone).taps
   layer = layer or backbones.get(model.backbone).default_tap
   if layer not in taps:
     raise ValueError(f'layer={layer!r}: expected one of {tuple(taps)}')
-  x = inference.normalize(images_uint8, mean, std)
   variables = {'params': params, **(model_state or {})}
 
   def run(perturbations):
@@ -89,7 +87,7 @@ def gradcam(params, model_state, images_uint8: jax.Array, *, model, mean, std,
   grads, activation = jax.grad(run, has_aux=True)(zeros)
   weights = grads[layer].astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
   cam = jax.nn.relu((weights * activation.astype(jnp.float32)).sum(-1))
-  return normalise(jax.nn.relu(to_input_grid(cam, images_uint8.shape[1:3], taps[layer])))
+  return normalise(jax.nn.relu(to_input_grid(cam, x.shape[1:3], taps[layer])))
 
 
 def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:

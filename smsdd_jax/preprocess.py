@@ -43,7 +43,9 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-ROI_SIZE = (110, 230)  # (height, width) of the model input by default, as the paper.
+from smsdd_jax import roi
+from smsdd_jax.roi import ROI_SIZE  # Re-exported: the builders and configs read it here.
+
 # A side enlarged more than this many times carries little information of its
 # own: the dataset card counts such images and names the worst (`enlargement`).
 ENLARGEMENT_LIMIT = 4.0
@@ -365,7 +367,6 @@ NO_SCREEN, SCREEN_SEARCH_FAILED = 'no screen found', 'screen search failed'
 
 
 def _find_screen(image_bgr: np.ndarray) -> tuple[np.ndarray, str]:
-  from smsdd_jax import roi  # pylint: disable=import-outside-toplevel
   try:
     corners, info = roi.find_screen_with_info(image_bgr)
   except roi.ScreenNotFoundError as e:
@@ -382,7 +383,6 @@ def to_model_input(image: np.ndarray, spec: Spec
   corners: (4, 2) float32 tl, tr, br, bl of what became the input, in the
   source's pixels (the whole image for roi 'none'); method: 'hough' or
   'contour' (the detector that found the screen) or 'none'."""
-  from smsdd_jax import roi  # pylint: disable=import-outside-toplevel
   if image.ndim == 3 and spec.channels == 'gray':
     image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
   if spec.roi == 'hough':

@@ -19,6 +19,7 @@ from smsdd_jax import inference
 from smsdd_jax import metrics
 from smsdd_jax import report
 from smsdd_jax import rundir
+from smsdd_jax import sweep_runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -259,11 +260,11 @@ def test_recipe_label_names_the_overrides_not_the_placement():
   part of its recipe."""
   plain = sweep.plan(_args('--configs=beta_a', '--seeds=0', '--kfold=5', '--data=msd_screens',
                            '--manual_dir=../shared/data/msd_screens'))[0]
-  assert report.recipe_label('learn', plain['args']) == 'learn'
+  assert sweep_runs.recipe_label('learn', plain['args']) == 'learn'
   ablation = sweep.plan(_args('--configs=beta_a', '--seeds=0', '--kfold=5',
                               '--override=optimizer.name=adamw',
                               '--override=model.batch_norm=True'))[0]
-  assert (report.recipe_label('paper', ablation['args'])
+  assert (sweep_runs.recipe_label('paper', ablation['args'])
           == 'paper + optimizer.name=adamw + model.batch_norm=True')
 
 

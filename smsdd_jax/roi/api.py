@@ -12,12 +12,15 @@ import dataclasses
 import cv2
 import numpy as np
 
-from smsdd_jax.preprocess import ROI_SIZE
 from smsdd_jax.roi.contour import contour_quad
 from smsdd_jax.roi.geometry import (BORDER_TOLERANCE, ScreenNotFoundError,
                                     check_quad)
 from smsdd_jax.roi.hough import hough_quad
 from smsdd_jax.roi.work import to_full, validate, working_image
+
+# (height, width) that `rectify` warps a screen to by default: the paper's
+# 110 x 230, the model's default input (smsdd_jax.preprocess re-exports it).
+ROI_SIZE = (110, 230)
 
 
 @dataclasses.dataclass(frozen=True)
