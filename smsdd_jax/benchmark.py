@@ -58,7 +58,7 @@ def _median_time(fn, steps: int) -> float:
 
 
 def make_train_runner(pairs: int, width_mult: float, dtype: str, conv_impl: str = '',
-                      recipe: str = 'paper'):
+                      recipe: str = 'paper', backbone: str = 'vgg16'):
   """(one_step, config): a callable running one jitted train step on a fixed
   random batch (state carried from call to call), and the config it built;
   recipe 'learn' is `:learn`'s step (batch norm, AdamW), 'paper' the twin's."""
@@ -68,6 +68,7 @@ def make_train_runner(pairs: int, width_mult: float, dtype: str, conv_impl: str 
   from smsdd_jax import models, step as step_lib  # pylint: disable=import-outside-toplevel
   config = default.get_config(recipe if recipe == default.LEARN else None)
   config.model.width_mult, config.model.dtype = width_mult, dtype
+  config.model.backbone = backbone
   if conv_impl:
     config.model.conv_impl = conv_impl
   model = models.create(config.model)
@@ -91,12 +92,12 @@ def make_train_runner(pairs: int, width_mult: float, dtype: str, conv_impl: str 
 
 
 def step_record(pairs: int, step_s: float, width_mult: float, dtype: str,
-                conv_impl: str, image_size=(110, 230)) -> dict:
+                conv_impl: str, image_size=(110, 230), backbone: str = 'vgg16') -> dict:
   """What the train step's speed is reported as: pairs/s, GFLOP/s and,
   on a chip whose peak is listed, the model-FLOP utilisation."""
   import jax  # pylint: disable=import-outside-toplevel
-  gflop = train_gflop_per_pair(tuple(image_size), width_mult) * pairs
-  out = {'impl': 'jax', 'pairs': pairs, 'step_s': round(step_s, 4),
+  gflop = train_gflop_per_pair(tuple(image_size), width_mult, backbone) * pairs
+  out = {'impl': 'jax', 'backbone': backbone, 'pairs': pairs, 'step_s': round(step_s, 4),
          'pairs_per_s': round(pairs / step_s, 3),
          'gflop_per_s': round(gflop / step_s, 1), 'dtype': dtype, 'conv_impl': conv_impl}
   peak = peak_tflops(jax.devices()[0], dtype)
@@ -379,7 +380,8 @@ def _interleaved(args, impls: list[str], pairs: int, baselines: dict | None = No
   variants = {impl: (impl, args.dtype) for impl in impls} | (baselines or {})
   runners = {}
   for label, (impl, dtype) in variants.items():
-    runners[label], _ = make_train_runner(pairs, args.width_mult, dtype, impl, args.recipe)
+    runners[label], _ = make_train_runner(pairs, args.width_mult, dtype, impl, args.recipe,
+                                          args.backbone)
     runners[label]()  # Compile before any timing.
   torch_step = None
   if args.compare_torch:
@@ -404,7 +406,8 @@ def run_train(args, summary: dict) -> None:
   for i, pairs in enumerate(int(x) for x in args.pairs.split(',')):
     r = results[pairs] = _interleaved(args, [impl], pairs, baselines)
     v = r['variants'][impl]
-    out = step_record(pairs, v['step_s'], args.width_mult, args.dtype, impl)
+    out = step_record(pairs, v['step_s'], args.width_mult, args.dtype, impl,
+                      backbone=args.backbone)
     if 'torch' in r:
       out.update(torch_pairs_per_s=r['torch']['pairs_per_s'],
                  ratio_vs_torch=v['ratio_vs_torch'], ratio_range=v['ratio_range'])
@@ -506,7 +509,7 @@ def run_layers(args, summary: dict) -> None:
   summary['layers'] = rows
 
 
-def _random_predictor(width_mult: float, conv_impl: str = ''):
+def _random_predictor(width_mult: float, conv_impl: str = '', backbone: str = 'vgg16'):
   """What export.py needs of a Predictor, with randomly initialised weights
   (speed does not depend on the values)."""
   import types  # pylint: disable=import-outside-toplevel
@@ -515,7 +518,7 @@ def _random_predictor(width_mult: float, conv_impl: str = ''):
   from configs import default  # pylint: disable=import-outside-toplevel
   from smsdd_jax import inference, models  # pylint: disable=import-outside-toplevel
   config = default.get_config()
-  config.model.width_mult = width_mult
+  config.model.width_mult, config.model.backbone = width_mult, backbone
   if conv_impl:
     config.model.conv_impl = conv_impl
   model = models.create(config.model)
@@ -553,17 +556,18 @@ def bench_runtimes(steps: int, width_mult: float, impls: str) -> dict:
   return {k: round(v * 1e3, 1) for k, v in out.items()}
 
 
-def bench_maps(steps: int, width_mult: float, batch: int) -> dict:
+def bench_maps(steps: int, width_mult: float, batch: int, backbone: str = 'vgg16') -> dict:
   """Per ROI: the plain score against its Grad-CAM map and its occlusion
   map (maps.py's defaults), alone (batch 1) and in batches of `batch`."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from smsdd_jax import inference, maps, models  # pylint: disable=import-outside-toplevel
-  p = _random_predictor(width_mult)
+  p = _random_predictor(width_mult, backbone=backbone)
   kw = dict(model=p.model, mean=p.mean, std=p.std)
   score = jax.jit(functools.partial(inference.probabilities, **kw))
-  cam = jax.jit(functools.partial(maps.gradcam, **kw))
+  cam = jax.jit(lambda params, state, images: maps.gradcam(
+      params, state, inference.normalize(images, p.mean, p.std), model=p.model))
   logodds = jax.jit(lambda x: maps.defect_score(models.forward(
       p.params, x, model=p.model, model_state=p.model_state)[0]))
   windows = maps.occlusion_windows((110, 230), 16, 8)
@@ -582,12 +586,29 @@ def bench_maps(steps: int, width_mult: float, batch: int) -> dict:
   return out
 
 
+def _check_backbone(p: argparse.ArgumentParser, args) -> None:
+  """Usage error (exit 2) for an unknown --backbone, or one the measurement
+  asked for cannot take: the twin and the per-layer tables are VGG16's."""
+  from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
+  if args.backbone not in backbones.REGISTRY:
+    p.error(f'--backbone={args.backbone}: expected one of {", ".join(backbones.REGISTRY)}')
+  parts = set(args.only.split(','))
+  vgg_only = sorted(parts - {'train', 'maps', 'pipeline'})
+  if args.backbone != 'vgg16' and (args.compare_torch or vgg_only):
+    what = '--compare-torch' if args.compare_torch else f'--only={",".join(vgg_only)}'
+    p.error(f'--backbone={args.backbone} with {what}: measured for VGG16 only '
+            '(the PyTorch twin and these tables are VGG16\'s)')
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--pairs', default='4', help='comma-separated batch sizes (pairs)')
   p.add_argument('--steps', type=int, default=3,
                  help='timed repeats (median); per round where there are rounds')
   p.add_argument('--width-mult', '--width_mult', type=float, default=1.0)
+  p.add_argument('--backbone', default='vgg16',
+                 help='the tower (smsdd_jax/backbones) of the train step and the maps; '
+                 'the PyTorch twin is VGG16 only')
   p.add_argument('--dtype', default='float32', help='compute dtype: float32 | bfloat16')
   p.add_argument('--recipe', default='paper', choices=('paper', 'learn'),
                  help="train: the paper's step (the twin's) or :learn's (batch norm, AdamW)")
@@ -629,11 +650,13 @@ def main(argv=None) -> None:
   p.add_argument('--layer-batch', '--layer_batch', type=int, default=16,
                  help='layers: images per batch (16 = the 8-pair step)')
   args = p.parse_args(argv)
+  _check_backbone(p, args)
   if args.cores:  # Before JAX starts its thread pools.
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
   parts = set(args.only.split(','))
   import jax  # pylint: disable=import-outside-toplevel
   summary = {'cores': len(os.sched_getaffinity(0)), 'width_mult': args.width_mult,
+             'backbone': args.backbone,
              'platform': jax.default_backend(), 'device': jax.devices()[0].device_kind}
   if 'train' in parts:
     run_train(args, summary)
@@ -650,7 +673,7 @@ def main(argv=None) -> None:
     print('one ROI -> probability: ' + ', '.join(f'{k} {v}' for k, v in r.items()), flush=True)
     summary['runtimes'] = r
   if 'maps' in parts:
-    r = bench_maps(args.steps, args.width_mult, args.inference_batch)
+    r = bench_maps(args.steps, args.width_mult, args.inference_batch, args.backbone)
     print('maps, ms per ROI: ' + ', '.join(f'{k} {v}' for k, v in r.items()), flush=True)
     summary['maps'] = r
   if 'predict' in parts:

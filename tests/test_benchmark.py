@@ -133,6 +133,32 @@ def test_maps_are_timed_beside_the_plain_score(capsys):
   assert all(v > 0 for v in summary['maps'].values())
 
 
+def test_a_second_backbone_is_measured_by_the_same_command(capsys):
+  benchmark.main(['--pairs=1', '--steps=1', '--width-mult=0.0625', '--backbone=resnet18',
+                  '--only=train,maps', '--inference-batch=2'])
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary['backbone'] == 'resnet18' and summary['train_1']['backbone'] == 'resnet18'
+  # Its own work, not VGG16's: GFLOP/s = the ResNet's FLOPs over the step's time.
+  step = summary['train_1']
+  want = benchmark.train_gflop_per_pair((110, 230), 0.0625, 'resnet18') / step['step_s']
+  assert step['gflop_per_s'] == pytest.approx(want, rel=0.01, abs=0.1)
+  assert want != pytest.approx(
+      benchmark.train_gflop_per_pair((110, 230), 0.0625) / step['step_s'], rel=0.05)
+  assert summary['maps']['gradcam_ms_per_roi_batch1'] > 0
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--backbone=alexnet'], 'expected one of vgg16, resnet18'),
+    (['--backbone=resnet18', '--compare-torch=twin.py'], 'VGG16 only'),
+    (['--backbone=resnet18', '--only=layers'], '--only=layers'),
+])
+def test_a_backbone_the_measurement_cannot_take_is_a_usage_error(argv, says, capsys):
+  with pytest.raises(SystemExit) as e:
+    benchmark.main(argv)
+  assert e.value.code == 2
+  assert says in capsys.readouterr().err
+
+
 def test_side_by_side_table_has_one_line_per_size():
   r = {4: {'rounds': 3, 'steps_per_round': 2,
            'variants': {'onednn_fused': {'pairs_per_s': 3.9, 'ratio_vs_torch': 1.3,
