@@ -189,8 +189,9 @@ def apply_learn(config):
   # steps, training loss above ln 2), at 1e-4 it learns (test AUROC 0.827;
   # docs/results.md, "The paper's own scale"). Adam moves every weight by
   # about the rate whatever the width, so a 16x wider layer's outputs move
-  # ~16x more per step. Only the width ':quick' set is read here: a width
-  # overridden on the command line keeps the rate of its mode.
+  # ~16x more per step. Only the width ':quick' set is read here; a width
+  # given on the command line without a rate takes learn_rate's for it
+  # (smsdd_jax/main.py, learn_rate_follows_width), the run's log says so.
   config.optimizer.learning_rate = learn_rate(config.model.width_mult)
   config.optimizer.schedule = 'warmup_cosine'
   config.optimizer.warmup_steps = 50

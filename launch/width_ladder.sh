@@ -19,7 +19,10 @@ PY=${PYTHON:-python}
 ROOT=${1:-runs/ladder}
 COMMON=(--configs=beta_a --seeds=0 --quick --learn --kfold=5 --data=magnetic_tile
         "--manual_dir=${MANUAL_DIR:?set MANUAL_DIR to the magnetic_tile folder}"
-        --floors=docs/sweeps/mt_k5_quick/floors.json --override=model.head=gmp)
+        --floors=docs/sweeps/mt_k5_quick/floors.json --override=model.head=gmp
+        # One rate at every width, the 1/16 width's (a width set on the command line
+        # would otherwise take :learn's rate for it: 1e-4 at full width, smsdd_jax/main.py).
+        --override=optimizer.learning_rate=0.001)
 
 rung() {  # rung DENOMINATOR WIDTH_MULT [--folds=...]
   local name=$1 width=$2

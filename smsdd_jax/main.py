@@ -81,6 +81,8 @@ def main(argv):
   log.info('JAX %s: process %d of %d, devices %s', jax.__version__,
            jax.process_index(), jax.process_count(), jax.devices())
   log.info('workdir: %s', os.path.abspath(workdir))
+  for note in _NOTES:
+    log.info('%s', note)
   try:
     train.train_and_evaluate(FLAGS.config, workdir)
   except KeyboardInterrupt:
@@ -146,6 +148,7 @@ def parse_flags(argv):
   try:
     rest = FLAGS(argv)
     FLAGS.config.lock()  # Config files load lazily: force it here, errors included.
+    _NOTES.extend(filter(None, [learn_rate_follows_width(FLAGS.config, argv[1:end])]))
     return rest
   except SystemExit as e:
     if e.code == 1 and _asked_for_help(argv):
@@ -154,6 +157,35 @@ def parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     print(f'error: {_one_line_reason(e, argv)}', file=sys.stderr)
     sys.exit(2)
+
+
+# Lines for the run's log about what the command line changed (logged by main).
+_NOTES: list[str] = []
+
+
+def _given(args, key: str) -> bool:
+  """True where --config.KEY was set on the command line."""
+  return any(a.lstrip('-').split('=')[0] == f'config.{key}' for a in args)
+
+
+def learn_rate_follows_width(config, args) -> str | None:
+  """`:learn`'s peak rate depends on the width (configs.default.learn_rate:
+  1e-4 at full width, where 1e-3 never fitted magnetic_tile), but a mode sets
+  it before the command line's overrides: `:quick,learn
+  --config.model.width_mult=1.0` would keep the 1/16 width's 1e-3. A width
+  given on the command line without a rate therefore takes the recipe's rate
+  for that width; returns the line saying so (None where nothing changed)."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  if (config.get('recipe') != default.LEARN or not _given(args, 'model.width_mult')
+      or _given(args, 'optimizer.learning_rate')):
+    return None
+  rate = default.learn_rate(config.model.width_mult)
+  if rate == config.optimizer.learning_rate:
+    return None
+  was, config.optimizer.learning_rate = config.optimizer.learning_rate, rate
+  return (f'optimizer.learning_rate {rate:g} (was {was:g}): :learn\'s rate for width '
+          f'{config.model.width_mult:g}, set on the command line; give '
+          '--config.optimizer.learning_rate to choose another')
 
 
 def _one_config_flag(args) -> None:

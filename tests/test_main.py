@@ -62,3 +62,40 @@ def test_other_tools_help_exits_0(module):
   proc = _cli(module, '--help')
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stdout.startswith(f'usage: python -m {module}')
+
+
+@pytest.mark.parametrize('mode, args, rate', [
+    # A width set on the command line takes :learn's rate for it...
+    ('quick,learn', ['--config.model.width_mult=1.0'], 1e-4),
+    ('learn', ['--config.model.width_mult=0.25'], 1e-3),
+    # ...unless the rate is given too, or the recipe is not :learn's.
+    ('quick,learn', ['--config.model.width_mult=1.0', '--config.optimizer.learning_rate=0.002'],
+     None),
+    ('quick', ['--config.model.width_mult=1.0'], None),
+    ('quick,learn', [], None),
+])
+def test_learn_rate_follows_a_width_set_on_the_command_line(mode, args, rate):
+  from configs import default
+  from smsdd_jax import main
+  config = default.get_config(mode)
+  for arg in args:  # What absl's parser does with them before the rule runs.
+    key, value = arg.removeprefix('--config.').split('=')
+    group, field = key.split('.')
+    config[group][field] = type(config[group][field])(value)
+  before = config.optimizer.learning_rate
+  note = main.learn_rate_follows_width(config, args)
+  if rate is None:
+    assert note is None and config.optimizer.learning_rate == before
+  else:
+    assert config.optimizer.learning_rate == rate
+    assert f'optimizer.learning_rate {rate:g} (was {before:g})' in note
+
+
+def test_the_run_log_says_the_rate_followed_the_width(tmp_path):
+  not_a_dir = tmp_path / 'file'
+  not_a_dir.write_text('')  # Refused as a workdir right after the start-up lines.
+  r = _cli('smsdd_jax.main', '--config=configs/beta_a.py:quick,learn',
+           '--config.model.width_mult=1.0', f'--workdir={not_a_dir}')
+  assert r.returncode == 2, r.stderr
+  assert ("optimizer.learning_rate 0.0001 (was 0.001): :learn's rate for width 1, set on the "
+          'command line') in r.stdout
