@@ -34,6 +34,7 @@ import logging
 import os
 import pathlib
 from importlib import metadata
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -244,30 +245,39 @@ def _conv3x3_bwd(res, dy):
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
-def _bias_relu_call(x, w, b):
-  y = _ffi('smsdd_onednn_conv3x3_bias_relu_fwd', (*x.shape[:3], w.shape[3]), x, w, b)
-  return _with_batch_sharding(y, x)
+def _fused_bias_relu(suffix: str, dtype) -> Callable:
+  """relu(conv3x3(x, w) + b) through oneDNN's kernels named
+  smsdd_onednn_conv3x3_*{suffix}, with their gradients: x, y and dx in
+  `dtype` (float32, or bfloat16 where the CPU has it), w and b float32 (the
+  master weights) and so are dw and db, accumulated by the kernel in float32,
+  never rounded to bfloat16."""
+  fwd_target = f'smsdd_onednn_conv3x3_bias_relu_fwd{suffix}'
+
+  def call(x, w, b):
+    y = _ffi(fwd_target, (*x.shape[:3], w.shape[3]), x, w, b, dtype=dtype)
+    return _with_batch_sharding(y, x)
+
+  @jax.custom_vjp
+  def fused(x, w, b):
+    return call(x, w, b)
+
+  def fwd(x, w, b):
+    y = call(x, w, b)
+    return y, (x, w, y)
+
+  def bwd(res, dy):
+    x, w, y = res
+    g = conv.relu_backward(y, dy.astype(dtype))
+    dx = _ffi(f'smsdd_onednn_conv3x3_bwd_data{suffix}', x.shape, g, w, dtype=dtype)
+    dw, db = _ffi(f'smsdd_onednn_conv3x3_bwd_weights_bias{suffix}', [w.shape, w.shape[3:]],
+                  x, g)
+    return _with_batch_sharding(dx, x), dw, db
+
+  fused.defvjp(fwd, bwd)
+  return fused
 
 
-@jax.custom_vjp
-def _bias_relu(x, w, b):
-  return _bias_relu_call(x, w, b)
-
-
-def _bias_relu_fwd(x, w, b):
-  y = _bias_relu_call(x, w, b)
-  return y, (x, w, y)
-
-
-def _bias_relu_bwd(res, dy):
-  x, w, y = res
-  g = conv.relu_backward(y, dy)
-  dx = _ffi('smsdd_onednn_conv3x3_bwd_data', x.shape, g, w)
-  dw, db = _ffi('smsdd_onednn_conv3x3_bwd_weights_bias', [w.shape, w.shape[3:]], x, g)
-  return _with_batch_sharding(dx, x), dw, db
-
-
-_bias_relu.defvjp(_bias_relu_fwd, _bias_relu_bwd)
+_bias_relu = _fused_bias_relu('', jnp.float32)
 
 
 def conv3x3_bias_relu(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -352,31 +362,7 @@ def _note_bf16_kernels(x, w, ops=BF16_OPS) -> None:
 _BF16_FWD = 'smsdd_onednn_conv3x3_bias_relu_fwd_bf16'
 
 
-def _bias_relu_bf16_call(x, w, b):
-  y = _ffi(_BF16_FWD, (*x.shape[:3], w.shape[3]), x, w, b, dtype=jnp.bfloat16)
-  return _with_batch_sharding(y, x)
-
-
-@jax.custom_vjp
-def _bias_relu_bf16(x, w, b):
-  return _bias_relu_bf16_call(x, w, b)
-
-
-def _bias_relu_bf16_fwd(x, w, b):
-  y = _bias_relu_bf16_call(x, w, b)
-  return y, (x, w, y)
-
-
-def _bias_relu_bf16_bwd(res, dy):
-  x, w, y = res
-  g = conv.relu_backward(y, dy.astype(jnp.bfloat16))
-  dx = _ffi('smsdd_onednn_conv3x3_bwd_data_bf16', x.shape, g, w, dtype=jnp.bfloat16)
-  # Float32 out of the kernel: the master weights' gradients, never rounded to bfloat16.
-  dw, db = _ffi('smsdd_onednn_conv3x3_bwd_weights_bias_bf16', [w.shape, w.shape[3:]], x, g)
-  return _with_batch_sharding(dx, x), dw, db
-
-
-_bias_relu_bf16.defvjp(_bias_relu_bf16_fwd, _bias_relu_bf16_bwd)
+_bias_relu_bf16 = _fused_bias_relu('_bf16', jnp.bfloat16)
 
 _BF16_CONV_FWD = 'smsdd_onednn_conv3x3_fwd_bf16'
 
