@@ -75,6 +75,15 @@ def test_bf16_kernels_match_the_float32_path(shape):
 
 @needs_onednn
 @needs_native_bf16
+def _pair_batch() -> dict:
+  """Two 32 x 64 pairs (one different, one same), seeded: the tiny steps' batch."""
+  rng = np.random.default_rng(0)
+  return {'image_a': rng.standard_normal((2, 32, 64, 3), np.float32),
+          'image_b': rng.standard_normal((2, 32, 64, 3), np.float32),
+          'label_a': np.array([0, 1], np.int32), 'label_b': np.array([1, 1], np.int32),
+          'same': np.array([0, 1], np.float32)}
+
+
 def test_bf16_train_step_keeps_float32_params_and_logs_its_kernels(caplog, monkeypatch):
   """A tiny-width train step with model.dtype='bfloat16' runs the bfloat16
   kernels (logged, with oneDNN's implementation names), gives a finite loss
@@ -88,11 +97,7 @@ def test_bf16_train_step_keeps_float32_params_and_logs_its_kernels(caplog, monke
   config.data.image_size = (32, 64)
   model = models.create(config.model)
   tx = step_lib.make_optimizer(config.optimizer)
-  rng = np.random.default_rng(0)
-  batch = {'image_a': rng.standard_normal((2, 32, 64, 3), np.float32),
-           'image_b': rng.standard_normal((2, 32, 64, 3), np.float32),
-           'label_a': np.array([0, 1], np.int32), 'label_b': np.array([1, 1], np.int32),
-           'same': np.array([0, 1], np.float32)}
+  batch = _pair_batch()
   with caplog.at_level(logging.INFO, logger=onednn.__name__):  # init traces the tower too.
     state = step_lib.create_train_state(config, model, tx)
     before = jax.tree_util.tree_map(np.asarray, state.params)
@@ -208,11 +213,7 @@ def test_bf16_learn_step_runs_the_unfused_kernels(caplog, monkeypatch):
   assert config.model.batch_norm
   model = models.create(config.model)
   tx = step_lib.make_optimizer(config.optimizer)
-  rng = np.random.default_rng(0)
-  batch = {'image_a': rng.standard_normal((2, 32, 64, 3), np.float32),
-           'image_b': rng.standard_normal((2, 32, 64, 3), np.float32),
-           'label_a': np.array([0, 1], np.int32), 'label_b': np.array([1, 1], np.int32),
-           'same': np.array([0, 1], np.float32)}
+  batch = _pair_batch()
   with caplog.at_level(logging.INFO, logger=onednn.__name__):
     state = step_lib.create_train_state(config, model, tx)
     before = jax.tree_util.tree_map(np.asarray, (state.params, state.model_state))
