@@ -2,7 +2,10 @@
 
 Module map (imports only point down):
   main.py           flags -> train.train_and_evaluate
-  train.py          train state, jitted step, evaluation, the loop
+  train.py          the run's set-up and the loop (the step itself: step.py)
+  evaluation.py     predict a split, its metrics, the final threshold and eval.json
+  run_records.py    config.json, preprocessing.json, data_stats.json; what a resume checks
+  data_parallel.py  the data mesh: batches split over devices and gathered back
   input_pipeline.py training images and eval batches over a TFDS dataset (or an export)
   numpy_pipeline.py the same from a dataset export, in numpy (no TensorFlow)
   pairs.py          the one pair sampler both use: pairs and augmentation, seeded

@@ -2,9 +2,10 @@
 
 Every file of a workdir is named here, written through here and read back here:
 
-  config.json          {'config': ..., 'versions': ..., 'git_commit': ...} (train.write_run_info);
-                       'resumed': [{'step', 'changed': {field: [was, now]}}] where a
-                       resume changed a field a resume may change (train._check_resume)
+  config.json          {'config': ..., 'versions': ..., 'git_commit': ...}
+                       (run_records.write_run_info); 'resumed': [{'step', 'changed':
+                       {field: [was, now]}}] where a resume changed a field a resume
+                       may change (run_records.check_resume)
   data_stats.json      input normalisation {'mean', 'std', 'normalize', ...}
   preprocessing.json   what the build did to each file (preprocess.Spec), which build
   best.json            {'step', 'metric', 'value', 'tie_breakers'} of checkpoints_best/

@@ -20,6 +20,7 @@ from configs import default
 from smsdd_jax import checkpointing
 from smsdd_jax import metric_writers
 from smsdd_jax import models
+from smsdd_jax import step
 from smsdd_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -33,8 +34,8 @@ def small_run(config, epochs):
 
 
 def target_for(config):
-  return train.create_train_state(config, models.create(config.model),
-                                  train.make_optimizer(config.optimizer))
+  return step.create_train_state(config, models.create(config.model),
+                                 step.make_optimizer(config.optimizer))
 
 
 def test_best_checkpoint_is_kept_apart_from_pruned_periodic_ones(quick_config, tmp_path):

@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 
+from smsdd_jax import evaluation
 from smsdd_jax import health
 from smsdd_jax import metric_writers
 from smsdd_jax import train
@@ -301,6 +302,6 @@ def test_test_auroc_at_chance_or_inverted_is_suspect_while_val_ranked_well(caplo
   # And the run's last lines say it.
   test = {**fine, **counts, 'auroc': 0.396}
   with caplog.at_level(logging.INFO, logger='smsdd_jax'):
-    train._log_health(health.diagnose(history, {'val': val, 'test': test}, 100))
+    evaluation.log_health(health.diagnose(history, {'val': val, 'test': test}, 100))
   assert any(m.startswith('WARNING health: the run is SUSPECT') and 'test ranks inverted' in m
              for m in (r.getMessage() for r in caplog.records))

@@ -130,10 +130,10 @@ def test_combined_loss_refuses_a_dict_in_one_line_and_runs_under_grad(loss_ctx):
 
 
 def test_config_json_records_each_term_and_where_it_lives(tmp_path, monkeypatch):
-  from smsdd_jax import train  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import run_records  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(REPO)
   config = parse(f'--config={EXAMPLE}:quick', "--config.loss.extra={'focal': 0.5}")
-  train.write_run_info(config, str(tmp_path))
+  run_records.write_run_info(config, str(tmp_path))
   terms = json.loads((tmp_path / 'config.json').read_text())['loss_terms']
   assert terms['smoothed_ce'] == {'weight': 1.0, 'module': terms['smoothed_ce']['module'],
                                   'function': 'smoothed_ce', 'source': EXAMPLE}

@@ -9,7 +9,7 @@ import pytest
 from configs import default
 from smsdd_jax import input_pipeline
 from smsdd_jax import metrics
-from smsdd_jax import train
+from smsdd_jax import evaluation
 
 # Five items: scores sorted .1 g, .2 g, .4 d, .6 g, .9 d (g good, d defective).
 LABELS = np.array([0, 0, 0, 1, 1])
@@ -185,9 +185,9 @@ def test_training_refuses_a_data_driven_rule_on_a_val_split_lacking_a_class(monk
   splits = {'val': 'validation', 'test': 'test'}
   config.eval.threshold_rule = 'best_f1'
   with pytest.raises(ValueError, match="validation.*no defective.*threshold_rule='best_f1'"):
-    train._check_eval_splits(None, splits, config.eval)  # pylint: disable=protected-access
+    evaluation.check_eval_splits(None, splits, config.eval)
   config.eval.threshold_rule = 'argmax'
-  train._check_eval_splits(None, splits, config.eval)  # A warning only.
+  evaluation.check_eval_splits(None, splits, config.eval)  # A warning only.
 
 
 @pytest.mark.parametrize('labels,scores,match', [

@@ -22,7 +22,8 @@ from configs import default
 from smsdd_jax import input_pipeline
 from smsdd_jax import models
 from smsdd_jax import pretrained
-from smsdd_jax import train
+from smsdd_jax import run_records
+from smsdd_jax import step
 
 IMAGE_SIZE = (32, 64)  # The smallest size five pools allow, twice as wide.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -249,13 +250,13 @@ def reference_keras(layers: dict, image: np.ndarray) -> list:
 
 
 def ours(config, image: np.ndarray) -> tuple[list, object]:
-  """Our model, initialised by train.create_train_state, on the image
+  """Our model, initialised by step.create_train_state, on the image
   normalised our way with the stats the file's convention gives. Each conv
   layer's output before its ReLU; where the model fuses conv + bias + ReLU
   into one module (models.FUSED_IMPLS) only the ReLU'd output exists, and
   `assert_layers_match` compares the reference's ReLU'd too."""
   model = models.create(config.model)
-  state = train.create_train_state(config, model, train.make_optimizer(config.optimizer))
+  state = step.create_train_state(config, model, step.make_optimizer(config.optimizer))
   x = input_pipeline.normalize_np(image, pretrained.stats(config.model))
   _, inter = model.apply({'params': state.params, **state.model_state}, x,
                          capture_intermediates=True, mutable=['intermediates'])
@@ -312,8 +313,8 @@ def test_torchvision_formats_match_an_independent_forward(fmt, batch_norm, image
   got, state_ours = ours(config, image)
   assert_layers_match(got, reference_torchvision(state, image, batch_norm), fused(config))
   # The classifier stays as a from-scratch init of the same seed made it.
-  scratch = train.create_train_state(full_config(batch_norm=batch_norm), models.create(
-      config.model), train.make_optimizer(config.optimizer))
+  scratch = step.create_train_state(full_config(batch_norm=batch_norm), models.create(
+      config.model), step.make_optimizer(config.optimizer))
   np.testing.assert_array_equal(state_ours.params['predictions']['kernel'],
                                 scratch.params['predictions']['kernel'])
 
@@ -359,8 +360,8 @@ def test_eval_shape_of_the_state_does_not_read_the_file():
   checkpoint overwrites the values, and the file need not exist there."""
   config = full_config('/nonexistent/vgg16-397923af.pth')
   config.model.width_mult = 1 / 16
-  shapes = jax.eval_shape(lambda: train.create_train_state(
-      config, models.create(config.model), train.make_optimizer(config.optimizer)))
+  shapes = jax.eval_shape(lambda: step.create_train_state(
+      config, models.create(config.model), step.make_optimizer(config.optimizer)))
   assert shapes.params['block1_conv1']['kernel'].shape == (3, 3, 3, 4)
 
 
@@ -371,12 +372,12 @@ def test_data_stats_and_config_json_record_the_convention(tmp_path):
   config.data.normalize = 'train_stats'  # Ignored: the weights fix it.
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  stats = train._data_stats(None, config, workdir)  # pylint: disable=protected-access
+  stats = run_records.data_stats(None, config, workdir)
   assert stats['mean'] == [123.68, 116.779, 103.939] and stats['std'] == [1.0] * 3
   saved = json.load(open(os.path.join(workdir, 'data_stats.json')))
   assert saved['normalize'] == 'pretrained_keras' and saved['init'] == str(path)
   assert saved['mean'] == stats['mean'] and saved['std'] == stats['std']
-  train.write_run_info(config, workdir)
+  run_records.write_run_info(config, workdir)
   info = json.load(open(os.path.join(workdir, 'config.json')))
   assert info['init_convention'] == 'keras'
   assert info['config']['model']['init'] == str(path)

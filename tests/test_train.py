@@ -22,6 +22,7 @@ from smsdd_jax import metric_writers
 from smsdd_jax import models
 from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import rundir
+from smsdd_jax import step as step_lib
 from smsdd_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -69,8 +70,8 @@ def test_train_and_evaluate_writes_the_run(quick_config, tmp_path):
 
 def _final_params(workdir, config):
   model = models.create(config.model)
-  tx = train.make_optimizer(config.optimizer)
-  target = train.create_train_state(config, model, tx)
+  tx = step_lib.make_optimizer(config.optimizer)
+  target = step_lib.create_train_state(config, model, tx)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=3)
   try:
     state = ckpt.restore(target)
@@ -99,8 +100,8 @@ def test_resume_continues_where_it_stopped_and_matches_a_straight_run(
 
 def _setup(config):
   model = models.create(config.model)
-  tx = train.make_optimizer(config.optimizer)
-  state = train.create_train_state(config, model, tx)
+  tx = step_lib.make_optimizer(config.optimizer)
+  state = step_lib.create_train_state(config, model, tx)
   return model, tx, state
 
 
@@ -114,7 +115,7 @@ def test_loss_goes_down_on_a_fixed_batch(quick_config, batch_norm, max_ratio):
   quick_config.model.batch_norm = batch_norm
   batch = next(input_pipeline.train_pairs(builder, quick_config))
   model, tx, state = _setup(quick_config)
-  step = train.make_train_step(model, tx, quick_config.loss)
+  step = step_lib.make_train_step(model, tx, quick_config.loss)
   first = None
   for _ in range(40):
     state, metrics = step(state, batch)
@@ -132,8 +133,8 @@ def test_step_compiles_once(quick_config):
   @functools.partial(jax.jit, donate_argnums=0)
   @chex.assert_max_traces(n=1)
   def step(state, batch):
-    return train.train_step(state, batch, model=model, tx=tx,
-                            loss_config=quick_config.loss)
+    return step_lib.train_step(state, batch, model=model, tx=tx,
+                               loss_config=quick_config.loss)
 
   for _ in range(4):  # Host batches, donated state: no retrace after the first.
     state, _ = step(state, next(pairs))
@@ -143,11 +144,11 @@ def test_the_loop_guard_catches_a_retrace(quick_config):
   builder = input_pipeline.prepare(quick_config.data)
   pairs = input_pipeline.train_pairs(builder, quick_config)
   model, tx, state = _setup(quick_config)
-  step = train.make_train_step(model, tx, quick_config.loss)
+  step = step_lib.make_train_step(model, tx, quick_config.loss)
   for _ in range(2):
     state, _ = step(state, next(pairs))
   smaller = {k: v[:2] for k, v in next(pairs).items()}
-  with pytest.raises(train.RetraceError, match='traced 2 times'):
+  with pytest.raises(step_lib.RetraceError, match='traced 2 times'):
     step(state, smaller)
 
 
