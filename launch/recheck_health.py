@@ -15,8 +15,9 @@ run whose eval.json or metrics.jsonl is missing or broken, or whose history
 stops before the step the run reached (an emptied or cut metrics.jsonl:
 checks on part of a history find fewer reasons), cannot be checked: it is
 named on stderr, its health left as trained, and the others are still
-checked; the exit status is then 1. Each argument is a sweep, a folder of
-runs, or one run directory; one holding no run is an error (exit 2).
+checked; the exit status is then 1, as it is when no run has finished (nothing
+was checked). Each argument is a sweep, a folder of runs, or one run
+directory; one holding no run is an error (exit 2).
 """
 from __future__ import annotations
 
@@ -109,6 +110,10 @@ def main(argv=None) -> int:
         + (' (written)' if args.write and changed else '')
         + (f'; {len(bad)} could not be read (named on stderr): {", ".join(bad)}'
            if bad else ''))
+  if not checked and not bad:  # Nothing finished: nothing was checked, and that is no pass.
+    print(f'error: no finished run (eval.json) to check in {", ".join(args.sweeps)}',
+          file=sys.stderr)
+    return 1
   return 1 if bad else 0
 
 

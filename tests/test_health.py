@@ -305,3 +305,13 @@ def test_test_auroc_at_chance_or_inverted_is_suspect_while_val_ranked_well(caplo
     evaluation.log_health(health.diagnose(history, {'val': val, 'test': test}, 100))
   assert any(m.startswith('WARNING health: the run is SUSPECT') and 'test ranks inverted' in m
              for m in (r.getMessage() for r in caplog.records))
+
+
+def test_recheck_health_of_runs_none_finished_is_no_pass(tmp_path, capsys):
+  run = tmp_path / 'sweep' / 'beta_a_s0_f0'
+  run.mkdir(parents=True)
+  (run / 'sweep.json').write_text(json.dumps({'variant': 'beta_a', 'seed': 0, 'fold': 0}))
+  assert _recheck_module().main([str(tmp_path / 'sweep')]) == 1
+  out, err = capsys.readouterr()
+  assert '0 finished runs checked' in out
+  assert err.strip() == f'error: no finished run (eval.json) to check in {tmp_path / "sweep"}'
