@@ -12,7 +12,8 @@ Module map (imports only point down):
   dataset_export.py a built dataset as one file: write (from TFDS); export_reader.py loads
   data_splits.py    split names, class counts, pixel statistics (below the pipelines)
   datasets/         TFDS builders (synthetic_screens, ...)
-  models.py         VGG16 tower + 2-way classifier, pure forward()
+  models.py         shared tower + 2-way classifier, pure forward()
+  backbones/        the towers config.model.backbone picks (vgg16, resnet18)
   losses.py         cross-entropy, contrastive and extra loss terms (registry)
   checkpointing.py  Orbax save / restore / resume
   rundir.py         the workdir's files: names, atomic writes, readers, resolve_run
