@@ -266,13 +266,34 @@ def maps_run(runs: Sequence[dict]) -> Optional[dict]:
   return min(kept, key=lambda r: (r['beta'] != 0, r['seed'], r['fold'] or 0, r['run']))
 
 
-def plot_maps(runs: Sequence[dict], path: str, export) -> Optional[str]:
+def calibrated(predictor, export, method: str, log=None) -> None:
+  """Gives `predictor` a map calibration of `method` when its run has none:
+  made now from the export's validation split (not saved), and said on
+  `log` (default stderr). A calibration of another run in the workdir is
+  refused (ValueError), never replaced."""
+  # pylint: disable=import-outside-toplevel
+  import sys
+  from smsdd_jax import map_scale
+  if predictor.map_scale(method).kind == 'run':
+    return
+  record = map_scale.calibrate(predictor, export, [method])
+  predictor.use_map_scale(f'a calibration made now from {record["data"]["split"]} of '
+                          f'{record["data"]["export"]}', record)
+  print(f'note: run {predictor.run.workdir} has no map calibration of {method}: made one '
+        f'from its validation split in {export.path} (not saved; python -m '
+        'smsdd_jax.map_scale saves one)', file=log or sys.stderr)
+
+
+def plot_maps(runs: Sequence[dict], path: str, export, method: str = 'fine'
+              ) -> Optional[str]:
   """maps.png: true and false decisions on one run's test split with
-  where the network looked (maps.decision_sheet), from a dataset export of
-  the run's build (the images are not in the run directory)."""
+  where the network looked (maps.decision_sheet, `method` on the run's
+  calibrated scale: `calibrated`), from a dataset export of the run's build
+  (the images are not in the run directory)."""
   # pylint: disable=import-outside-toplevel
   import cv2
   from smsdd_jax import dataset_export, inference, maps
+  maps.check_method(method)
   run = maps_run(runs)
   if run is None:
     return None
@@ -281,11 +302,12 @@ def plot_maps(runs: Sequence[dict], path: str, export) -> Optional[str]:
   if tuple(predictor.image_size) != tuple(export.image_size):
     raise ValueError(f'{run["path"]}: image size {predictor.image_size} but '
                      f'{export.path} holds {export.image_size}')
+  calibrated(predictor, export, method)
   index = export.indices(rundir.test_split(run['path']))
   names = export.defect_types[index] if export.has_defect_types else None
   sheet = maps.decision_sheet(predictor, export.rgb(index), export.labels[index],
                               masks=None if export.masks is None else export.masks[index],
-                              names=names)
+                              names=names, method=method)
   if sheet is None:
     return None
   caption = np.zeros((22, sheet.shape[1], 3), np.uint8)
@@ -298,10 +320,12 @@ def plot_maps(runs: Sequence[dict], path: str, export) -> Optional[str]:
 
 
 def write_figures(sweep: str, out: Optional[str] = None,
-                  runs: Optional[Sequence[dict]] = None, export=None) -> list[str]:
+                  runs: Optional[Sequence[dict]] = None, export=None,
+                  map_method: str = 'fine') -> list[str]:
   """Every figure of FIGURES into `out` (default SWEEP/figures); their paths.
   `runs`: the sweep's load_runs, when the caller has read them already.
-  `export` (a loaded dataset export of the runs' build): maps.png too."""
+  `export` (a loaded dataset export of the runs' build): maps.png too, of
+  `map_method`."""
   runs = load_runs(sweep) if runs is None else runs
   if not runs:
     raise ValueError(no_runs_reason(sweep))
@@ -311,6 +335,6 @@ def write_figures(sweep: str, out: Optional[str] = None,
   os.makedirs(out, exist_ok=True)
   paths = [FIGURES[name](runs, os.path.join(out, name)) for name in names]
   if export is not None:
-    made = plot_maps(runs, os.path.join(out, 'maps.png'), export)
+    made = plot_maps(runs, os.path.join(out, 'maps.png'), export, map_method)
     paths += [made] if made else []
   return paths

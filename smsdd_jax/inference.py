@@ -3,7 +3,8 @@
   predictor = inference.Predictor('runs/beta_c')        # best checkpoint
   probs = predictor.predict_proba(rois_rgb_uint8)       # (N, 110, 230, 3) -> (N,)
   emb = predictor.embed(rois_rgb_uint8)                 # (N, d): what the contrastive loss compares
-  heat = predictor.maps(rois_rgb_uint8)                 # (N, 110, 230) in [0, 1]: where (maps.py)
+  heat = predictor.maps(rois_rgb_uint8)                 # (N, 110, 230) >= 0: where (maps.py)
+  shown, scale = predictor.readable_maps(rois_rgb_uint8)  # [0, 1] on the run's scale (map_scale.py)
   run = inference.load_run('runs/beta_c')               # config, model, params, model_state
   for result in inference.score_frames(predictor, paths):  # raw camera frames
     print(result.path, result.prob, result.error)
@@ -61,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smsdd_jax import map_scale
 from smsdd_jax import maps as maps_lib
 from smsdd_jax import preprocess
 from smsdd_jax import rundir
@@ -69,6 +71,8 @@ DEFAULT_THRESHOLD = rundir.DEFAULT_THRESHOLD
 DEFAULT_MAX_PIXELS = preprocess.DEFAULT_MAX_PIXELS
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 ROI_METHODS = ('auto',) + preprocess.ROI_MODES  # 'auto': as the run's build did.
+MAP_SCALES = ('raw', 'image', 'run')  # Of Predictor.maps: see there.
+_UNSET = object()
 TTA_MODES = ('none', 'flips')  # Test-time augmentation: the image alone, or with its flips.
 FIXED_STATS = preprocess.FIXED_STATS
 FrameError = preprocess.BadImage  # One input file cannot be scored; one-line reason.
@@ -233,8 +237,10 @@ class Predictor:
     self._score = jax.jit(score)
     self._embed = jax.jit(functools.partial(embeddings, model=self.model, mean=self.mean,
                                             std=self.std))
-    self._gradcam = {}  # layer -> jitted maps_lib.gradcam
+    self._network_maps = {}  # (method, layer, sigma) -> jitted maps_lib.network_maps
     self._logodds = None  # jitted normalised batch -> defect log-odds (occlusion)
+    self._banks = {}  # path -> memory_bank.MemoryBank (feature_distance)
+    self._calibration = _UNSET  # map_scale.Calibration or None, read when first asked.
     self.health, self.health_reasons = read_health(self.run.workdir)
     self.data = read_data(self.run.workdir, self.run.config)
 
@@ -279,24 +285,115 @@ class Predictor:
     the embedding the contrastive loss compares (`embeddings`; no TTA)."""
     return self._batched(self._embed, images_rgb_uint8)
 
-  def maps(self, images_rgb_uint8: np.ndarray, method: str = 'gradcam', *,
-           layer: str | None = None, patch: int = 16, stride: int = 8) -> np.ndarray:
-    """(N, H, W, 3) uint8 RGB ROIs -> (N, H, W) float32 in [0, 1]: what raised
-    each image's defect score (smsdd_jax/maps.py: 'gradcam' at `layer`, a tap
-    of the run's backbone, None its default ('block5' for VGG16), or
-    'occlusion' with `patch` x `patch` windows `stride` apart). Of the image
-    itself, never test-time augmented."""
-    if method == 'gradcam':
-      from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
-      layer = layer or backbones.get(self.model.backbone).default_tap
-      if layer not in self._gradcam:
-        self._gradcam[layer] = jax.jit(
-            lambda params, state, images, layer=layer: maps_lib.gradcam(
+  def maps(self, images_rgb_uint8: np.ndarray, method: str = maps_lib.DEFAULT_METHOD, *,
+           layer: str | None = None, sigma: float = maps_lib.DEFAULT_SIGMA, patch: int = 16,
+           stride: int = 8, bank=None, scale: str = 'raw') -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB ROIs -> (N, H, W) float32 >= 0: what raised each
+    image's defect score (smsdd_jax/maps.py's METHODS: 'fine', the default by
+    evidence; 'gradcam' or 'gradcampp' at `layer`, a tap of the run's
+    backbone, None the method's default; 'gradxinput' smoothed by `sigma`
+    px; 'occlusion' with `patch` x `patch` windows `stride` apart;
+    'feature_distance' against `bank`, default the run's memory_bank.npz).
+    scale: 'raw' (the method's own units, absolute), 'image' (each map
+    divided by its maximum, in [0, 1]) or 'run' (divided by the run's
+    calibration, map_scale.py; ValueError without one). Of the image itself,
+    never test-time augmented."""
+    maps_lib.check_method(method)
+    if scale not in MAP_SCALES:
+      raise ValueError(f'scale={scale!r}: expected one of {MAP_SCALES}')
+    if method == 'occlusion':
+      heat = self._occlusion(images_rgb_uint8, patch, stride)
+    elif method == 'feature_distance':
+      self._checked(images_rgb_uint8)
+      heat = (bank or self.memory_bank()).maps(images_rgb_uint8)
+    else:
+      layer = maps_lib.resolve_layer(method, self.model.backbone, layer)
+      key = (method, layer, float(sigma))
+      if key not in self._network_maps:
+        self._network_maps[key] = jax.jit(
+            lambda params, state, images, key=key: maps_lib.network_maps(
                 params, state, normalize(images, self.mean, self.std), model=self.model,
-                layer=layer))
-      return self._batched(self._gradcam[layer], images_rgb_uint8)
-    if method != 'occlusion':
-      raise ValueError(f'method={method!r}: expected one of {maps_lib.METHODS}')
+                method=key[0], layer=key[1], sigma=key[2]))
+      heat = self._batched(self._network_maps[key], images_rgb_uint8)
+    if scale == 'raw':
+      return heat
+    if scale == 'image':
+      return map_scale.per_image_max(heat)
+    found = self.map_scale(method, layer=layer, sigma=sigma, patch=patch, stride=stride,
+                           bank=bank)
+    if found.kind != 'run':
+      raise ValueError(f'scale=\'run\': {found.note}')
+    return heat / np.float32(found.value)
+
+  def map_params(self, method: str = maps_lib.DEFAULT_METHOD, *, layer: str | None = None,
+                 sigma: float = maps_lib.DEFAULT_SIGMA, patch: int = 16, stride: int = 8,
+                 bank=None) -> dict:
+    """What decides a map's values besides the run: the method and the
+    settings it reads (the record a calibration is keyed by)."""
+    maps_lib.check_method(method)
+    params = {'method': method}
+    layer = maps_lib.resolve_layer(method, self.model.backbone, layer) \
+        if method in maps_lib.GRADIENT_METHODS else None
+    if layer:
+      params['layer'] = layer
+    if method == 'fine':
+      from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
+      params['amount_layer'] = backbones.get(self.model.backbone).default_tap
+    if method in ('fine', 'gradxinput'):
+      params['sigma'] = float(sigma)
+    if method == 'occlusion':
+      params.update(patch=int(patch), stride=int(stride))
+    if method == 'feature_distance':
+      params['bank_sha256'] = map_scale.bank_digest(bank or self.memory_bank())
+    return params
+
+  def memory_bank(self, path: Optional[str] = None):
+    """The run's memory bank for 'feature_distance' (smsdd_jax/memory_bank.py),
+    from `path` or <workdir>/memory_bank.npz, loaded once; ValueError (one
+    line) when there is none or it is another run's."""
+    from smsdd_jax import memory_bank  # pylint: disable=import-outside-toplevel
+    path = path or os.path.join(self.run.workdir, memory_bank.DEFAULT_NAME)
+    if path not in self._banks:
+      if not os.path.isfile(path):
+        raise ValueError(f'map method feature_distance needs a memory bank: no {path} '
+                         f'(python -m smsdd_jax.memory_bank --workdir={self.run.workdir} '
+                         '--export=FILE makes one)')
+      self._banks[path] = memory_bank.load(path, self)
+    return self._banks[path]
+
+  @property
+  def calibration(self):
+    """The run's map calibration (map_scale.Calibration): the one given to
+    `use_map_scale`, else <workdir>/map_scale.json; None when there is none.
+    One of another run is refused (ValueError, one line)."""
+    if self._calibration is _UNSET:
+      self._calibration = map_scale.find(self)
+    return self._calibration
+
+  def use_map_scale(self, path: str, record: Optional[dict] = None) -> None:
+    """Draws maps on the calibration saved at `path`, or on `record` (one
+    `map_scale.calibrate` just made; `path` then says where it came from).
+    Refused (ValueError, one line) when it is another run's."""
+    self._calibration = map_scale.load(path, self) if record is None else \
+        map_scale.bind(record, path, self)
+
+  def map_scale(self, method: str = maps_lib.DEFAULT_METHOD, **settings) -> 'map_scale.Scale':
+    """The Scale `readable_maps` draws `method` on: the run's calibration, or
+    per image with the reason there is none."""
+    if self.calibration is None:
+      return map_scale.per_image(f'run {self.run.workdir} has no map calibration '
+                                 f'({map_scale.DEFAULT_NAME}: python -m smsdd_jax.map_scale)')
+    return self.calibration.scale(method, self.map_params(method, **settings))
+
+  def readable_maps(self, images_rgb_uint8: np.ndarray, method: str = maps_lib.DEFAULT_METHOD,
+                    **settings) -> tuple[np.ndarray, 'map_scale.Scale']:
+    """(maps in [0, 1] to colour, their Scale): on the run's calibrated scale
+    (1 = the strength of a typical validation defect), else each map to its
+    own maximum, which the Scale says."""
+    scale = self.map_scale(method, **settings)
+    return scale.apply(self.maps(images_rgb_uint8, method, **settings)), scale
+
+  def _occlusion(self, images_rgb_uint8: np.ndarray, patch: int, stride: int) -> np.ndarray:
     images = self._checked(images_rgb_uint8)
     if self._logodds is None:
       from smsdd_jax import models  # pylint: disable=import-outside-toplevel
@@ -424,10 +521,35 @@ class Ensemble:
     return np.mean([m.predict_proba(images_rgb_uint8) for m in self.members],
                    axis=0).astype(np.float32)
 
-  def maps(self, images_rgb_uint8: np.ndarray, method: str = 'gradcam', **kwargs) -> np.ndarray:
-    """The members' mean map (`Predictor.maps`), renormalised to [0, 1]."""
-    heat = np.mean([m.maps(images_rgb_uint8, method, **kwargs) for m in self.members], axis=0)
-    return np.asarray(maps_lib.normalise(jnp.asarray(heat, jnp.float32)))
+  def maps(self, images_rgb_uint8: np.ndarray, method: str = maps_lib.DEFAULT_METHOD, *,
+           scale: str = 'run', **settings) -> np.ndarray:
+    """The members' mean map (`Predictor.maps`), each member's on its own
+    calibrated scale (scale='run': ValueError where one has none) or divided
+    by its maximum (scale='image', the mean renormalised to [0, 1]). 'raw'
+    is refused: the runs' units differ."""
+    if scale == 'raw':
+      raise ValueError("scale='raw': an ensemble's members map in their own units; use "
+                       "'run' or 'image'")
+    heat = np.mean([m.maps(images_rgb_uint8, method, scale=scale, **settings)
+                    for m in self.members], axis=0).astype(np.float32)
+    return heat if scale == 'run' else map_scale.per_image_max(heat)
+
+  def map_scale(self, method: str = maps_lib.DEFAULT_METHOD, **settings) -> 'map_scale.Scale':
+    """Every member's run scale (the mean of maps in those units), else per
+    image, naming the members without one."""
+    scales = [m.map_scale(method, **settings) for m in self.members]
+    missing = [s.note for s in scales if s.kind != 'run']
+    if missing:
+      return map_scale.per_image(' | '.join(missing))
+    return map_scale.Scale('run', 1.0, f'{method}: the mean of {len(scales)} runs\' maps, '
+                           'each on its own calibrated scale')
+
+  def readable_maps(self, images_rgb_uint8: np.ndarray, method: str = maps_lib.DEFAULT_METHOD,
+                    **settings) -> tuple[np.ndarray, 'map_scale.Scale']:
+    """As Predictor.readable_maps, for the members' mean map."""
+    scale = self.map_scale(method, **settings)
+    heat = self.maps(images_rgb_uint8, method, scale=scale.kind, **settings)
+    return scale.apply(heat), scale
 
   def decide(self, prob: float) -> str:
     return 'defective' if prob >= self.threshold else 'good'
@@ -523,7 +645,7 @@ class FrameResult:
   # How many times the most enlarged side of what became the input grew
   # (preprocess.enlargement; <= 1: nothing enlarged), None before the ROI.
   enlargement: Optional[float] = None
-  heat: Optional[np.ndarray] = None  # (H, W) in [0, 1] where maps were asked for (maps.py).
+  heat: Optional[np.ndarray] = None  # (H, W) in [0, 1] to colour, where maps were asked for (maps.py).
 
   @property
   def ok(self) -> bool:

@@ -1,45 +1,67 @@
 """Where the network looks: a map per image of what raised its defect score.
 
-  maps = predictor.maps(rois_rgb_uint8)                  # (N, H, W) in [0, 1]
-  rgb = maps_lib.overlay(roi, maps[0])                    # what predict --maps writes
-  maps_lib.pixel_auroc(maps[0], mask), maps_lib.pointing_hit(maps[0], mask)
+  heat = predictor.maps(rois_rgb_uint8)                   # (N, H, W) >= 0, absolute ('fine')
+  heat = predictor.maps(rois, 'gradcam', layer='block5')  # another method, one flag away
+  shown, scale = predictor.readable_maps(rois)           # [0, 1] on the run's calibrated scale
+  rgb = maps_lib.overlay(roi, shown[0], caption=[...])   # what predict --maps writes
+  maps_lib.pixel_auroc(heat[0], mask), maps_lib.pointing_hit(heat[0], mask)
 
 The score explained is the defect log-odds, logit[1] - logit[0], not the
 probability: a confident softmax saturates, and its gradient with it, so the
 map of a crop scored 0.999 would be noise.
 
-Methods (`METHODS`):
+Methods (`METHODS`; one forward and one backward per image, jitted per batch
+like the scores, unless said otherwise):
 
-  gradcam    Grad-CAM (Selvaraju et al., 2017) at one of the backbone's taps
-             (smsdd_jax/backbones/; VGG16's: each block's output before its
-             pool, default the last, 'block5': 1/16 of the ROI's size; a
-             ResNet-18's: each stage's, default 'layer4', 1/32):
-             relu(sum_c w_c A_c) with w_c the spatial mean of
-             d(score)/dA_c, bilinearly upsampled to the ROI. One forward and
-             one backward per image, jitted per batch like the scores.
-  occlusion  The drop of the score when a patch of the normalised input is set
-             to the training mean (zero), averaged over the patches covering
-             each pixel. Model-agnostic and needs no gradient, but costs one
-             forward per patch position (hundreds per ROI).
+  fine        The default by evidence (docs/results.md, "Where is the
+              defect": the best pixel AUROC and pointing game on the
+              validation folds' masks of magnetic_tile, confirmed on the test
+              folds). Where: the mean of two maps each divided by its own
+              maximum, Grad-CAM++ at the tap 4 input pixels a cell (VGG16's
+              block3) and gradient x input smoothed by a Gaussian of `sigma`
+              px. How much: the peak of Grad-CAM at the backbone's default
+              tap (block5), the cells the classifier reads, which follows the
+              score (a good crop's is low), so the map is cool where the
+              network saw nothing.
+  gradcam     Grad-CAM (Selvaraju et al., 2017) at one of the backbone's taps
+              (smsdd_jax/backbones/; VGG16's: each block's output before its
+              pool, default the last, 'block5': 1/16 of the ROI's size; a
+              ResNet-18's: each stage's, default 'layer4', 1/32):
+              relu(sum_c w_c A_c) with w_c the spatial mean of
+              d(score)/dA_c, bilinearly upsampled to the ROI.
+  gradcampp   Grad-CAM++ (Chattopadhyay et al., 2018) at a tap (default the
+              one 4 pixels a cell): the channel weights sum the positive
+              gradients, each weighted by alpha = g^2 / (2 g^2 + sum(A) g^3),
+              so a few strong cells are not averaged away as in Grad-CAM
+              (whose block4 map falls below chance on magnetic_tile).
+  gradxinput  Gradient x input on the ROI: per pixel, the positive part of
+              sum_c x_c d(score)/dx_c of the normalised input (what the
+              pixel's departure from the training mean added to the
+              log-odds, to first order), smoothed by a Gaussian of `sigma` px.
+  occlusion   The drop of the score when a patch of the normalised input is set
+              to the training mean (zero), averaged over the patches covering
+              each pixel. Model-agnostic and needs no gradient, but costs one
+              forward per patch position (hundreds per ROI).
+  feature_distance
+              The distance of each cell's tower features to the nearest cells
+              of good training images (smsdd_jax/memory_bank.py: a bank built
+              per run); absolute, needs the run's bank.
 
-Grad-CAM at block5 is the default by evidence (docs/results.md, "Where is
-the defect", magnetic_tile): on the same crops its pixel AUROC beat
-occlusion's (0.658 against 0.611, paired over 10 runs), the pointing game did
-not separate them, and blocks 3 and 4 localised worse; it also costs one
-backward where occlusion costs hundreds of forwards.
+Every map is absolute (in its method's units: log-odds gradients, distances);
+`normalise` divides each by its own maximum (the old [0, 1] maps), and a
+run's calibration (smsdd_jax/map_scale.py: one value per run and method, from
+its validation split) puts a run's maps on one scale a person reads without
+a legend.
 
 Floors without the network, for the localisation tables: `residual_map`
 (the absolute residual of the grey image against its median blur: the
 background the anomaly floor of launch/floors.py subtracts) and
 `random_map` (uniform noise: pixel AUROC 0.5 in expectation, pointing game
 = the mask's share of the image).
-
-Every map is normalised per image to [0, 1] by its maximum (an all-zero map
-stays zero: nothing raised the score).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import cv2
 import jax
@@ -48,7 +70,11 @@ import numpy as np
 
 from smsdd_jax import backbones, metrics
 
-METHODS = ('gradcam', 'occlusion')
+METHODS = ('fine', 'gradcam', 'gradcampp', 'gradxinput', 'occlusion', 'feature_distance')
+DEFAULT_METHOD = 'fine'
+GRADIENT_METHODS = ('fine', 'gradcam', 'gradcampp', 'gradxinput')  # network_maps makes these.
+DEFAULT_SIGMA = 2.0  # px, of gradient x input's smoothing (chosen on validation).
+FINE_STRIDE = 4  # Input pixels a cell of the tap fine and gradcampp read by default.
 
 
 def defect_score(logits: jax.Array) -> jax.Array:
@@ -62,32 +88,139 @@ def normalise(maps: jax.Array) -> jax.Array:
   return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
-def gradcam(params, model_state, x: jax.Array, *, model,
-            layer: str | None = None) -> jax.Array:
-  """Pure: normalised ROIs x (N, H, W, 3), the model's input
-  (`inference.normalize`), -> Grad-CAM maps (N, H, W) float32 in [0, 1] at `layer`, a tap of the model's backbone (None: its default). Eval mode (BatchNorm's running statistics), so every image's map
-  depends on that image alone and one backward of the batch's summed score
-  gives each image's gradient."""
-  taps = backbones.get(model.backbone).taps
-  layer = layer or backbones.get(model.backbone).default_tap
+def check_method(method: str) -> str:
+  if method not in METHODS:
+    raise ValueError(f'method={method!r}: expected one of {METHODS}')
+  return method
+
+
+def fine_tap(backbone: str) -> str:
+  """The backbone's tap nearest FINE_STRIDE input pixels a cell (the finer
+  of two as near): VGG16's block3, ResNet-18's layer1."""
+  taps = backbones.get(backbone).taps
+  return min(taps, key=lambda t: (abs(np.log2(taps[t] / FINE_STRIDE)), taps[t]))
+
+
+def default_layer(method: str, backbone: str) -> Optional[str]:
+  """The tap a method reads by default (None for methods without one)."""
+  if method == 'gradcam':
+    return backbones.get(backbone).default_tap
+  if method in ('gradcampp', 'fine'):
+    return fine_tap(backbone)
+  return None
+
+
+def resolve_layer(method: str, backbone: str, layer: Optional[str]) -> Optional[str]:
+  """`layer` or the method's default, checked against the backbone's taps."""
+  default = default_layer(method, backbone)
+  if default is None:
+    if layer:
+      raise ValueError(f'layer={layer!r}: method {method!r} reads no tap')
+    return None
+  layer = layer or default
+  taps = backbones.get(backbone).taps
   if layer not in taps:
     raise ValueError(f'layer={layer!r}: expected one of {tuple(taps)}')
+  return layer
+
+
+# ------------------------------------------------------------------ gradient maps
+
+
+def _gradients(params, model_state, x: jax.Array, *, model, layers: Sequence[str],
+               input_grad: bool):
+  """One forward and one backward of the batch's summed defect log-odds:
+  ({layer: activation}, {layer: d score / d activation}, d score / dx or
+  None). Eval mode (BatchNorm's running statistics), so every image's
+  gradient depends on that image alone. Under jit, what is not returned
+  (the taps' gradients below the deepest one asked for, the input's) is
+  never computed."""
   variables = {'params': params, **(model_state or {})}
 
-  def run(perturbations):
-    (logits, _), taps = model.apply({**variables, 'perturbations': perturbations}, x,
+  def run(perturbations, images):
+    (logits, _), taps = model.apply({**variables, 'perturbations': perturbations}, images,
                                     train=False, mutable=['intermediates'])
-    return defect_score(logits).sum(), taps['intermediates'][layer][0]
+    return defect_score(logits).sum(), {k: taps['intermediates'][k][0] for k in layers}
 
   # The perturbations' shapes are the taps' own: read them without computing.
   _, shapes = jax.eval_shape(lambda: model.apply(variables, x, train=False,
                                                  mutable=['intermediates']))
   zeros = {name: jnp.zeros(v[0].shape, v[0].dtype)
            for name, v in shapes['intermediates'].items()}
-  grads, activation = jax.grad(run, has_aux=True)(zeros)
-  weights = grads[layer].astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
-  cam = jax.nn.relu((weights * activation.astype(jnp.float32)).sum(-1))
-  return normalise(jax.nn.relu(to_input_grid(cam, x.shape[1:3], taps[layer])))
+  (grads, dx), acts = jax.grad(run, argnums=(0, 1), has_aux=True)(zeros, x)
+  f32 = lambda d: {k: d[k].astype(jnp.float32) for k in layers}
+  return f32(acts), f32(grads), (dx.astype(jnp.float32) if input_grad else None)
+
+
+def gradcam_cells(a: jax.Array, g: jax.Array) -> jax.Array:
+  """Grad-CAM on a tap's grid: activations, gradients (N, h, w, C) -> (N, h, w)."""
+  weights = g.mean(axis=(1, 2), keepdims=True)
+  return jax.nn.relu((weights * a).sum(-1))
+
+
+def gradcampp_cells(a: jax.Array, g: jax.Array) -> jax.Array:
+  """Grad-CAM++ on a tap's grid (its closed form for an exponential of the
+  score: only first derivatives are needed)."""
+  g2 = g * g
+  denom = 2.0 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g
+  alpha = g2 / jnp.where(denom != 0, denom, 1.0)
+  weights = (alpha * jax.nn.relu(g)).sum(axis=(1, 2), keepdims=True)
+  return jax.nn.relu((weights * a).sum(-1))
+
+
+def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
+  """(N, H, W) smoothed by a Gaussian of `sigma` px (radius 4 sigma, the
+  borders reflected as OpenCV's default); sigma 0 returns the maps."""
+  if sigma <= 0:
+    return maps
+  r = max(1, int(np.ceil(4 * sigma)))
+  k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+  k = jnp.asarray(k / k.sum(), jnp.float32)
+  x = jnp.pad(maps, ((0, 0), (r, r), (r, r)), mode='reflect')[..., None]
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  x = jax.lax.conv_general_dilated(x, k.reshape(-1, 1, 1, 1), (1, 1), 'VALID',
+                                   dimension_numbers=dn)
+  x = jax.lax.conv_general_dilated(x, k.reshape(1, -1, 1, 1), (1, 1), 'VALID',
+                                   dimension_numbers=dn)
+  return x[..., 0]
+
+
+def network_maps(params, model_state, x: jax.Array, *, model, method: str = DEFAULT_METHOD,
+                 layer: Optional[str] = None, sigma: float = DEFAULT_SIGMA) -> jax.Array:
+  """Pure: normalised ROIs x (N, H, W, 3), the model's input
+  (`inference.normalize`), -> (N, H, W) float32 >= 0, the absolute map of
+  a gradient method (GRADIENT_METHODS; the module doc says what each is) at
+  `layer`, a tap of the model's backbone (None: the method's default)."""
+  if method not in GRADIENT_METHODS:
+    raise ValueError(f'method={method!r}: network_maps makes {GRADIENT_METHODS}')
+  layer = resolve_layer(method, model.backbone, layer)
+  bb = backbones.get(model.backbone)
+  size = x.shape[1:3]
+  layers = [] if layer is None else sorted({layer, bb.default_tap} if method == 'fine'
+                                           else {layer})
+  acts, grads, dx = _gradients(params, model_state, x, model=model, layers=layers,
+                               input_grad=method in ('gradxinput', 'fine'))
+  if method == 'gradcam':
+    return jax.nn.relu(to_input_grid(gradcam_cells(acts[layer], grads[layer]), size,
+                                     bb.taps[layer]))
+  if method in ('gradxinput', 'fine'):
+    gxi = gaussian_blur(jax.nn.relu((dx * x.astype(jnp.float32)).sum(-1)), sigma)
+    if method == 'gradxinput':
+      return gxi
+  cells = gradcampp_cells(acts[layer], grads[layer])
+  gcpp = jax.nn.relu(to_input_grid(cells, size, bb.taps[layer]))
+  if method == 'gradcampp':
+    return gcpp
+  amount = gradcam_cells(acts[bb.default_tap], grads[bb.default_tap]).max(axis=(1, 2))
+  return 0.5 * (normalise(gcpp) + normalise(gxi)) * amount[:, None, None]
+
+
+def gradcam(params, model_state, x: jax.Array, *, model,
+            layer: str | None = None) -> jax.Array:
+  """Pure: Grad-CAM maps (N, H, W) float32, each divided by its maximum
+  (`network_maps` 'gradcam', normalised)."""
+  return normalise(network_maps(params, model_state, x, model=model, method='gradcam',
+                                layer=layer))
 
 
 def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
@@ -124,7 +257,8 @@ def occlusion_windows(size: tuple[int, int], patch: int, stride: int) -> np.ndar
 
 def occlusion(score_fn: Callable[[jax.Array], jax.Array], image: jax.Array,
               windows: np.ndarray, *, chunk: int = 64) -> np.ndarray:
-  """One normalised image (H, W, C) -> its occlusion map (H, W) in [0, 1].
+  """One normalised image (H, W, C) -> its occlusion map (H, W) float32 >= 0:
+  per pixel, the mean drop of the log-odds over the patches covering it.
 
   score_fn: a jitted (B, H, W, C) float32 -> (B,) defect log-odds for a fixed
   B = chunk (the last chunk is padded, so it compiles once)."""
@@ -140,8 +274,7 @@ def occlusion(score_fn: Callable[[jax.Array], jax.Array], image: jax.Array,
     drops.append(np.asarray(base - score_fn(occluded))[:n])
   drop = np.concatenate(drops)
   total = np.tensordot(np.maximum(drop, 0.0), windows.astype(np.float32), axes=1)
-  heat = total / np.maximum(windows.sum(0), 1)
-  return np.asarray(normalise(jnp.asarray(heat)[None])[0])
+  return (total / np.maximum(windows.sum(0), 1)).astype(np.float32)
 
 
 # ------------------------------------------------------------------ floors
@@ -197,24 +330,41 @@ def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> float:
 # ------------------------------------------------------------------ pictures
 
 
-def overlay(roi_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(roi_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45,
+            caption: Sequence[str] = ()) -> np.ndarray:
   """The ROI (H, W, 3) uint8 RGB with the map (H, W) in [0, 1] blended over it
-  in a jet colour scale (blue: nothing, red: what raised the score most)."""
+  in a jet colour scale (blue: nothing, red: the top of the scale), and each
+  line of `caption` below it on a dark band (14 px a line)."""
   if roi_rgb.shape[:2] != heat.shape:
     raise ValueError(f'ROI {roi_rgb.shape[:2]} and map {heat.shape} differ in size')
-  colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)
+  colour = cv2.applyColorMap(np.uint8(np.clip(np.nan_to_num(heat), 0, 1) * 255),
+                             cv2.COLORMAP_JET)
   colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
-  return cv2.addWeighted(np.ascontiguousarray(roi_rgb, np.uint8), 1 - alpha, colour, alpha, 0)
+  out = cv2.addWeighted(np.ascontiguousarray(roi_rgb, np.uint8), 1 - alpha, colour, alpha, 0)
+  if not caption:
+    return out
+  band = np.zeros((14 * len(caption) + 4, out.shape[1], 3), np.uint8)
+  for k, line in enumerate(caption):
+    cv2.putText(band, line, (3, 12 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.36,
+                (255, 255, 255), 1, cv2.LINE_AA)
+  return np.concatenate([out, band], 0)
+
+
+def decision_line(prob: float, threshold: float) -> str:
+  """'p=0.931 DEFECTIVE (threshold 0.5)': what an overlay says of its ROI."""
+  decided = 'DEFECTIVE' if prob >= threshold else 'good'
+  return f'p={prob:.3f} {decided} (threshold {threshold:g})'
 
 
 def decision_sheet(predictor, images: np.ndarray, labels: np.ndarray, *, masks=None,
-                   names=None, per_kind: int = 2):
+                   names=None, per_kind: int = 2, method: str = DEFAULT_METHOD):
   """An RGB picture of true and false decisions with their maps, or None
   when there are none: per kind (true defective, missed defect, false alarm,
   true good) the `per_kind` most confident (highest probability where it said
-  defective, lowest where it said good), each ROI beside its Grad-CAM
-  overlay, the mask (where given) outlined in white, a caption with the
-  probability and `names` (e.g. the defect type)."""
+  defective, lowest where it said good), each ROI beside its overlay of
+  `method` on the run's scale (`predictor.readable_maps`), the mask (where
+  given) outlined in white, a caption with the probability, the method and
+  its scale and `names` (e.g. the defect type)."""
   labels = np.asarray(labels).astype(bool)
   prob = predictor.predict_proba(images)
   decided = prob >= predictor.threshold
@@ -227,7 +377,8 @@ def decision_sheet(predictor, images: np.ndarray, labels: np.ndarray, *, masks=N
     order = order[np.argsort(-prob[order] if said_defective else prob[order])][:per_kind]
     if not len(order):
       continue
-    for i, heat in zip(order, predictor.maps(images[order])):
+    shown, scale = predictor.readable_maps(images[order], method)
+    for i, heat in zip(order, shown):
       right = overlay(images[i], heat)
       if masks is not None:
         contours, _ = cv2.findContours((np.asarray(masks[i]) > 0).astype(np.uint8),
@@ -235,7 +386,7 @@ def decision_sheet(predictor, images: np.ndarray, labels: np.ndarray, *, masks=N
         cv2.drawContours(right, contours, -1, (255, 255, 255), 1)
       caption = np.zeros((18, images.shape[2] * 2, 3), np.uint8)
       text = f'{kind}: p={prob[i]:.2f}' + (f' {names[i]}' if names is not None else '')
-      cv2.putText(caption, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
-                  cv2.LINE_AA)
+      cv2.putText(caption, f'{text}; {method} map, {scale.short}', (4, 13),
+                  cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
       rows.append(np.concatenate([caption, np.concatenate([images[i], right], 1)], 0))
   return np.concatenate(rows, 0) if rows else None

@@ -111,6 +111,9 @@ from smsdd_jax import rundir  # Light: no JAX, TensorFlow or Orbax.
 # New columns go at the end: readers by position keep working.
 CSV_COLUMNS = ('file', 'prob_defective', 'decision', 'threshold', 'roi_method',
                'corners', 'error', 'tta', 'runs', 'precision', 'notes')
+# smsdd_jax.maps.METHODS, the default (maps.DEFAULT_METHOD) first; named here so
+# that the flags parse without importing JAX (tests/test_predict checks they agree).
+MAP_METHODS = ('fine', 'gradcam', 'gradcampp', 'gradxinput', 'occlusion', 'feature_distance')
 SHEET_MAX_TILES = 600
 SHEET_COLUMNS = 6
 
@@ -154,8 +157,16 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--maps', default=None,
                  help='folder for overlays of where the network looked (one PNG per '
                  'scored file; the --sheet tiles show them too)')
-  p.add_argument('--map_method', choices=('gradcam', 'occlusion'), default='gradcam',
-                 help='how --maps are made (smsdd_jax/maps.py)')
+  p.add_argument('--map_method', choices=MAP_METHODS, default=MAP_METHODS[0],
+                 help='how --maps are made (smsdd_jax/maps.py; the default is the best by '
+                 'evidence, docs/results.md "Where is the defect")')
+  p.add_argument('--map_scale', default=None,
+                 help='map calibration of the run (python -m smsdd_jax.map_scale; default '
+                 '<workdir>/map_scale.json when present; without one, each map is scaled to '
+                 'its own maximum and the overlay says so)')
+  p.add_argument('--bank', default=None,
+                 help='memory bank for --map_method=feature_distance (default '
+                 '<workdir>/memory_bank.npz)')
   p.add_argument('--workers', type=int, default=2,
                  help='threads reading frames and searching ROIs')
   return p
@@ -322,18 +333,27 @@ class Sheet:
     return len(tiles)
 
 
-def _add_maps(predictor, results, method: str) -> None:
-  """Sets `heat` on every scored result of one chunk (one batched call)."""
+def _add_maps(predictor, results, method: str, bank=None) -> None:
+  """Sets `heat` (in [0, 1] on the run's scale, `readable_maps`) on every
+  scored result of one chunk (one batched call)."""
   scored = [r for r in results if r.ok and r.roi is not None]
   if scored:
-    heat = predictor.maps(np.stack([r.roi for r in scored]), method)
+    heat, _ = predictor.readable_maps(np.stack([r.roi for r in scored]), method,
+                                      **({'bank': bank} if bank is not None else {}))
     for r, h in zip(scored, heat):
       r.heat = h
 
 
-def _overlay(result) -> np.ndarray:
+def _overlay(result, caption=()) -> np.ndarray:
   from smsdd_jax import maps  # pylint: disable=import-outside-toplevel
-  return maps.overlay(result.roi, result.heat)
+  return maps.overlay(result.roi, result.heat, caption=caption)
+
+
+def _map_caption(result, threshold: float, method: str, scale) -> list[str]:
+  """What an overlay file says under its ROI: the probability and the
+  decision, then the method and its scale."""
+  from smsdd_jax import maps  # pylint: disable=import-outside-toplevel
+  return [maps.decision_line(result.prob, threshold), f'{method} map, {scale.short}']
 
 
 _TILE_ROI = (110, 230)
@@ -573,6 +593,14 @@ def _run(args) -> int:
       except OSError as e:
         raise UsageError(f'cannot create {flag} {path}: {e.strerror or e}') from None
   _check_output(args.output)
+  for flag in ('--map_scale', '--bank'):
+    if getattr(args, flag[2:]) and len(workdirs) > 1:
+      raise UsageError(f'{flag} applies to one run; an ensemble reads each run\'s own '
+                       f'(<workdir>/{"map_scale.json" if flag == "--map_scale" else "memory_bank.npz"})')
+    if getattr(args, flag[2:]) and not args.maps:
+      raise UsageError(f'{flag} is read for maps: add --maps=DIR')
+    if getattr(args, flag[2:]) and not os.path.isfile(getattr(args, flag[2:])):
+      raise UsageError(f'{flag}={getattr(args, flag[2:])}: no such file')
   if args.embeddings:
     if len(workdirs) > 1:
       raise UsageError(f'--embeddings applies to one run; an ensemble of {len(workdirs)} '
@@ -583,9 +611,10 @@ def _run(args) -> int:
                                tta=args.tta, precision=args.precision)
   except (FileNotFoundError, ValueError) as e:  # Checkpoint mismatch, unreadable too.
     raise UsageError(str(e).splitlines()[0]) from None
+  bank = _prepare_maps(args, predictor) if args.maps else None
   out = Output(args.output)
   try:
-    return _score(args, predictor, paths, out, inference)
+    return _score(args, predictor, paths, out, inference, bank)
   finally:
     out.discard()  # Unless committed or kept partial.
 
@@ -601,7 +630,31 @@ def _threshold_line(predictor) -> str:
   return f'threshold: {predictor.threshold:g} ({predictor.run.threshold_source})'
 
 
-def _score(args, predictor, paths, out_file, inference) -> int:
+def _prepare_maps(args, predictor):
+  """Before any frame: the map calibration (--map_scale, else the run's own)
+  and memory bank (feature_distance) read and checked, and one line saying
+  which scale the overlays use (a warning on stderr when it is per image).
+  Returns the bank given by --bank, or None. A calibration or bank of another
+  run is a usage error."""
+  try:
+    if args.map_scale:
+      predictor.use_map_scale(args.map_scale)
+    bank = None
+    if args.map_method == 'feature_distance':  # Each run's own bank, read now.
+      banks = [m.memory_bank(args.bank) for m in _members(predictor)]
+      bank = banks[0] if args.bank else None
+    scale = predictor.map_scale(args.map_method, **({'bank': bank} if bank else {}))
+  except (ValueError, FileNotFoundError) as e:
+    raise UsageError(str(e).splitlines()[0]) from None
+  if scale.kind == 'run':
+    print(f'maps: {scale.note}')
+  else:
+    print(f'warning: maps ({args.map_method}) have no run scale: {scale.note}', file=sys.stderr)
+  args.scale = scale
+  return bank
+
+
+def _score(args, predictor, paths, out_file, inference, bank=None) -> int:
   print(f'model: {predictor.describe()}')
   warning = predictor.health_warning()
   if warning:
@@ -625,7 +678,7 @@ def _score(args, predictor, paths, out_file, inference) -> int:
       if embeddings is not None:
         embeddings.add(results)
       if overlays is not None:
-        _add_maps(predictor, results, args.map_method)
+        _add_maps(predictor, results, args.map_method, bank)
       for r in results:
         if rois is not None and r.roi is not None:
           try:
@@ -634,7 +687,8 @@ def _score(args, predictor, paths, out_file, inference) -> int:
             r.error = f'scored, but saving the ROI failed: {e}'
         if overlays is not None and r.heat is not None:
           try:
-            overlays.write(r.path, _overlay(r))
+            overlays.write(r.path, _overlay(r, _map_caption(r, predictor.threshold,
+                                                            args.map_method, args.scale)))
           except OSError as e:
             r.error = f'scored, but saving the map failed: {e}'
         writer.writerow(_row(r, predictor.threshold, args.tta, runs, precision))
@@ -670,7 +724,7 @@ def _score(args, predictor, paths, out_file, inference) -> int:
   if rois is not None:
     print(f'rois: {args.save_rois}')
   if overlays is not None:
-    print(f'maps: {args.maps} ({args.map_method})')
+    print(f'maps: {args.maps} ({args.map_method}, {args.scale.short})')
   scored = counts['good'] + counts['defective']
   print(f'summary: {scored}/{len(paths)} scored ({counts["defective"]} defective, '
         f'{counts["good"]} good at threshold {predictor.threshold:g}), '

@@ -20,8 +20,11 @@ images the runs do not keep) a fourth, from the first run with its best
 checkpoint kept (beta = 0 first):
 
   maps.png          true and false decisions on its test split, each ROI beside
-                    where the network looked (smsdd_jax/maps.py), the defect
-                    mask outlined where the export has one
+                    where the network looked (smsdd_jax/maps.py; --map_method,
+                    default the best by evidence), the defect mask outlined
+                    where the export has one; on the run's calibrated scale
+                    (its map_scale.json, else one made now from the export's
+                    validation split and said on stderr; map_scale.py)
 
 A run of a sweep is a directory OUT/<variant>_s<seed>[_f<fold>]/ holding
 sweep.json (written by the launcher), the training workdir files and, once
@@ -418,6 +421,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--out', default=None, help='folder for the PNGs (default SWEEP/figures)')
   p.add_argument('--export', default=None, help='dataset export of the runs\' build '
                  '(python -m smsdd_jax.dataset_export): adds maps.png')
+  p.add_argument('--map_method', default='fine',
+                 help='the method maps.png draws (smsdd_jax/maps.py METHODS; default the '
+                 'best by evidence)')
   args = p.parse_args(argv)
   unreadable = {}
   try:
@@ -438,7 +444,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.export:
       from smsdd_jax import dataset_export  # pylint: disable=import-outside-toplevel
       export = dataset_export.load(args.export)
-    paths = figures.write_figures(args.sweep, args.out, runs, export=export)
+    paths = figures.write_figures(args.sweep, args.out, runs, export=export,
+                                  map_method=args.map_method)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

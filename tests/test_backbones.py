@@ -205,11 +205,12 @@ def test_resnet18_trains_predicts_and_draws_maps(quick_config, tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
   prob = predictor.predict_proba(images)
   assert prob.shape == (3,) and np.all((prob >= 0) & (prob <= 1))
-  heat = predictor.maps(images)  # The default tap: layer4.
+  heat = predictor.maps(images, 'gradcam', scale='image')  # The default tap: layer4.
   assert heat.shape == (3, h, w) and heat.dtype == np.float32
   assert heat.min() >= 0 and heat.max() <= 1
-  assert 'layer4' in predictor._gradcam  # pylint: disable=protected-access
+  assert ('gradcam', 'layer4') in {k[:2] for k in predictor._network_maps}  # pylint: disable=protected-access
   for tap in backbones.get('resnet18').taps:
-    assert predictor.maps(images[:1], layer=tap).shape == (1, h, w)
+    assert predictor.maps(images[:1], 'gradcam', layer=tap).shape == (1, h, w)
+  assert predictor.maps(images).shape == (3, h, w)  # The fine map: layer1 at layer4's height.
   with pytest.raises(ValueError, match="layer='block5'"):
     predictor.maps(images, layer='block5')

@@ -1,6 +1,7 @@
-"""Maps of where the network looked (smsdd_jax/maps.py): Grad-CAM against a
-reference computed by hand, the batch/jit path, occlusion on a score whose
-answer is known, the pixel metrics on hand-made masks, and predict --maps."""
+"""Maps of where the network looked (smsdd_jax/maps.py): Grad-CAM, Grad-CAM++
+and gradient x input against references computed by hand, the fine map from
+its parts, the batch/jit path, occlusion on a score whose answer is known, the
+pixel metrics on hand-made masks, and predict --maps."""
 import csv
 import pathlib
 
@@ -32,10 +33,11 @@ def _rois(predictor, n, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def _gradcam_by_hand(run, images):
-  """Grad-CAM at block5 without the taps: block5's output read by Flax's
-  capture of intermediates is differentiated through what follows it in this
-  model (no batch norm: the last max-pool, the flatten head, the logits)."""
+def _block5_by_hand(run, images):
+  """block5's output, read by Flax's capture of intermediates, and the
+  gradient of the summed log-odds there, differentiated by hand through what
+  follows it in this model (no batch norm: the last max-pool, the flatten
+  head, the logits)."""
   x = inference.normalize(images, run.mean, run.std)
   _, state = run.model.apply({'params': run.params}, x, mutable=['intermediates'])
   block5 = state['intermediates']['block5'][0]
@@ -47,38 +49,101 @@ def _gradcam_by_hand(run, images):
     logits = pooled.reshape(len(a), -1) @ head['kernel'] + head['bias']
     return maps.defect_score(logits).sum()
 
-  grad = jax.grad(score)(block5)
-  cam = jax.nn.relu((grad.mean(axis=(1, 2), keepdims=True) * block5).sum(-1))
-  h, w = block5.shape[1:3]  # 16 input pixels a cell; the uncovered edge repeats.
-  cam = jax.image.resize(cam, (len(images), 16 * h, 16 * w), 'bilinear')
-  cam = jnp.pad(cam, ((0, 0), (0, images.shape[1] - 16 * h), (0, images.shape[2] - 16 * w)),
-                mode='edge')
-  peak = cam.max(axis=(1, 2), keepdims=True)
-  return np.asarray(jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1), 0))
+  return block5, jax.grad(score)(block5)
+
+
+def _to_roi(cells, images):
+  """Cells 16 input pixels apart -> the ROI's grid; the uncovered edge repeats."""
+  h, w = cells.shape[1:3]
+  up = jax.image.resize(cells, (len(images), 16 * h, 16 * w), 'bilinear')
+  return np.asarray(jnp.pad(up, ((0, 0), (0, images.shape[1] - 16 * h),
+                                 (0, images.shape[2] - 16 * w)), mode='edge'))
+
+
+def _gradcam_cells_by_hand(run, images):
+  block5, grad = _block5_by_hand(run, images)
+  return jax.nn.relu((grad.mean(axis=(1, 2), keepdims=True) * block5).sum(-1))
+
+
+def _gradcampp_by_hand(run, images):
+  """Grad-CAM++ as its paper writes it: alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)."""
+  a, g = (np.asarray(v, np.float64) for v in _block5_by_hand(run, images))
+  alpha = g ** 2 / np.where(2 * g ** 2 + a.sum(axis=(1, 2), keepdims=True) * g ** 3 == 0, 1,
+                            2 * g ** 2 + a.sum(axis=(1, 2), keepdims=True) * g ** 3)
+  weights = (alpha * np.maximum(g, 0)).sum(axis=(1, 2), keepdims=True)
+  return _to_roi(jnp.asarray(np.maximum((weights * a).sum(-1), 0), jnp.float32), images)
+
+
+def _gradxinput_by_hand(run, images, sigma):
+  """relu(sum_c x_c d(score)/dx_c) of the normalised input, smoothed by
+  OpenCV's Gaussian (its default border, reflect-101)."""
+  x = inference.normalize(images, run.mean, run.std)
+  grad = jax.grad(lambda v: maps.defect_score(models.forward(run.params, v, model=run.model)[0]
+                                              ).sum())(x)
+  gxi = np.maximum(np.asarray((grad * x).sum(-1)), 0)
+  return np.stack([cv2.GaussianBlur(m, (0, 0), sigma) for m in gxi])
 
 
 def test_gradcam_matches_a_reference_by_hand(trained_run, predictor):
   run = inference.load_run(trained_run)
   assert not run.config.model.batch_norm and run.config.model.head == 'flatten'
   images = _rois(predictor, 3)
-  heat = predictor.maps(images)
+  heat = predictor.maps(images, 'gradcam', scale='image')
   assert heat.shape == (3, *predictor.image_size) and heat.dtype == np.float32
   assert heat.min() >= 0 and heat.max() <= 1
-  np.testing.assert_allclose(heat, _gradcam_by_hand(run, images), atol=1e-4)
+  np.testing.assert_allclose(heat, maps.normalise(_to_roi(_gradcam_cells_by_hand(run, images),
+                                                          images)), atol=1e-4)
+  raw = predictor.maps(images, 'gradcam')  # Absolute: the by-hand values themselves.
+  np.testing.assert_allclose(raw, _to_roi(_gradcam_cells_by_hand(run, images), images),
+                             rtol=1e-4, atol=1e-7)
 
 
-def test_gradcam_per_image_is_independent_of_its_batch_and_compiles_once(predictor):
+def test_gradcampp_and_gradient_x_input_match_references_by_hand(trained_run, predictor):
+  run = inference.load_run(trained_run)
+  images = _rois(predictor, 3, seed=2)
+  got = predictor.maps(images, 'gradcampp', layer='block5')
+  want = _gradcampp_by_hand(run, images)
+  assert want.max() > 0
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6 * want.max())
+  got = predictor.maps(images, 'gradxinput', sigma=1.5)
+  want = _gradxinput_by_hand(run, images, 1.5)
+  assert want.max() > 0
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * want.max())
+
+
+def test_the_fine_map_is_its_parts_at_the_height_of_block5(trained_run, predictor):
+  """fine = mean of the per-image-normalised Grad-CAM++ (block3) and
+  gradient x input, times the peak of Grad-CAM's block5 cells."""
+  run = inference.load_run(trained_run)
+  images = _rois(predictor, 3, seed=3)
+  parts = [maps.normalise(predictor.maps(images, m)) for m in ('gradcampp', 'gradxinput')]
+  amount = np.asarray(_gradcam_cells_by_hand(run, images)).max(axis=(1, 2))
+  want = 0.5 * (parts[0] + parts[1]) * amount[:, None, None]
+  got = predictor.maps(images)  # The default method.
+  assert maps.DEFAULT_METHOD == 'fine' and maps.fine_tap('vgg16') == 'block3'
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6 * want.max())
+  assert maps.fine_tap('resnet18') == 'layer1'
+
+
+def test_maps_per_image_are_independent_of_their_batch_and_compile_once(predictor):
   images = _rois(predictor, 6, seed=1)  # 6 with batch 4: a padded second batch.
-  together = predictor.maps(images)
-  alone = np.concatenate([predictor.maps(images[i:i + 1]) for i in range(6)])
-  np.testing.assert_allclose(together, alone, atol=1e-5)
-  assert predictor._gradcam['block5']._cache_size() == 1  # pylint: disable=protected-access
+  for method in ('gradcam', 'fine'):
+    together = predictor.maps(images, method)
+    alone = np.concatenate([predictor.maps(images[i:i + 1], method) for i in range(6)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6 * together.max())
+  # pylint: disable=protected-access
+  assert predictor._network_maps[('gradcam', 'block5', maps.DEFAULT_SIGMA)]._cache_size() == 1
+  assert predictor._network_maps[('fine', 'block3', maps.DEFAULT_SIGMA)]._cache_size() == 1
   with pytest.raises(ValueError, match='expected uint8 images'):
     predictor.maps(images[..., :2])
   with pytest.raises(ValueError, match="layer='block9'"):
-    predictor.maps(images, layer='block9')
+    predictor.maps(images, 'gradcam', layer='block9')
+  with pytest.raises(ValueError, match="layer='block4': method 'gradxinput' reads no tap"):
+    predictor.maps(images, 'gradxinput', layer='block4')
   with pytest.raises(ValueError, match="method='saliency'"):
     predictor.maps(images, 'saliency')
+  with pytest.raises(ValueError, match="scale='norm'"):
+    predictor.maps(images, scale='norm')
 
 
 def test_the_taps_change_no_score_and_add_nothing_to_the_state():
@@ -137,7 +202,8 @@ def test_occlusion_finds_the_only_region_the_score_reads():
   windows = maps.occlusion_windows((h, w), patch=6, stride=3)
   assert windows.any(axis=0).all()  # Every pixel is covered.
   heat = maps.occlusion(score, np.ones((h, w, 3), np.float32), windows, chunk=16)
-  assert heat.shape == (h, w) and heat.max() == pytest.approx(1.0)
+  # Absolute: a pixel inside the region drops the score by 1 per patch covering it.
+  assert heat.shape == (h, w) and 0 < heat.max() <= region.sum()
   assert maps.pixel_auroc(heat, region) > 0.95
   assert maps.pointing_hit(heat, region) == 1.0
   with pytest.raises(ValueError, match='larger than the image'):
@@ -145,7 +211,7 @@ def test_occlusion_finds_the_only_region_the_score_reads():
 
 
 def test_predictor_occlusion_runs_on_a_trained_run(predictor):
-  heat = predictor.maps(_rois(predictor, 1), 'occlusion', patch=32, stride=32)
+  heat = predictor.maps(_rois(predictor, 1), 'occlusion', patch=32, stride=32, scale='image')
   assert heat.shape == (1, *predictor.image_size) and 0 <= heat.min() <= heat.max() <= 1
 
 
@@ -188,6 +254,12 @@ def test_overlay_keeps_the_roi_where_the_map_is_cold():
   assert hot[..., 0].mean() > out[..., 0].mean()  # Red rises where the map is hot.
   with pytest.raises(ValueError, match='differ in size'):
     maps.overlay(roi, np.zeros((10, 30)))
+  said = maps.overlay(roi, np.zeros((20, 30)), caption=[maps.decision_line(0.93, 0.5), 'fine'])
+  assert said.shape == (20 + 2 * 14 + 4, 30, 3)
+  np.testing.assert_array_equal(said[:20], out)  # The text goes below the ROI, never on it.
+  assert said[20:].max() > 0
+  assert maps.decision_line(0.931, 0.5) == 'p=0.931 DEFECTIVE (threshold 0.5)'
+  assert maps.decision_line(0.2, 0.5) == 'p=0.200 good (threshold 0.5)'
 
 
 def test_predict_maps_writes_one_overlay_per_scored_frame(trained_run, frames, tmp_path, capsys):
@@ -201,7 +273,10 @@ def test_predict_maps_writes_one_overlay_per_scored_frame(trained_run, frames, t
                      f'--maps={maps_dir}', f'--sheet={sheet}', '--batch_size=2',
                      f'--save_rois={tmp_path / "rois"}'])
   assert rc == 1  # The broken file is a row with an error, not a map.
-  assert f'maps: {maps_dir} (gradcam)' in capsys.readouterr().out
+  said = capsys.readouterr()
+  assert f'maps: {maps_dir} (fine, PER-IMAGE scale (no calibration))' in said.out
+  # Never silently: the run has no calibration, and stderr says so.
+  assert 'warning: maps (fine) have no run scale: run' in said.err
   with open(out) as f:
     rows = list(csv.DictReader(f))
   scored = [r for r in rows if not r['error']]
@@ -210,9 +285,15 @@ def test_predict_maps_writes_one_overlay_per_scored_frame(trained_run, frames, t
   assert len(written) == 4
   predictor = inference.Predictor(trained_run, batch_size=2)
   name = written[0]
+  row = next(r for r in scored if pathlib.Path(r['file']).with_suffix('.png').name == name)
   roi = cv2.cvtColor(cv2.imread(str(tmp_path / 'rois' / name)), cv2.COLOR_BGR2RGB)
-  expected = maps.overlay(roi, predictor.maps(roi[None])[0])
+  shown, scale = predictor.readable_maps(roi[None])
+  assert scale.kind == 'image' and shown.max() == pytest.approx(1.0)
+  caption = [maps.decision_line(float(row['prob_defective']), float(row['threshold'])),
+             'fine map, PER-IMAGE scale (no calibration)']
+  expected = maps.overlay(roi, shown[0], caption=caption)
   got = cv2.cvtColor(cv2.imread(str(maps_dir / name)), cv2.COLOR_BGR2RGB)
+  assert got.shape == expected.shape == (roi.shape[0] + 32, roi.shape[1], 3)
   assert np.abs(got.astype(int) - expected).max() <= 2
   assert cv2.imread(str(sheet)) is not None
 

@@ -86,7 +86,7 @@ def test_localization_scores_each_runs_maps_against_masks_and_floors(sweep, tmp_
   result = localization.evaluate(runs, export, args)
   index = export.indices('fold_0')
   crops = index[export.labels[index] == 1]
-  heat = inference.Predictor(runs[0]['workdir']).maps(export.rgb(crops))
+  heat = inference.Predictor(runs[0]['workdir']).maps(export.rgb(crops), 'gradcam')
   got = result['runs']['beta_a_s0_f0']
   assert got['crops'] == len(crops)
   assert got['maps']['gradcam_block5']['pixel_auroc'] == pytest.approx(np.mean(
