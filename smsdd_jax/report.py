@@ -442,7 +442,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f'--sweep={nested})', file=sys.stderr)
     export = None
     if args.export:
-      from smsdd_jax import dataset_export  # pylint: disable=import-outside-toplevel
+      from smsdd_jax import dataset_export, maps  # pylint: disable=import-outside-toplevel
+      maps.check_method(args.map_method)  # Before any figure is drawn.
       export = dataset_export.load(args.export)
     paths = figures.write_figures(args.sweep, args.out, runs, export=export,
                                   map_method=args.map_method)

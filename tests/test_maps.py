@@ -298,14 +298,21 @@ def test_predict_maps_writes_one_overlay_per_scored_frame(trained_run, frames, t
   assert cv2.imread(str(sheet)) is not None
 
 
-def test_report_draws_test_decisions_with_their_maps_from_an_export(trained_run, tmp_path):
+def test_report_draws_test_decisions_with_their_maps_from_an_export(trained_run, tmp_path,
+                                                                   capsys):
   from smsdd_jax import dataset_export, input_pipeline, report, rundir  # pylint: disable=import-outside-toplevel
   config = rundir.run_config(rundir.read_config(trained_run))
   export = tmp_path / 'build.npz'
   dataset_export.write(input_pipeline.prepare(config.data), config.data, str(export))
   out = tmp_path / 'figures'
   assert report.main([f'--sweep={trained_run}', f'--out={out}', f'--export={export}']) == 0
+  # No calibration in the run: one is made from the export's validation split, and said.
+  assert f'run {trained_run} has no map calibration of fine: made one' in capsys.readouterr().err
+  assert not (pathlib.Path(trained_run) / 'map_scale.json').exists()  # Not saved.
   sheet = cv2.imread(str(out / 'maps.png'))
   assert sheet is not None and sheet.shape[1] == 2 * config.data.image_size[1]
   assert report.main([f'--sweep={trained_run}', f'--out={tmp_path / "none"}',
                       f'--export={tmp_path / "missing.npz"}']) == 2
+  assert report.main([f'--sweep={trained_run}', f'--out={tmp_path / "other"}',
+                      f'--export={export}', '--map_method=saliency']) == 2
+  assert "method='saliency'" in capsys.readouterr().err

@@ -6,7 +6,7 @@
   record = map_scale.calibrate(predictor, export)        # the run's validation split
   map_scale.save('RUN/map_scale.json', record)
   calibration = map_scale.load('RUN/map_scale.json', predictor)  # refuses another run's
-  scale = calibration.scale('fine', predictor.map_params('fine'))  # a Scale, or None
+  scale = calibration.scale('fine', predictor.map_params('fine'))  # run's, or per image and why
 
 A map's raw values are in its method's own units (maps.py), which differ
 between runs. A run's calibration holds, per method (and its settings: the
@@ -29,9 +29,9 @@ of another run or checkpoint (by that sha256, so a copied file is caught);
 a method or setting it lacks is no error: `Calibration.scale` says why it
 has none, and the caller falls back to per-image scaling and says so.
 
-Imports metrics and rundir only (the Predictor comes in as an
-argument), so inference.py may import this library without a circle; the
-command is __main__.py, which imports inference.
+Imports memory_bank (the model digest), metrics and rundir only (the
+Predictor comes in as an argument), so inference.py may import this library
+without a circle; the command is __main__.py, which imports inference.
 """
 from __future__ import annotations
 
@@ -40,10 +40,9 @@ import hashlib
 import os
 from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
-from smsdd_jax import metrics, rundir
+from smsdd_jax import memory_bank, metrics, rundir
 
 FORMAT = 'smsdd_jax.map_scale/1'
 DEFAULT_NAME = 'map_scale.json'  # In the run's workdir, by default.
@@ -86,24 +85,14 @@ def per_image(why: str) -> Scale:
 # ------------------------------------------------------------------ what it is bound to
 
 
-def model_digest(predictor) -> str:
-  """sha256 of what decides a map: parameters, model state (batch norm
-  statistics) and the input normalisation."""
-  h = hashlib.sha256()
-  leaves = jax.tree_util.tree_flatten_with_path(
-      {'params': predictor.params, 'state': predictor.model_state or {}})[0]
-  for path, leaf in leaves:
-    value = np.ascontiguousarray(np.asarray(leaf))
-    h.update(jax.tree_util.keystr(path).encode() + str(value.dtype).encode() + b'\0')
-    h.update(value.tobytes())
-  for v in (predictor.mean, predictor.std):
-    h.update(np.asarray(v, np.float32).tobytes())
-  return h.hexdigest()
-
-
-def run_record(predictor, digest: Optional[str] = None) -> dict:
+def run_record(predictor) -> dict:
+  """What a calibration is bound to on the run's side: the model's sha256
+  (parameters, model state, normalisation: memory_bank.model_digest, the
+  same a bank is bound by), its step, input size and backbone; the workdir
+  and checkpoint source for a reader."""
   return {'workdir': predictor.run.workdir, 'step': int(predictor.run.step),
-          'checkpoint': predictor.run.source, 'model_sha256': digest or model_digest(predictor),
+          'checkpoint': predictor.run.source,
+          'model_sha256': memory_bank.model_digest(predictor),
           'image_size': list(predictor.image_size), 'backbone': predictor.model.backbone}
 
 
