@@ -6,7 +6,8 @@ made without the network.
 
   python launch/localization.py --sweep=runs/w16 --export=exports/magnetic_tile_110x230.npz \
       [--layers=block5,block4] [--methods=fine,gradcampp@block3,gradxinput,...] \
-      [--split=test|val] [--peaks] [--cost] [--occlusion=20] [--sweep=ANOTHER ...] \
+      [--split=test|val] [--peaks] [--cost] [--occlusion=20] [--bank=PATH_WITH_{run}]
+      [--sweep=ANOTHER ...] \
       [--out=FILE.json] [--examples=FILE.png]
 
 Every finished run of the sweeps with its best checkpoint kept (as
@@ -77,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--methods', default='',
                  help='more maps, comma-separated: METHOD, METHOD@LAYER, or two joined by '
                  '"*" (product) or "+" (mean) of the maps each divided by its maximum')
+  p.add_argument('--bank', default=None,
+                 help='memory bank of each run for feature_distance, a path where {run} '
+                 'stands for the run\'s directory name (default <workdir>/memory_bank.npz)')
   p.add_argument('--split', choices=('test', 'val'), default='test',
                  help="the runs' split the maps are scored on ('val': where a method is chosen)")
   p.add_argument('--occlusion', type=int, default=0,
@@ -112,10 +116,13 @@ def parse_spec(spec: str) -> tuple[str, list[tuple[str, str | None]]]:
   return join, out
 
 
-def method_maps(predictor, images: np.ndarray, spec: str) -> np.ndarray:
-  """(n, H, W) raw maps of a --methods entry (see the module doc)."""
+def method_maps(predictor, images: np.ndarray, spec: str, bank=None) -> np.ndarray:
+  """(n, H, W) raw maps of a --methods entry (see the module doc);
+  feature_distance against `bank` (default the run's own)."""
   join, parts = parse_spec(spec)
-  heat = [predictor.maps(images, m, layer=layer) for m, layer in parts]
+  heat = [predictor.maps(images, m, layer=layer,
+                         **({'bank': bank} if m == 'feature_distance' and bank else {}))
+          for m, layer in parts]
   if not join:
     return heat[0]
   a, b = (np.asarray(maps.normalise(h)) for h in heat)
@@ -188,15 +195,18 @@ def evaluate_run(run: dict, export, layers: list[str], specs: list[str], args):
   images, masks = export.rgb(crops), export.masks[crops]
   types = np.asarray(export.defect_types[crops])
   good = index[export.labels[index] == 0] if args.peaks else None
+  bank = None
+  if any(m == 'feature_distance' for s in specs for m, _ in parse_spec(s)[1]):
+    bank = predictor.memory_bank(args.bank.format(run=run['run']) if args.bank else None)
   out, per_crop, peaks = {}, {}, {}
   named = [(f'gradcam_{layer}', f'gradcam@{layer}') for layer in layers] + \
       [(s, s) for s in specs]
   for label, spec in named:
-    heat = method_maps(predictor, images, spec)
+    heat = method_maps(predictor, images, spec, bank)
     per_crop[label] = score_maps(heat, masks)
     out[label] = summarise(per_crop[label], types)
     if good is not None:
-      peaks[label] = peak_auroc(method_maps(predictor, export.rgb(good), spec), heat)
+      peaks[label] = peak_auroc(method_maps(predictor, export.rgb(good), spec, bank), heat)
   if args.occlusion:
     k = min(args.occlusion, len(crops))
     out['occlusion'] = summarise(score_maps(predictor.maps(images[:k], 'occlusion'),
@@ -206,7 +216,7 @@ def evaluate_run(run: dict, export, layers: list[str], specs: list[str], args):
         predictor.maps(images[:k], 'gradcam', layer=layers[0]), masks[:k]), types[:k])
   for name, heat in floor_maps(export, crops, seed=_seed(run)).items():
     per_crop[f'floor:{name}'] = score_maps(heat, masks)
-  return out, per_crop, crops, (peaks if good is not None else None), predictor
+  return out, per_crop, crops, (peaks if good is not None else None), (predictor, bank)
 
 
 def _seed(run: dict) -> int:
@@ -217,7 +227,7 @@ def _seed(run: dict) -> int:
 
 
 def cost_per_roi(predictor, images: np.ndarray, labels: list[tuple[str, str]],
-                 repeats: int) -> dict:
+                 repeats: int, bank=None) -> dict:
   """ms per ROI of the score and of each map, jitted, one batch of
   predictor.batch_size images, after a warm-up call (the compile): the
   median of `repeats` calls."""
@@ -236,7 +246,7 @@ def cost_per_roi(predictor, images: np.ndarray, labels: list[tuple[str, str]],
 
   out = {'score': timed(lambda: predictor.predict_proba(batch))}
   for label, spec in labels:
-    out[label] = timed(lambda spec=spec: method_maps(predictor, batch, spec))
+    out[label] = timed(lambda spec=spec: method_maps(predictor, batch, spec, bank))
   flags = rundir.cpu_field('flags').split()
   return {'ms_per_roi': out, 'batch': len(batch), 'repeats': repeats,
           'cpu': rundir.cpu_field('model name'), 'cores': os.cpu_count(),
@@ -347,8 +357,8 @@ def evaluate(runs: list[dict], export, args) -> dict:
   runs = [{**run, 'fold': NO_FOLD if run['fold'] is None else run['fold']} for run in runs]
   per_run, fold_floors, per_crop, cost = {}, {}, {}, None
   for run in runs:
-    result, crop_values, crops, peaks, predictor = evaluate_run(run, export, layers, specs,
-                                                                args)
+    result, crop_values, crops, peaks, (predictor, bank) = evaluate_run(run, export, layers,
+                                                                        specs, args)
     if run['fold'] not in fold_floors:
       fold_floors[run['fold']] = floors(export, crops, seed=_seed(run))
     per_run[run['key']] = {'variant': run['variant'], 'seed': run['seed'], 'fold': run['fold'],
@@ -360,7 +370,7 @@ def evaluate(runs: list[dict], export, args) -> dict:
     if args.cost and cost is None:
       labels = [(f'gradcam_{layer}', f'gradcam@{layer}') for layer in layers] + \
           [(s, s) for s in specs]
-      cost = cost_per_roi(predictor, export.rgb(crops), labels, args.repeats)
+      cost = cost_per_roi(predictor, export.rgb(crops), labels, args.repeats, bank)
     print(f'{run["key"]}: ' + ', '.join(f'{m} {v["pixel_auroc"]:.3f} / {v["pointing"]:.2f}'
                                         for m, v in result.items()), flush=True)
   out = {'split': args.split, 'runs': per_run,

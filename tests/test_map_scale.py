@@ -198,3 +198,29 @@ def test_the_command_writes_the_runs_calibration_and_ensembles_use_each_runs(
 
 def test_predict_offers_every_map_method_the_default_first():
   assert predict.MAP_METHODS == maps.METHODS and predict.MAP_METHODS[0] == maps.DEFAULT_METHOD
+
+
+def test_feature_distance_maps_are_the_runs_bank_and_calibrate_with_it(predictor, export,
+                                                                       tmp_path):
+  from smsdd_jax import memory_bank  # pylint: disable=import-outside-toplevel
+  rois = np.random.default_rng(3).integers(0, 256, (3, *predictor.image_size, 3), np.uint8)
+  with pytest.raises(ValueError, match='feature_distance needs a memory bank: no '):
+    predictor.maps(rois, 'feature_distance')
+  images, source = memory_bank.good_training_images(export, predictor)
+  bank = memory_bank.build(predictor, images[:8], max_cells=64, sampling='random',
+                           source=source)
+  path = str(tmp_path / 'bank.npz')
+  bank.save(path)
+  loaded = predictor.memory_bank(path)
+  np.testing.assert_allclose(predictor.maps(rois, 'feature_distance', bank=loaded),
+                             bank.maps(rois), rtol=1e-6)
+  params = predictor.map_params('feature_distance', bank=loaded)
+  assert params['method'] == 'feature_distance' and len(params['bank_sha256']) == 64
+  other = memory_bank.build(predictor, images[8:16], max_cells=64, sampling='random')
+  assert predictor.map_params('feature_distance', bank=other) != params
+  record = map_scale.calibrate(predictor, export, ['feature_distance'], bank=loaded)
+  calibration = map_scale.bind(record, 'made here', predictor)
+  assert calibration.scale('feature_distance', params).kind == 'run'
+  # Another bank's distances are not on this scale.
+  assert calibration.scale('feature_distance',
+                           predictor.map_params('feature_distance', bank=other)).kind == 'image'
