@@ -316,3 +316,12 @@ def test_report_draws_test_decisions_with_their_maps_from_an_export(trained_run,
   assert report.main([f'--sweep={trained_run}', f'--out={tmp_path / "other"}',
                       f'--export={export}', '--map_method=saliency']) == 2
   assert "method='saliency'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('shape,sigma', [((2, 110, 230), 2.0), ((1, 7, 5), 1.0), ((1, 3, 4), 2.0)])
+def test_the_blur_is_opencvs_gaussian_with_its_default_border(shape, sigma):
+  m = np.random.default_rng(0).random(shape).astype(np.float32)
+  got = np.asarray(maps.gaussian_blur(jnp.asarray(m), sigma))
+  want = np.stack([cv2.GaussianBlur(a, (0, 0), sigma) for a in m])
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  np.testing.assert_allclose(maps.blur_matrix(shape[1], sigma).sum(axis=1), 1.0, rtol=1e-6)
