@@ -205,3 +205,36 @@ def test_real_export_banks_never_hold_validation_or_test_images(shared_data):
     assert len(index) > 100
     assert not set(index) & set(export.indices(f'fold_{fold}'))
     assert not set(index) & set(export.indices(f'fold_{(fold + 1) % 5}'))
+
+
+# ------------------------------------------------------------------ launch/anomaly_scores.py
+
+
+def _anomaly_scores():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('anomaly_scores',
+                                                REPO / 'launch' / 'anomaly_scores.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_scores_are_fitted_on_validation_only():
+  scores = _anomaly_scores()
+  rng = np.random.default_rng(0)
+  labels = np.r_[np.zeros(60), np.ones(20)].astype(int)
+  val = {'prob': np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.1, 80), 0.01, 0.99),
+         'distance': np.exp(labels + rng.normal(0, 0.5, 80))}
+  test = {k: v[::-1].copy() for k, v in val.items()}
+  first = scores.combined_scores(val, test, labels)
+  other = {k: v * 0 + v.mean() for k, v in test.items()}  # Test changed: validation's fit not.
+  second = scores.combined_scores(val, other, labels)
+  for name in first:
+    np.testing.assert_array_equal(first[name][0], second[name][0])
+  # Balanced weights: a score that separates the classes puts 0.5 between them,
+  # whatever the classes' shares.
+  fit = scores.fit_logistic(np.r_[np.zeros(90), np.ones(10)], np.r_[np.zeros(90), np.ones(10)])
+  assert fit(np.array([0.0]))[0] < 0.5 < fit(np.array([1.0]))[0]
+  report = scores.score_report(labels, first['logistic'][0],
+                               np.where(labels == 1, 'uneven', 'none'), 0.5)
+  assert 0 <= report['overkill_at_half_uneven'] <= 1 and report['auroc'] > 0.8

@@ -273,12 +273,14 @@ class MemoryBank:
     self.taps = parse_taps(self.record['tap'], p.model.backbone)
     strides = backbones.get(p.model.backbone).taps
     self.stride = min(strides[t] for t in self.taps)
-    bank = jnp.asarray(self.features, jnp.float32)
+    # An argument, not a constant of the compiled function: a large bank
+    # would be folded into it.
+    self._bank = jnp.asarray(self.features, jnp.float32)
     chunk = chunk_size(len(self.features))
     features = functools.partial(cell_features, model=p.model, mean=p.mean, std=p.std,
                                  taps=self.taps, aggregate=int(self.record['aggregate']))
 
-    def grid(params, state, images):
+    def grid(params, state, images, bank):
       f = features(params, state, images)
       n, h, w, d = f.shape
       return nearest_distance(f.reshape(-1, d), bank, chunk=chunk).reshape(n, h, w)
@@ -290,7 +292,9 @@ class MemoryBank:
   def tap(self) -> str:
     return self.record['tap']
 
-  def _batched(self, fn, images: np.ndarray) -> np.ndarray:
+  def _batched(self, fn, images: np.ndarray, *extra) -> np.ndarray:
+    """fn(params, model_state, batch, *extra) over fixed-size batches (the
+    last one zero-padded), concatenated; None for no images."""
     p = self.predictor
     images = np.asarray(images)
     want = (*p.image_size, 3)
@@ -303,7 +307,7 @@ class MemoryBank:
       n = len(chunk)
       if n < b:  # One shape, one compile.
         chunk = np.concatenate([chunk, np.zeros((b - n, *want), np.uint8)])
-      out.append(np.asarray(fn(p.params, p.model_state, chunk))[:n])
+      out.append(np.asarray(fn(p.params, p.model_state, chunk, *extra))[:n])
     return np.concatenate(out) if out else None
 
   def cell_features(self, images: np.ndarray) -> np.ndarray:
@@ -314,7 +318,7 @@ class MemoryBank:
   def distances(self, images: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, h, w) float32: each cell's distance to the
     nearest bank cell, on the finest tap's grid."""
-    out = self._batched(self._grid, images)
+    out = self._batched(self._grid, images, self._bank)
     return out if out is not None else np.zeros((0, 0, 0), np.float32)
 
   def to_maps(self, grid: np.ndarray) -> np.ndarray:
