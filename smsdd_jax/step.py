@@ -86,9 +86,11 @@ def create_train_state(config, model, tx) -> TrainState:
   if config.model.init and not isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):
     params, model_state = jax.tree.map(
         jnp.asarray, pretrained.load(config.model, params, model_state))
+  # Jitted: one program (one compile, cached across runs: smsdd_jax/startup.py)
+  # rather than a zeros_like compiled for each parameter shape.
+  opt_state = jax.jit(tx.init)(params)
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                    model_state=model_state, opt_state=tx.init(params),
-                    rng=state_rng)
+                    model_state=model_state, opt_state=opt_state, rng=state_rng)
 
 
 # ------------------------------------------------------------------ the step

@@ -23,6 +23,7 @@ data_parallel.py's.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import signal
 import threading
@@ -44,6 +45,7 @@ from smsdd_jax import metrics as metrics_lib
 from smsdd_jax import models
 from smsdd_jax import run_records
 from smsdd_jax import rundir
+from smsdd_jax import startup
 from smsdd_jax.data_parallel import make_mesh, params_fingerprint, to_global
 from smsdd_jax.rundir import write_json
 from smsdd_jax.step import (TrainState, create_train_state, eval_step, make_optimizer,
@@ -111,9 +113,9 @@ class Progress:
 
   def report(self, step: int, metrics: dict) -> str:
     now = time.perf_counter()
-    if self.t0 is None:  # Start timing after the first (compiling) step.
+    if self.t0 is None:  # Start timing after the first step (its warm-up).
       self.t0, self.start_step = now, step
-      return f'step {step}/{self.total} loss {metrics["loss"]:.4f} (compiled)'
+      return f'step {step}/{self.total} loss {metrics["loss"]:.4f}'
     rate = (step - self.start_step) / max(now - self.t0, 1e-9)
     eta = (self.total - step) / max(rate, 1e-9)
     return (f'step {step}/{self.total} loss {metrics["loss"]:.4f} '
@@ -133,9 +135,43 @@ def _check_finite(step: int, metrics: dict, checkpointer) -> None:
 class Run:
   """What one training run holds besides the state: data, functions, files."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, clock: startup.Clock | None = None):
     self.config, self.workdir = config, workdir
-    self.builder = input_pipeline.prepare(config.data)
+    self.clock = clock or startup.Clock()
+    phase = self.clock.phase
+    if config.data.get('source', 'tfds') == 'tfds':
+      with phase('tensorflow'):  # Once per process; an export never loads it.
+        input_pipeline.load_tensorflow()
+    with phase('data'):  # Opens the build (or the export), building it the first time.
+      self.builder = input_pipeline.prepare(config.data)
+    with phase('splits'):
+      self._check_splits(config)
+    with phase('records'):
+      # What config.json records, and on a resume the checks that it may.
+      self.record = run_records.recorded_config(config, self.builder)
+      taken = run_records.steps_taken(workdir)
+      self.changes, self.earlier = run_records.check_resume(workdir, self.record, taken,
+                                                            self.steps_per_epoch)
+      preprocessing = run_records.preprocessing_record(self.builder, self.record['data'])
+      run_records.check_same_data(workdir, preprocessing, taken)
+    with phase('stats'):
+      self.stats = run_records.data_stats(self.builder, config, workdir)
+    if jax.process_index() == 0:
+      write_json(os.path.join(workdir, rundir.PREPROCESSING), preprocessing)
+    with phase('model'):
+      mesh = make_mesh()
+      self.data_sharding = NamedSharding(mesh, P('data'))
+      self.replicated = NamedSharding(mesh, P())
+      self.model = models.create(config.model)
+      self.tx = make_optimizer(config.optimizer, self.total_steps)
+      self.checkpoints = checkpointing.Checkpointer(
+          os.path.join(workdir, rundir.CHECKPOINTS), max_to_keep=config.checkpoint.max_to_keep)
+      self.best = checkpointing.BestCheckpoint(workdir, config.checkpoint)
+      self.eval_fn = jax.jit(functools.partial(eval_step, model=self.model))
+
+  def _check_splits(self, config) -> None:
+    """Counts the splits' classes (refusing a training split without both,
+    or too small for a batch, and an eval split a threshold rule cannot use)."""
     self.splits = input_pipeline.split_names(config.data)
     info = input_pipeline.split_info(self.builder, self.splits['train'])
     if not (info.num_good and info.num_defective):
@@ -150,25 +186,6 @@ class Run:
     self.steps_per_epoch = input_pipeline.steps_per_epoch(info.num_examples,
                                                           config.batch_size)
     self.total_steps = self.steps_per_epoch * config.num_epochs
-    # What config.json records, and on a resume the checks that it may.
-    self.record = run_records.recorded_config(config, self.builder)
-    taken = run_records.steps_taken(workdir)
-    self.changes, self.earlier = run_records.check_resume(workdir, self.record, taken,
-                                                          self.steps_per_epoch)
-    preprocessing = run_records.preprocessing_record(self.builder, self.record['data'])
-    run_records.check_same_data(workdir, preprocessing, taken)
-    self.stats = run_records.data_stats(self.builder, config, workdir)
-    if jax.process_index() == 0:
-      write_json(os.path.join(workdir, rundir.PREPROCESSING), preprocessing)
-    mesh = make_mesh()
-    self.data_sharding = NamedSharding(mesh, P('data'))
-    self.replicated = NamedSharding(mesh, P())
-    self.model = models.create(config.model)
-    self.tx = make_optimizer(config.optimizer, self.total_steps)
-    self.checkpoints = checkpointing.Checkpointer(
-        os.path.join(workdir, rundir.CHECKPOINTS), max_to_keep=config.checkpoint.max_to_keep)
-    self.best = checkpointing.BestCheckpoint(workdir, config.checkpoint)
-    self.eval_fn = jax.jit(functools.partial(eval_step, model=self.model))
 
   def resumed(self, step: int) -> list[dict]:
     """config.json's "resumed": the earlier resumes' changes, and this one's
@@ -179,8 +196,20 @@ class Run:
     return self.earlier + ([{'step': step, 'changed': self.changes}] if self.changes else [])
 
   def initial_state(self) -> TrainState:
-    state = create_train_state(self.config, self.model, self.tx)
-    return jax.device_put(self.checkpoints.restore_or(state), self.replicated)
+    with self.clock.phase('init'):
+      state = create_train_state(self.config, self.model, self.tx)
+    with self.clock.phase('restore'):
+      return jax.device_put(self.checkpoints.restore_or(state), self.replicated)
+
+  def compile_eval(self, state) -> None:
+    """Compiles the eval step for the batches predict will give it (before
+    training, so that its compile is start-up, not a pause after the first
+    epoch); the first evaluation then compiles nothing."""
+    size, (h, w) = self.config.eval_batch_size, self.config.data.image_size
+    batch = {'image': jax.ShapeDtypeStruct((size, h, w, 3), np.float32,
+                                           sharding=self.data_sharding),
+             'label': jax.ShapeDtypeStruct((size,), np.int32, sharding=self.data_sharding)}
+    self.eval_fn.lower(state.params, state.model_state, batch).compile()
 
   def predict(self, state, prefix: str) -> dict:
     """Per-example arrays of split 'val' or 'test' (evaluation.predict_split)."""
@@ -198,9 +227,13 @@ class Run:
     self.best.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       clock: startup.Clock | None = None) -> dict:
   """Trains, evaluates val each epoch and test at the end; returns the last
   metrics written ({'val/accuracy': ..., 'test/accuracy': ...}).
+
+  The start-up's phases (startup.Clock: `clock`, holding any phase timed
+  before, e.g. main.py's imports) are logged in one line before step 1.
 
   Resumes from workdir's latest checkpoint. Ctrl-C saves the current step
   before it exits (KeyboardInterrupt is re-raised).
@@ -211,11 +244,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate_config(config)
   workdir = os.path.abspath(workdir)
   with rundir.Claim(workdir, lock=jax.process_index() == 0) as claim:
-    run = Run(config, workdir)
+    run = Run(config, workdir, clock)
     try:
       state = run.initial_state()  # Refuses a mismatching checkpoint first...
       # ...so config.json still describes it.
-      run_records.write_run_info(config, workdir, run.record, run.resumed(int(state.step)))
+      with run.clock.phase('records'):
+        run_records.write_run_info(config, workdir, run.record, run.resumed(int(state.step)))
       logging.info('train split: %s; %d steps/epoch, %d steps; params %d; start at %d',
                    run.train_info, run.steps_per_epoch, run.total_steps,
                    models.count_params(state.params), int(state.step))
@@ -233,9 +267,7 @@ def _train_loop(run: Run, state: TrainState) -> dict:
                                        resume_step=start_step)
   monitor = health.Monitor(_records_up_to(run.workdir, start_step))
   train_step_fn = make_train_step(run.model, run.tx, config.loss)
-  pairs = input_pipeline.train_pairs(
-      run.builder, config, stats=run.stats, start_step=start_step,
-      shard=(jax.process_index(), jax.process_count()))
+  batches = _compiled_start(run, state, train_step_fn)
   progress = Progress(start_step, run.total_steps, config.batch_size)
   every_ckpt = config.checkpoint.every_steps or run.steps_per_epoch
   last = {}
@@ -244,7 +276,7 @@ def _train_loop(run: Run, state: TrainState) -> dict:
       for step in range(start_step + 1, run.total_steps + 1):
         if interrupt.requested:  # Checked between steps: state is whole here.
           raise KeyboardInterrupt
-        state, metrics = train_step_fn(state, to_global(next(pairs), run.data_sharding))
+        state, metrics = train_step_fn(state, next(batches))
         metrics = jax.device_get(metrics)
         _check_finite(step, metrics, run.checkpoints)
         if step % config.log_every_steps == 0 or step == start_step + 1:
@@ -277,6 +309,24 @@ def _train_loop(run: Run, state: TrainState) -> dict:
       raise
     finally:
       writer.close()
+
+
+def _compiled_start(run: Run, state: TrainState, train_step_fn):
+  """The training batches, from the run's first step on, with the train and
+  eval steps compiled for them; logs the start-up's line."""
+  config, start_step = run.config, int(state.step)
+  with run.clock.phase('pairs'):  # The training images read, the first batch made.
+    pairs = input_pipeline.train_pairs(
+        run.builder, config, stats=run.stats, start_step=start_step,
+        shard=(jax.process_index(), jax.process_count()))
+    batches = (to_global(batch, run.data_sharding) for batch in pairs)
+    first = next(batches) if start_step < run.total_steps else None
+  with run.clock.phase('compile'):
+    if first is not None:
+      train_step_fn.lower(state, first).compile()
+    run.compile_eval(state)
+  run.clock.log_once()
+  return batches if first is None else itertools.chain([first], batches)
 
 
 def _records_up_to(workdir: str, step: int) -> list[dict]:

@@ -15,6 +15,7 @@ def pytest_configure(config):
   environment, in every process it starts."""
   cache = getattr(config, 'cache', None)  # None under -p no:cacheprovider.
   if cache is None or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    _runs_cache_to(os.environ.get('JAX_COMPILATION_CACHE_DIR'))
     return
   settings = {'jax_compilation_cache_dir': str(cache.mkdir('jax_compilation_cache')),
               'jax_persistent_cache_min_compile_time_secs': 0.0,
@@ -22,6 +23,14 @@ def pytest_configure(config):
   for name, value in settings.items():
     jax.config.update(name, value)
     os.environ[name.upper()] = str(value)
+  _runs_cache_to(settings['jax_compilation_cache_dir'])
+
+
+def _runs_cache_to(folder) -> None:
+  """The runs of sweeps that tests launch use their own compilation cache
+  (launch/sweep.py's --compile_cache, default in ~/.cache): the session's,
+  or none; never the user's."""
+  os.environ['SMSDD_COMPILE_CACHE'] = folder or ''
 
 
 def _loss_ctx(seed: int = 0) -> dict:

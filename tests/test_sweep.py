@@ -254,6 +254,28 @@ def test_run_states(tmp_path):
     sweep.state_of(str(tmp_path), run)
 
 
+def test_the_runs_share_a_compilation_cache_unless_it_is_turned_off(monkeypatch, tmp_path):
+  monkeypatch.delenv(sweep.COMPILE_CACHE_ENV, raising=False)
+  assert sweep.parser().parse_args(['--out=x']).compile_cache == 'default'
+  assert sweep.child_env(1, 'default')[sweep.COMPILE_CACHE_ENV] == 'default'
+  monkeypatch.chdir(tmp_path)  # A relative folder is the launcher's, not the runs' (cwd REPO).
+  assert sweep.child_env(1, 'cache')[sweep.COMPILE_CACHE_ENV] == str(tmp_path / 'cache')
+  monkeypatch.setenv(sweep.COMPILE_CACHE_ENV, str(tmp_path / 'mine'))
+  assert sweep.parser().parse_args(['--out=x']).compile_cache == str(tmp_path / 'mine')
+  assert sweep.COMPILE_CACHE_ENV not in sweep.child_env(1, '')  # --compile_cache= : off.
+  # Not an argument of the runs: sweep.json's arguments, which a rerun must
+  # match, stay what they were.
+  assert not any('compile_cache' in a for r in sweep.plan(_args('--configs=beta_a'))
+                 for a in r['args'])
+
+
+def test_the_runs_log_their_start_up(tiny_sweep):
+  out, _ = tiny_sweep
+  for run in ('beta_a_s0', 'beta_c_s0'):
+    log = (out / run / 'log.txt').read_text()
+    assert 'start-up: imports ' in log and ' compile ' in log, log
+
+
 def test_recipe_label_names_the_overrides_not_the_placement():
   """An ablation run (the paper's config, another optimiser) is not reported
   as made by 'paper'; the data, seed and fold a sweep places it on are no
