@@ -5,17 +5,19 @@ the two combined, each decided at a threshold chosen on the validation split
 only; and the bank's map against magnetic_tile's masks.
 
   python launch/anomaly_scores.py --sweep=runs/w16 --export=exports/magnetic_tile_110x230.npz \
-      [--configs=block3,block4,block5,block4+block5,block3+block4] [--max_cells=16384] \
-      [--sampling=greedy] [--floors=docs/sweeps/mt_k5_quick/floors.json] \
+      [--taps=block3,block4,block5,block4+block5,block3+block4] [--positions=z,none] \
+      [--max_cells=16384] [--sampling=greedy] [--floors=docs/sweeps/mt_k5_quick/floors.json] \
       [--out=FILE.json] [--cache=DIR]
 
 Per finished run of the sweep (with its best checkpoint kept), on its own
-folds: a bank of the good images of its training split per --configs entry
-(a tap or taps joined by '+'; memory_bank.build with --max_cells, --sampling,
-the library's aggregate, sigma and topk), each scored on the run's validation
-and test splits. Chosen per run on its VALIDATION split only: the config with
-the best image AUROC for the score, the one with the best pixel AUROC for the
-map. Its test numbers are the ones reported; every config's are in the JSON.
+folds: a bank of the good images of its training split per --taps entry (a
+tap or taps joined by '+'; memory_bank.build with --max_cells, --sampling, the
+library's aggregate, sigma and topk), its cells read each way of --positions
+(standardised per position or not): a config is 'tap:position'. Each is
+scored on the run's validation and test splits. Chosen per run on its
+VALIDATION split only: the config with the best image AUROC for the score,
+the one with the best mean of pixel AUROC and pointing game for the map. Its
+test numbers are the ones reported; every config's are in the JSON.
 
 Scores, each made a probability on the validation split (a logistic fit with
 the two classes weighted equally, as the runs' balanced pairs train the
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import sys
@@ -62,7 +65,7 @@ import prediction_gains  # pylint: disable=wrong-import-position
 from smsdd_jax import (dataset_export, inference, maps, memory_bank, metrics,  # pylint: disable=wrong-import-position
                        rundir, stats)
 
-DEFAULT_CONFIGS = 'block3,block4,block5,block4+block5,block3+block4'
+DEFAULT_TAPS = 'block3,block4,block5,block4+block5,block3+block4'
 SCORES = ('classifier', 'classifier_recal', 'distance', 'logistic', 'rank_mean')
 COMBINED = ('logistic', 'rank_mean')
 TARGET_TYPE = 'uneven'
@@ -73,8 +76,11 @@ def parser() -> argparse.ArgumentParser:
                               description=__doc__.split('\n\n')[0])
   p.add_argument('--sweep', required=True, help='sweep directory with checkpoints kept')
   p.add_argument('--export', required=True, help='dataset export with masks (.npz)')
-  p.add_argument('--configs', default=DEFAULT_CONFIGS,
+  p.add_argument('--taps', default=DEFAULT_TAPS,
                  help='bank taps to try, comma-separated (taps joined by +)')
+  p.add_argument('--positions', default='z,none',
+                 help='how cells are read, comma-separated (memory_bank.POSITIONS): each tap '
+                 'is tried with each')
   p.add_argument('--max_cells', type=int, default=memory_bank.DEFAULT_MAX_CELLS)
   p.add_argument('--sampling', default='greedy', choices=memory_bank.SAMPLINGS)
   p.add_argument('--seed', type=int, default=0)
@@ -191,7 +197,8 @@ def masked_defects(export, index: np.ndarray) -> np.ndarray:
 
 
 def bank_distances(predictor, export, images, source, splits: dict, config: str, args):
-  """{split: cell distances (n, h, w)} of a bank of `config`, and the bank;
+  """{split: cell distances (n, h, w)} of a bank of `config` (a tap), and the
+  bank with its position statistics (`fit_positions` on the bank's images);
   read from --cache when the same run, bank settings and export made them."""
   key = {'model_sha256': memory_bank.model_digest(predictor), 'tap': config,
          'max_cells': args.max_cells, 'sampling': args.sampling, 'seed': args.seed,
@@ -205,10 +212,14 @@ def bank_distances(predictor, export, images, source, splits: dict, config: str,
         if json.loads(str(data['key'])) == key:
           bank = memory_bank.load(str(data['bank']), predictor, export=export) \
               if 'bank' in data.files and os.path.isfile(str(data['bank'])) else None
+          if bank is not None and bank.position_mean is None:
+            bank.fit_positions(images)
+            bank.save(str(data['bank']))
           if bank is not None:
             return {s: data[f'grid_{s}'] for s in splits}, bank
   bank = memory_bank.build(predictor, images, tap=config, max_cells=args.max_cells,
-                           seed=args.seed, sampling=args.sampling, source=source)
+                           seed=args.seed, sampling=args.sampling, position='z',
+                           source=source)
   grids = {s: bank.distances(export.rgb(index)) for s, index in splits.items()}
   if path:
     os.makedirs(args.cache, exist_ok=True)
@@ -219,7 +230,7 @@ def bank_distances(predictor, export, images, source, splits: dict, config: str,
   return grids, bank
 
 
-def evaluate_run(run: dict, export, configs: list[str], args) -> dict:
+def evaluate_run(run: dict, export, taps: list[str], positions: list[str], args) -> dict:
   predictor = inference.Predictor(run['workdir'], batch_size=args.batch_size)
   if tuple(predictor.image_size) != tuple(export.image_size):
     raise ValueError(f'{run["workdir"]}: image size {predictor.image_size} but '
@@ -241,9 +252,14 @@ def evaluate_run(run: dict, export, configs: list[str], args) -> dict:
   out = {'split': source['split'], 'val_split': names[0], 'test_split': names[1],
          'bank_images': len(images), 'prob_max_diff_from_eval_npz': recorded, 'configs': {}}
   grids, banks = {}, {}
+  for tap in taps:
+    grid, bank = bank_distances(predictor, export, images, source, splits, tap, args)
+    for position in positions:  # One bank, its cells read either way.
+      config = f'{tap}:{position}'
+      grids[config] = grid
+      banks[config] = dataclasses.replace(bank, record={**bank.record, 'position': position})
+  configs = list(banks)
   for config in configs:
-    grids[config], banks[config] = bank_distances(predictor, export, images, source, splits,
-                                                 config, args)
     row = {'cost': banks[config].cost(), 'cells_total': banks[config].record['cells_total']}
     for s, index in splits.items():
       score = banks[config].to_scores(grids[config][s])
@@ -260,7 +276,8 @@ def evaluate_run(run: dict, export, configs: list[str], args) -> dict:
           f'pixel AUROC val {row["val/pixel_auroc"]:.3f} test {row["test/pixel_auroc"]:.3f}; '
           f'pointing val {row["val/pointing"]:.3f} test {row["test/pointing"]:.3f}', flush=True)
   score_config = max(configs, key=lambda c: out['configs'][c]['val/auroc'])
-  map_config = max(configs, key=lambda c: out['configs'][c]['val/pixel_auroc'])
+  map_config = max(configs, key=lambda c: (out['configs'][c]['val/pixel_auroc']
+                                           + out['configs'][c]['val/pointing']) / 2)
   out['score_config'], out['map_config'] = score_config, map_config
 
   # Scores: fitted and thresholded on validation, applied to test.
@@ -415,9 +432,13 @@ def main(argv=None) -> int:
   try:
     if not os.path.isdir(args.sweep):
       raise ValueError(f'--sweep={args.sweep}: no such directory')
-    configs = [c.strip() for c in args.configs.split(',') if c.strip()]
-    for c in configs:
+    taps = [c.strip() for c in args.taps.split(',') if c.strip()]
+    for c in taps:
       memory_bank.parse_taps(c, 'vgg16')
+    positions = [c.strip() for c in args.positions.split(',') if c.strip()]
+    bad = [c for c in positions if c not in memory_bank.POSITIONS]
+    if bad or not positions:
+      raise ValueError(f'--positions={args.positions}: expected some of {memory_bank.POSITIONS}')
     runs = prediction_gains.finished_runs(args.sweep, args.variant)
     if not runs:
       raise ValueError(f'--sweep={args.sweep}: no finished run with its best checkpoint kept')
@@ -431,14 +452,14 @@ def main(argv=None) -> int:
     per_run = {}
     for run in runs:
       per_run[run['run']] = {'seed': run['seed'], 'fold': run['fold'],
-                             **evaluate_run(run, export, configs, args)}
+                             **evaluate_run(run, export, taps, positions, args)}
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   result = {'sweep': os.path.relpath(os.path.abspath(args.sweep), REPO),
             'export': os.path.basename(args.export),
             'export_sha256': export.fingerprint['sha256'],
-            'settings': {'configs': configs, 'max_cells': args.max_cells,
+            'settings': {'taps': taps, 'positions': positions, 'max_cells': args.max_cells,
                          'sampling': args.sampling, 'seed': args.seed,
                          'aggregate': memory_bank.DEFAULT_AGGREGATE,
                          'sigma': memory_bank.DEFAULT_SIGMA, 'topk': memory_bank.DEFAULT_TOPK},

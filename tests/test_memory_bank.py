@@ -88,6 +88,20 @@ def test_a_bank_images_own_cells_are_at_distance_zero(predictor):
   assert (other > 0).all()
 
 
+def test_position_statistics_centre_the_training_images(predictor):
+  images = _textures(6, predictor.image_size, seed=2)
+  bank = memory_bank.build(predictor, images, tap='block4', max_cells=200, sampling='random')
+  assert bank.record['position'] == 'z' and bank.position_mean.shape == (13, 28)
+  z = bank.standardised(bank.distances(images))
+  np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+  raw = memory_bank.build(predictor, images, tap='block4', max_cells=200, sampling='random',
+                          position='none')
+  assert raw.position_mean is None
+  np.testing.assert_array_equal(raw.standardised(raw.distances(images)),
+                                raw.distances(images))
+  assert (bank.maps(images) >= 0).all()  # Below what good images show is nothing.
+
+
 def test_a_pasted_defect_scores_above_its_clean_twin(predictor):
   good = _textures(12, predictor.image_size, seed=0)
   bank = memory_bank.build(predictor, good, tap='block3', max_cells=4096, sampling='greedy')
@@ -113,6 +127,8 @@ def test_saved_bank_loads_for_its_run_and_is_refused_elsewhere(predictor, traine
   probe = _textures(2, predictor.image_size, seed=9)
   np.testing.assert_array_equal(again.distances(probe), bank.distances(probe))
   assert again.record['run']['step'] == predictor.run.step
+  np.testing.assert_array_equal(again.position_std, bank.position_std)
+  np.testing.assert_array_equal(again.maps(probe), bank.maps(probe))
 
   steps = rundir.finished_steps(os.path.join(trained_run, rundir.CHECKPOINTS))
   other_step = inference.Predictor(trained_run, step=min(steps), batch_size=4)

@@ -20,14 +20,20 @@ run's own training split (never its validation or test folds:
 `good_training_images`), subsampled to `max_cells` by the greedy k-center
 coreset (PatchCore's: each pick the cell farthest from those picked, so rare
 good patterns stay covered; from a random pool of POOL x max_cells cells,
-which bounds its cost) or at random. An image's map is, per cell, the
-Euclidean distance of its feature to the nearest bank cell, upsampled to the
-input grid as Grad-CAM's are (the same cell-to-pixel rule as
-maps.to_input_grid) and smoothed by a Gaussian of `sigma` pixels; its score
-is the mean of its `topk` largest cell distances (1: the maximum).
+which bounds its cost) or at random. A cell's distance is the Euclidean
+distance of its feature to the nearest bank cell (`distances`). With
+position='z' (the default) it is read standardised by its position: minus the
+mean, over the std, of the good training images' own distances at that cell
+(`fit_positions`; the tiles' edges and corners vary more among good crops
+than their middle, and raw distances peaked there). An image's map is that,
+its negative part cut, upsampled to the input grid as Grad-CAM's are (the
+same cell-to-pixel rule as maps.to_input_grid) and smoothed by a Gaussian of
+`sigma` pixels; its score is the mean of its `topk` largest cells (1: the
+maximum).
 
-Distances are absolute (not normalised per image): a good image's map stays
-low, and one scale holds across images of a run. The nearest neighbour is
+Maps and scores are absolute (not normalised per image; the position's
+standardisation is one fixed transform for every image): a good image's map
+stays low, and one scale holds across images of a run. The nearest neighbour is
 found by chunked matrix products in one jitted function per bank (memory per
 chunk: chunk x bank cells x 4 bytes), then its distance recomputed from the
 difference, so a bank cell's own distance is exactly 0.
@@ -66,6 +72,10 @@ DEFAULT_AGGREGATE = 3
 DEFAULT_SIGMA = 4.0
 DEFAULT_TOPK = 1
 SAMPLINGS = ('greedy', 'random')
+# How a cell's distance is read: as it is, or standardised by what good
+# training images show at the cell's position (`MemoryBank.fit_positions`).
+POSITIONS = ('z', 'none')
+DEFAULT_POSITION = 'z'  # Chosen on validation: docs/results.md, "Feature distance".
 POOL = 8  # Greedy picks from a random pool of POOL x max_cells cells.
 CHUNK_BYTES = 64 << 20  # Of one chunk's query x bank distance matrix.
 
@@ -267,6 +277,10 @@ class MemoryBank:
   record: dict
   predictor: object
   indices: Optional[np.ndarray] = None  # Into the export: the images it was built from.
+  # Per cell position (h, w): the mean and spread of the distances of the
+  # good training images (record 'position' == 'z'), or None.
+  position_mean: Optional[np.ndarray] = None
+  position_std: Optional[np.ndarray] = None
 
   def __post_init__(self):
     p = self.predictor
@@ -321,12 +335,42 @@ class MemoryBank:
     out = self._batched(self._grid, images, self._bank)
     return out if out is not None else np.zeros((0, 0, 0), np.float32)
 
+  def fit_positions(self, images: np.ndarray) -> 'MemoryBank':
+    """Records, per cell position, the mean and standard deviation of the
+    distances of `images` (the good training images the bank came from), and
+    sets the record's 'position' to 'z': `standardised` then measures a cell
+    against what good images show at its place. A position whose spread is
+    below a tenth of the median spread takes that floor (a bank holding
+    every cell of its images has no spread at all: its own cells stay 0)."""
+    grid = self.distances(images).astype(np.float64)
+    mean, std = grid.mean(0), grid.std(0)
+    floor = max(0.1 * float(np.median(std)), 1e-6)
+    self.position_mean = mean.astype(np.float32)
+    self.position_std = np.maximum(std, floor).astype(np.float32)
+    self.record['position'] = 'z'
+    return self
+
+  def standardised(self, grid: np.ndarray) -> np.ndarray:
+    """Cell distances (N, h, w) as the maps and scores read them: per
+    position (distance - mean) / std of the good training images where the
+    bank has them (record 'position' == 'z'), else unchanged."""
+    grid = np.asarray(grid, np.float32)
+    if self.record.get('position') != 'z':
+      return grid
+    if self.position_mean is None or self.position_mean.shape != grid.shape[1:]:
+      raise ValueError(f'memory bank: position statistics of shape '
+                       f'{None if self.position_mean is None else self.position_mean.shape} '
+                       f'for cell grids {grid.shape[1:]}')
+    return (grid - self.position_mean) / self.position_std
+
   def to_maps(self, grid: np.ndarray) -> np.ndarray:
-    """Cell distances (N, h, w) -> (N, H, W) float32 on the input grid,
-    smoothed by the bank's sigma."""
+    """Cell distances (N, h, w) -> (N, H, W) float32 >= 0 on the input grid
+    (`standardised`, its negative part cut: below what good images show is
+    nothing), smoothed by the bank's sigma."""
     size = tuple(self.predictor.image_size)
     if not len(grid):
       return np.zeros((0, *size), np.float32)
+    grid = np.maximum(self.standardised(grid), 0.0)
     up = np.asarray(upsample(jnp.asarray(grid)[..., None], size, self.stride))[..., 0]
     sigma = float(self.record.get('sigma') or 0)
     if sigma > 0:
@@ -336,8 +380,8 @@ class MemoryBank:
 
   def to_scores(self, grid: np.ndarray) -> np.ndarray:
     """Cell distances (N, h, w) -> (N,) float32: the mean of each image's
-    topk largest cells."""
-    flat = np.asarray(grid, np.float32).reshape(len(grid), -1)
+    topk largest cells (`standardised`)."""
+    flat = self.standardised(grid).reshape(len(grid), -1)
     k = max(1, min(int(self.record.get('topk') or 1), flat.shape[1] if flat.size else 1))
     if not len(flat):
       return np.zeros((0,), np.float32)
@@ -367,16 +411,21 @@ class MemoryBank:
               'record': np.asarray(json.dumps(self.record, default=str))}
     if self.indices is not None:
       arrays['indices'] = np.asarray(self.indices, np.int64)
+    if self.position_mean is not None:
+      arrays['position_mean'], arrays['position_std'] = self.position_mean, self.position_std
     rundir.write_npz(path, **arrays)
 
 
 def build(predictor, good_train_images_uint8: np.ndarray, *, tap: Optional[str] = None,
           max_cells: int = DEFAULT_MAX_CELLS, seed: int = 0, sampling: str = 'greedy',
           aggregate: int = DEFAULT_AGGREGATE, topk: int = DEFAULT_TOPK,
-          sigma: float = DEFAULT_SIGMA, source: Optional[dict] = None) -> MemoryBank:
+          sigma: float = DEFAULT_SIGMA, position: str = DEFAULT_POSITION,
+          source: Optional[dict] = None) -> MemoryBank:
   """A bank of the cells of `good_train_images_uint8` (N, H, W, 3) under the
-  predictor's run. `source` (from good_training_images) records where the
-  images came from; without it the bank says so ('source': None)."""
+  predictor's run; with position='z' its maps and scores are standardised
+  per cell position by those images' own distances (`fit_positions`: one
+  more pass over them). `source` (from good_training_images) records where
+  the images came from; without it the bank says so ('source': None)."""
   images = np.asarray(good_train_images_uint8)
   if not len(images):
     raise ValueError('a memory bank needs at least one good training image')
@@ -385,12 +434,14 @@ def build(predictor, good_train_images_uint8: np.ndarray, *, tap: Optional[str] 
                      'topk must be >= 1, sigma >= 0')
   if sampling not in SAMPLINGS:
     raise ValueError(f'sampling={sampling!r}: expected one of {SAMPLINGS}')
+  if position not in POSITIONS:
+    raise ValueError(f'position={position!r}: expected one of {POSITIONS}')
   tap = '+'.join(parse_taps(tap or DEFAULT_TAP, predictor.model.backbone))
   source = dict(source) if source else None
   indices = None if source is None else np.asarray(source.pop('indices'))
   settings = {'tap': tap, 'aggregate': int(aggregate), 'topk': int(topk),
               'sigma': float(sigma), 'sampling': sampling, 'max_cells': int(max_cells),
-              'seed': int(seed)}
+              'seed': int(seed), 'position': 'none'}
   probe = MemoryBank(np.zeros((1, 1), np.float32), settings, predictor)
   cells = probe.cell_features(images)
   cells = cells.reshape(-1, cells.shape[-1])
@@ -398,7 +449,8 @@ def build(predictor, good_train_images_uint8: np.ndarray, *, tap: Optional[str] 
   record = {'format': FORMAT, 'run': run_record(predictor), 'source': source, **settings,
             'images': int(len(images)), 'cells_total': int(len(cells)),
             'cells_kept': int(len(keep))}
-  return MemoryBank(np.ascontiguousarray(cells[keep]), record, predictor, indices)
+  bank = MemoryBank(np.ascontiguousarray(cells[keep]), record, predictor, indices)
+  return bank.fit_positions(images) if position == 'z' else bank
 
 
 def load(path: str, predictor, export=None) -> MemoryBank:
@@ -409,6 +461,8 @@ def load(path: str, predictor, export=None) -> MemoryBank:
     with np.load(path, allow_pickle=False) as data:
       features, record = data['features'], json.loads(str(data['record']))
       indices = data['indices'] if 'indices' in data.files else None
+      position = ((data['position_mean'], data['position_std'])
+                  if 'position_mean' in data.files else (None, None))
   except (OSError, ValueError, KeyError, EOFError) as e:
     raise ValueError(f'{path}: not a memory bank or a damaged one ({e})') from None
   if record.get('format') != FORMAT:
@@ -430,4 +484,6 @@ def load(path: str, predictor, export=None) -> MemoryBank:
     raise ValueError(f'{path} was built from export {source.get("export")} (sha256 '
                      f'{str(source.get("export_sha256"))[:16]}), not {export.path} '
                      f'({export.fingerprint["sha256"][:16]})')
-  return MemoryBank(np.asarray(features, np.float32), record, predictor, indices)
+  if record.get('position') == 'z' and position[0] is None:
+    raise ValueError(f'{path}: records position statistics but holds none (a damaged bank)')
+  return MemoryBank(np.asarray(features, np.float32), record, predictor, indices, *position)

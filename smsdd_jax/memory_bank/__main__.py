@@ -20,8 +20,9 @@ import numpy as np
 
 from smsdd_jax import export_reader, inference, rundir
 from smsdd_jax.memory_bank import (DEFAULT_AGGREGATE, DEFAULT_MAX_CELLS, DEFAULT_NAME,
-                                   DEFAULT_SIGMA, DEFAULT_TAP, DEFAULT_TOPK, FORMAT, SAMPLINGS,
-                                   build, good_training_images, parse_taps)
+                                   DEFAULT_POSITION, DEFAULT_SIGMA, DEFAULT_TAP, DEFAULT_TOPK,
+                                   FORMAT, POSITIONS, SAMPLINGS, build, good_training_images,
+                                   parse_taps)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--aggregate', type=int, default=DEFAULT_AGGREGATE)
   p.add_argument('--topk', type=int, default=DEFAULT_TOPK)
   p.add_argument('--sigma', type=float, default=DEFAULT_SIGMA)
+  p.add_argument('--position', default=DEFAULT_POSITION, choices=POSITIONS,
+                 help='z: standardise by the good training images\' distances per position')
   p.add_argument('--batch_size', type=int, default=32)
   return p
 
@@ -92,14 +95,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     images, source = good_training_images(export, predictor)
     bank = build(predictor, images, tap=args.tap, max_cells=args.max_cells, seed=args.seed,
                  sampling=args.sampling, aggregate=args.aggregate, topk=args.topk,
-                 sigma=args.sigma, source=source)
+                 sigma=args.sigma, position=args.position, source=source)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   bank.save(out)
   r, c = bank.record, bank.cost()
   print(f'wrote {out}: {r["cells_kept"]} of {r["cells_total"]} cells ({r["sampling"]}) of '
-        f'{r["images"]} good images of {r["source"]["split"]}, tap {r["tap"]}, '
+        f'{r["images"]} good images of {r["source"]["split"]}, tap {r["tap"]}, position '
+        f'{r["position"]}, '
         f'{c["dims"]} dims, {c["bank_mbytes"]:.1f} MB; {c["search_gflop_per_roi"]:.2f} '
         'GFLOP per ROI to search')
   return 0
