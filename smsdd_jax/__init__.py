@@ -3,6 +3,7 @@
 Module map (imports only point down):
   main.py           flags -> train.train_and_evaluate
   train.py          the run's set-up and the loop (the step itself: step.py)
+  startup.py        the start-up's phases (one logged line); JAX's compilation cache
   evaluation.py     predict a split, its metrics, the final threshold and eval.json
   run_records.py    config.json, preprocessing.json, data_stats.json; what a resume checks
   data_parallel.py  the data mesh: batches split over devices and gathered back
