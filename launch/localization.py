@@ -35,10 +35,10 @@ better on these runs' crops, not whether it would on other trainings.
 --peaks also maps the split's good crops and reports, per method, the AUROC
 of a map's maximum between good and defective crops (does a good crop look
 cool?) and the good crops' median peak as a fraction of the defective crops'
-median peak (the map_scale.py scale). --cost times each method per ROI on the
-first run (jitted, the --batch_size batch, after a warm-up, the median of
---repeats calls) beside the score's time per ROI (Predictor.predict_proba),
-with the processor it ran on. The export must carry masks (dataset_export
+median peak (the map_scale.py scale). --cost, instead of all that, times each
+method per ROI on the first run (jitted, one --batch_size batch of its test
+crops, after a warm-up, the median of --repeats calls) beside the score's time
+per ROI (Predictor.predict_proba), with the processor it ran on. The export must carry masks (dataset_export
 writes them for builds with a `mask` feature) and hold the runs' data (the
 build each run recorded, dataset_export.check_run). Writes a JSON (default
 <first sweep>/localization.json) and prints markdown tables.
@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--peaks', action='store_true',
                  help='also map the good crops: AUROC of the map\'s peak, good vs defective')
   p.add_argument('--cost', action='store_true',
-                 help='time each method per ROI beside the score on the first run')
+                 help='instead of scoring maps: time each method per ROI beside the score on '
+                 'the first run (default --out <first sweep>/map_cost.json)')
   p.add_argument('--repeats', type=int, default=7, help='timed calls per method (--cost)')
   p.add_argument('--variant', default=None, help='only this variant (default: all)')
   p.add_argument('--out', default=None, help='JSON (default <first sweep>/localization.json)')
@@ -216,7 +217,7 @@ def evaluate_run(run: dict, export, layers: list[str], specs: list[str], args):
         predictor.maps(images[:k], 'gradcam', layer=layers[0]), masks[:k]), types[:k])
   for name, heat in floor_maps(export, crops, seed=_seed(run)).items():
     per_crop[f'floor:{name}'] = score_maps(heat, masks)
-  return out, per_crop, crops, (peaks if good is not None else None), (predictor, bank)
+  return out, per_crop, crops, (peaks if good is not None else None)
 
 
 def _seed(run: dict) -> int:
@@ -229,24 +230,24 @@ def _seed(run: dict) -> int:
 def cost_per_roi(predictor, images: np.ndarray, labels: list[tuple[str, str]],
                  repeats: int, bank=None) -> dict:
   """ms per ROI of the score and of each map, jitted, one batch of
-  predictor.batch_size images, after a warm-up call (the compile): the
-  median of `repeats` calls."""
+  predictor.batch_size images, after a warm-up call each (the compile): the
+  median of `repeats` rounds, each round timing every one in turn (so a
+  machine shared with other work slows all of them alike)."""
   batch = images[:predictor.batch_size]
   if len(batch) < predictor.batch_size:
     batch = np.resize(batch, (predictor.batch_size, *batch.shape[1:]))
-
-  def timed(fn) -> float:
+  calls = {'score': lambda: predictor.predict_proba(batch)}
+  for label, spec in labels:
+    calls[label] = lambda spec=spec: method_maps(predictor, batch, spec, bank)
+  times = {name: [] for name in calls}
+  for fn in calls.values():
     fn()
-    times = []
-    for _ in range(max(1, repeats)):
+  for _ in range(max(1, repeats)):
+    for name, fn in calls.items():
       t0 = time.perf_counter()
       fn()
-      times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3 / len(batch)
-
-  out = {'score': timed(lambda: predictor.predict_proba(batch))}
-  for label, spec in labels:
-    out[label] = timed(lambda spec=spec: method_maps(predictor, batch, spec, bank))
+      times[name].append(time.perf_counter() - t0)
+  out = {name: float(np.median(t)) * 1e3 / len(batch) for name, t in times.items()}
   flags = rundir.cpu_field('flags').split()
   return {'ms_per_roi': out, 'batch': len(batch), 'repeats': repeats,
           'cpu': rundir.cpu_field('model name'), 'cores': os.cpu_count(),
@@ -355,22 +356,19 @@ def evaluate(runs: list[dict], export, args) -> dict:
     dataset_export.check_run(export, run['workdir'])
   # A sweep made without --kfold: every run is tested on the test split.
   runs = [{**run, 'fold': NO_FOLD if run['fold'] is None else run['fold']} for run in runs]
-  per_run, fold_floors, per_crop, cost = {}, {}, {}, None
+  per_run, fold_floors, per_crop = {}, {}, {}
   for run in runs:
-    result, crop_values, crops, peaks, (predictor, bank) = evaluate_run(run, export, layers,
-                                                                        specs, args)
+    result, crop_values, crops, peaks = evaluate_run(run, export, layers, specs, args)
     if run['fold'] not in fold_floors:
       fold_floors[run['fold']] = floors(export, crops, seed=_seed(run))
     per_run[run['key']] = {'variant': run['variant'], 'seed': run['seed'], 'fold': run['fold'],
                            'crops': int(len(crops)), 'maps': result}
     if peaks is not None:
       per_run[run['key']]['peaks'] = peaks
-    per_crop[run['key']] = {'maps': crop_values,
+    per_crop[run['key']] = {'maps': {m: {k: [round(float(v), 6) for v in values]
+                                         for k, values in metric_values.items()}
+                                     for m, metric_values in crop_values.items()},
                             'types': [str(t) for t in export.defect_types[crops]]}
-    if args.cost and cost is None:
-      labels = [(f'gradcam_{layer}', f'gradcam@{layer}') for layer in layers] + \
-          [(s, s) for s in specs]
-      cost = cost_per_roi(predictor, export.rgb(crops), labels, args.repeats, bank)
     print(f'{run["key"]}: ' + ', '.join(f'{m} {v["pixel_auroc"]:.3f} / {v["pointing"]:.2f}'
                                         for m, v in result.items()), flush=True)
   out = {'split': args.split, 'runs': per_run,
@@ -378,9 +376,23 @@ def evaluate(runs: list[dict], export, args) -> dict:
          'comparisons': comparisons(per_run, fold_floors),
          'crop_comparisons': crop_comparisons(per_run, per_crop),
          'per_crop': per_crop}
-  if cost is not None:
-    out['cost'] = cost
   return out
+
+
+def measure_cost(run: dict, export, args) -> dict:
+  """--cost: each map's time per ROI beside the score's, on `run`'s test crops."""
+  layers = [v.strip() for v in args.layers.split(',') if v.strip()]
+  specs = [v.strip() for v in (args.methods or '').split(',') if v.strip()]
+  dataset_export.check_run(export, run['workdir'])
+  predictor = inference.Predictor(run['workdir'], batch_size=args.batch_size)
+  bank = None
+  if any(m == 'feature_distance' for s in specs for m, _ in parse_spec(s)[1]):
+    bank = predictor.memory_bank(args.bank.format(run=run['run']) if args.bank else None)
+  labels = [(f'gradcam_{layer}', f'gradcam@{layer}') for layer in layers] + \
+      [(s, s) for s in specs]
+  images = export.rgb(export.indices(rundir.test_split(run['workdir'])))
+  return {'cost': {'run': run['key'],
+                   **cost_per_roi(predictor, images, labels, args.repeats, bank)}}
 
 
 # ------------------------------------------------------------------ tables
@@ -402,11 +414,11 @@ def _groups(result: dict) -> dict:
 
 
 def markdown(result: dict) -> str:
-  types = sorted({k.split('/', 1)[1] for f in result['floors'].values()
+  types = sorted({k.split('/', 1)[1] for f in result.get('floors', {}).values()
                   for k in f['residual'] if '/' in k})
-  groups = _groups(result)
+  groups = _groups(result) if 'runs' in result else {}
   lines = []
-  for metric, title in (('pointing', 'pointing'), ('pixel_auroc', 'pixel AUROC')):
+  for metric, title in (('pointing', 'pointing'), ('pixel_auroc', 'pixel AUROC')) if groups else ():
     header = ['map', 'runs', 'pixel AUROC', 'pointing'] + [f'{title} {t}' for t in types]
     lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for name, rows in groups.items():
@@ -414,7 +426,7 @@ def markdown(result: dict) -> str:
                    f'{_mean(rows, "pointing")} | '
                    + ' | '.join(_mean(rows, f'{metric}/{t}') for t in types) + ' |')
     lines.append('')
-  peaks = [r for r in result['runs'].values() if r.get('peaks')]
+  peaks = [r for r in result.get('runs', {}).values() if r.get('peaks')]
   if peaks:
     lines += ['| map | peak AUROC, good vs defective crops | good crops\' median peak / '
               'defective crops\' |', '|---|---|---|']
@@ -425,7 +437,7 @@ def markdown(result: dict) -> str:
     lines.append('')
   if result.get('cost'):
     c = result['cost']
-    lines += [f'Cost per ROI ({c["cpu"]}, {c["cores"]} cores, avx512_bf16 '
+    lines += [f'Cost per ROI ({c["run"]}; {c["cpu"]}, {c["cores"]} cores, avx512_bf16 '
               f'{c["avx512_bf16"]}, width {c["width_mult"]:g}, {c["conv_impl"]}, batch '
               f'{c["batch"]}, median of {c["repeats"]}):', '',
               '| what | ms per ROI | x the score |', '|---|---|---|']
@@ -434,6 +446,8 @@ def markdown(result: dict) -> str:
     lines.append('')
   for key, title in (('comparisons', 'paired over (seed, fold)'),
                      ('crop_comparisons', 'paired per crop')):
+    if key not in result:
+      continue
     lines += [f'| {title} | pairs | mean difference | 95% interval | p | verdict |',
               '|---|---|---|---|---|---|']
     for name, c in result.get(key, {}).items():
@@ -462,10 +476,12 @@ def main(argv=None) -> int:
     if export.masks is None:
       raise ValueError(f'--export={args.export}: holds no masks (export a build with a '
                        '`mask` feature, e.g. magnetic_tile, again)')
-    result = evaluate(runs, export, args)
-    examples = args.examples or os.path.join(args.sweep[0], 'maps.png')
     first = min(runs, key=lambda r: (not r['variant'].endswith(BASE_VARIANT), r['seed'],
                                    r['fold'] or 0))
+    if args.cost:
+      return _write_cost(args, measure_cost(first, export, args))
+    result = evaluate(runs, export, args)
+    examples = args.examples or os.path.join(args.sweep[0], 'maps.png')
     figures.plot_maps([sweep_runs.load_run(first['workdir'])], examples, export)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
@@ -478,6 +494,16 @@ def main(argv=None) -> int:
                           'examples_run': first['key'], **result})
   print(markdown(result))
   print(f'wrote {out} and {examples}')
+  return 0
+
+
+def _write_cost(args, result: dict) -> int:
+  out = args.out or os.path.join(args.sweep[0], 'map_cost.json')
+  rundir.write_json(out, {'sweeps': [os.path.relpath(os.path.abspath(s), REPO)
+                                     for s in args.sweep], 'export': os.path.basename(args.export),
+                          **result})
+  print(markdown(result))
+  print(f'wrote {out}')
   return 0
 
 

@@ -3,7 +3,8 @@
   python -m smsdd_jax.predict --workdir=runs/beta_c --input=PATH --output=preds.csv
       [--roi=auto|hough|none] [--step=N] [--batch_size=16] [--max_pixels=40000000]
       [--save_rois=DIR] [--sheet=decisions.png] [--workers=2] [--tta=none|flips]
-      [--embeddings=emb.npz] [--maps=DIR] [--precision=float32|bfloat16]
+      [--embeddings=emb.npz] [--maps=DIR] [--map_method=fine|gradcam|...]
+      [--map_scale=FILE] [--bank=FILE] [--precision=float32|bfloat16]
       [--workdir=runs/other ...]
 
 PATH is an image file, a folder (searched recursively for .jpg/.jpeg/.png/
@@ -83,10 +84,19 @@ at most SHEET_MAX_TILES tiles.
 
 --maps=DIR writes, for every scored file, where the network looked: the ROI
 with the map of what raised its defect score overlaid (smsdd_jax/maps.py;
-Grad-CAM at the last block by default, --map_method=occlusion for the slower,
-gradient-free one; an ensemble's is the members' mean), as a PNG under DIR
-mirroring the inputs' paths (as --save_rois). With --sheet, the sheet's tiles
-show the overlay too.
+--map_method, default 'fine', the best by evidence against magnetic_tile's
+masks, docs/results.md "Where is the defect"; 'gradcam', 'gradcampp',
+'gradxinput', 'occlusion' (slow, gradient-free) and 'feature_distance' (the
+run's memory bank, --bank) one flag away; an ensemble's is the members'
+mean), and under it the probability, the decision, the method and the scale,
+as a PNG under DIR mirroring the inputs' paths (as --save_rois). The colours
+are on the run's scale (smsdd_jax/map_scale: --map_scale=FILE, else the
+run's <workdir>/map_scale.json; red = as strong as a typical defect of its
+validation split, so a crop the network saw nothing in stays blue); without
+a calibration each map is stretched to its own maximum, which a warning on
+stderr and every overlay ("PER-IMAGE scale") say. A calibration of another
+run or checkpoint is a usage error. With --sheet, the sheet's tiles show the
+overlay too.
 """
 from __future__ import annotations
 

@@ -98,3 +98,48 @@ def test_localization_scores_each_runs_maps_against_masks_and_floors(sweep, tmp_
   assert '| floor: residual |' in localization.markdown(result)
   assert localization._bases('b/beta_c', ['a/beta_a', 'a/beta_c', 'b/beta_a', 'b/beta_c']) == [
       'b/beta_a', 'a/beta_c']
+
+
+def test_localization_chooses_on_val_pairs_per_crop_and_times_each_map(sweep, tmp_path):
+  """--methods (one map, a tap, a product of two normalised maps), --split=val,
+  --peaks, the per-crop pairing and --cost, against what maps.py and the
+  Predictor give on the same crops."""
+  import localization  # pylint: disable=import-outside-toplevel
+  from smsdd_jax import data_splits, maps  # pylint: disable=import-outside-toplevel
+  out_dir, export_path = sweep
+  export = dataset_export.load(export_path)
+  h, w = export.image_size
+  export.masks = np.zeros((len(export.labels), h, w), np.uint8)
+  export.masks[export.labels == 1, h // 4:h // 2, w // 4:w // 2] = 255
+  runs = [{**r, 'key': r['run']} for r in prediction_gains.finished_runs(str(out_dir), None)]
+  args = localization.parser().parse_args([
+      f'--sweep={out_dir}', f'--export={export_path}', '--split=val', '--peaks',
+      '--methods=fine,gradcampp@block3,gradcam@block4*gradcam@block5'])
+  result = localization.evaluate(runs, export, args)
+  predictor = inference.Predictor(runs[0]['workdir'])
+  index = export.indices(data_splits.split_names(predictor.config.data)['val'])
+  assert index.size and not np.intersect1d(index, export.indices('fold_0')).size
+  crops = index[export.labels[index] == 1]
+  got = result['runs']['beta_a_s0_f0']
+  assert result['split'] == 'val' and got['crops'] == len(crops)
+  images, masks = export.rgb(crops), export.masks[crops]
+  fine = predictor.maps(images, 'fine')
+  assert got['maps']['fine']['pointing'] == pytest.approx(np.mean(
+      [maps.pointing_hit(m, k) for m, k in zip(fine, masks)]))
+  both = np.asarray(maps.normalise(predictor.maps(images, 'gradcam', layer='block4'))) * \
+      np.asarray(maps.normalise(predictor.maps(images, 'gradcam', layer='block5')))
+  assert got['maps']['gradcam@block4*gradcam@block5']['pixel_auroc'] == pytest.approx(np.mean(
+      [maps.pixel_auroc(m, k) for m, k in zip(both, masks)]))
+  assert 0 <= got['peaks']['fine']['peak_auroc'] <= 1
+  pooled = sum(r['crops'] for r in result['runs'].values())
+  assert result['crop_comparisons']['pointing: beta_a fine minus residual floor']['n'] == pooled
+  assert result['comparisons']['pixel_auroc: beta_a fine minus gradcam_block5']['n'] == 2
+  assert 'peak AUROC, good vs defective crops' in localization.markdown(result)
+  with pytest.raises(ValueError, match="one map, or two joined"):
+    localization.parse_spec('fine*gradcam*gradxinput')
+  out = tmp_path / 'cost.json'
+  assert localization.main([f'--sweep={out_dir}', f'--export={export_path}', '--cost',
+                            '--repeats=1', '--methods=fine', f'--out={out}']) == 0
+  cost = json.loads(out.read_text())['cost']
+  assert set(cost['ms_per_roi']) == {'score', 'gradcam_block5', 'fine'}
+  assert all(v > 0 for v in cost['ms_per_roi'].values()) and cost['cores'] >= 1
