@@ -164,6 +164,7 @@ def test_overlays_print_probability_decision_method_and_scale(trained_run, calib
   # --map_scale and --bank are for maps, for one run.
   for extra in ([f'--map_scale={calibration_file}'],
                 [f'--maps={maps_dir}', f'--map_scale={tmp_path / "none.json"}'],
+                [f'--maps={maps_dir}', '--map_method=feature_distance'],  # The run has no bank.
                 [f'--maps={maps_dir}', f'--map_scale={calibration_file}',
                  f'--workdir={_copy_run(trained_run, tmp_path)}']):
     assert predict.main([f'--workdir={trained_run}', f'--input={frames}',
