@@ -32,6 +32,10 @@ test unchanged:
   logistic            both (logit and log distance) in one logistic fit
   rank_mean           the mean of the two scores' ranks among the validation
                       images (their empirical distributions), refitted
+  either              the larger of the classifier's probability and the
+                      distance's (as fitted above): at 0.5, flagged when
+                      either flags it, so no type's recall can fall below
+                      the classifier's; what it costs is in the overkill
 
 Per score on test: AUROC, AUROC per defect type against the good crops,
 recall per defect type, overkill and escape rates at the threshold; and the
@@ -52,6 +56,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -59,6 +64,7 @@ for path in (REPO, HERE):
   if path not in sys.path:
     sys.path.insert(0, path)
 
+import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 import prediction_gains  # pylint: disable=wrong-import-position
@@ -66,8 +72,7 @@ from smsdd_jax import (dataset_export, inference, maps, memory_bank, metrics,  #
                        rundir, stats)
 
 DEFAULT_TAPS = 'block3,block4,block5,block4+block5,block3+block4'
-SCORES = ('classifier', 'classifier_recal', 'distance', 'logistic', 'rank_mean')
-COMBINED = ('logistic', 'rank_mean')
+SCORES = ('classifier', 'classifier_recal', 'distance', 'logistic', 'rank_mean', 'either')
 TARGET_TYPE = 'uneven'
 
 
@@ -149,6 +154,8 @@ def combined_scores(val: dict, test: dict, labels: np.ndarray) -> dict:
   rv, rt = (rp(val['prob']) + rd(val['distance'])) / 2, (rp(test['prob']) + rd(test['distance'])) / 2
   f = fit_logistic(rv, labels)
   out['rank_mean'] = (f(rv), f(rt))
+  out['either'] = (np.maximum(val['prob'], out['distance'][0]),
+                   np.maximum(test['prob'], out['distance'][1]))
   return out
 
 
@@ -312,7 +319,27 @@ def evaluate_run(run: dict, export, taps: list[str], positions: list[str], args)
       'residual': map_report(np.stack([maps.residual_map(c) for c in crops]), masks,
                              crop_types),
       'crops': int(len(index))}
+  out['ms_per_roi'] = time_per_roi({
+      'score': predictor.predict_proba,
+      'map_feature_distance': banks[map_config].maps,
+      'score_feature_distance': banks[score_config].scores,
+      'map_gradcam_block5': lambda x: predictor.maps(x, 'gradcam', layer='block5')}, crops)
   return out
+
+
+def time_per_roi(fns: dict, images: np.ndarray, repeats: int = 3) -> dict:
+  """{name: milliseconds per ROI}: each function over `images` after one
+  warm-up call (compiles), the fastest of `repeats`, interleaved so a busy
+  moment of a shared machine hits all alike; with the load average then."""
+  for fn in fns.values():
+    fn(images)
+  best = {name: float('inf') for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn(images)
+      best[name] = min(best[name], (time.perf_counter() - start) * 1e3 / len(images))
+  return {**best, 'load_average_1min': os.getloadavg()[0]}
 
 
 # ------------------------------------------------------------------ over runs
@@ -404,6 +431,13 @@ def markdown(result: dict) -> str:
                  f'{_mean([x["pointing"] for x in rows])} | '
                  + ' | '.join(_mean([x.get(f'pointing/{t}') for x in rows]) for t in crop_types)
                  + ' |')
+  if all('ms_per_roi' in r for r in runs):
+    names = [k for k in runs[0]['ms_per_roi'] if k != 'load_average_1min']
+    lines += ['', '| ms per ROI (fastest of 3, interleaved) | ' + ' | '.join(names)
+              + ' | load average |', '|' + '---|' * (len(names) + 2),
+              '| mean over runs | ' + ' | '.join(_mean([r['ms_per_roi'][n] for r in runs])
+                                                 for n in names)
+              + f' | {_mean([r["ms_per_roi"]["load_average_1min"] for r in runs])} |']
   lines += ['', '| paired over folds | pairs | mean difference | 95% interval | p | verdict |',
             '|---|---|---|---|---|---|']
   for name, c in result['comparisons'].items():
@@ -459,6 +493,8 @@ def main(argv=None) -> int:
   result = {'sweep': os.path.relpath(os.path.abspath(args.sweep), REPO),
             'export': os.path.basename(args.export),
             'export_sha256': export.fingerprint['sha256'],
+            'machine': {'cpu': rundir.cpu_field('model name'), 'cores': os.cpu_count(),
+                        'backend': jax.default_backend()},
             'settings': {'taps': taps, 'positions': positions, 'max_cells': args.max_cells,
                          'sampling': args.sampling, 'seed': args.seed,
                          'aggregate': memory_bank.DEFAULT_AGGREGATE,

@@ -35,8 +35,9 @@ Maps and scores are absolute (not normalised per image; the position's
 standardisation is one fixed transform for every image): a good image's map
 stays low, and one scale holds across images of a run. The nearest neighbour is
 found by chunked matrix products in one jitted function per bank (memory per
-chunk: chunk x bank cells x 4 bytes), then its distance recomputed from the
-difference, so a bank cell's own distance is exactly 0.
+chunk: chunk x bank cells x 4 bytes, CHUNK_BYTES); a squared distance within
+float32's rounding of the expansion (ROUNDING) is 0, so a bank cell's own
+distance is exactly 0.
 
 Provenance: a saved bank records the run (workdir, checkpoint step, a sha256
 of its parameters, normalisation and model state), the export (sha256,
@@ -67,7 +68,9 @@ from smsdd_jax import backbones, rundir
 FORMAT = 'smsdd_jax.memory_bank/1'
 DEFAULT_NAME = 'memory_bank.npz'  # In the run's workdir, by default.
 DEFAULT_TAP = 'block3'  # Chosen on validation: docs/results.md, "Feature distance".
-DEFAULT_MAX_CELLS = 16384
+# 1024 cells: on the validation folds as good as 4096 and 16384 (block3,
+# position z), and the one size whose map costs about 2x the score per ROI.
+DEFAULT_MAX_CELLS = 1024
 DEFAULT_AGGREGATE = 3
 DEFAULT_SIGMA = 4.0
 DEFAULT_TOPK = 1
@@ -77,7 +80,10 @@ SAMPLINGS = ('greedy', 'random')
 POSITIONS = ('z', 'none')
 DEFAULT_POSITION = 'z'  # Chosen on validation: docs/results.md, "Feature distance".
 POOL = 8  # Greedy picks from a random pool of POOL x max_cells cells.
-CHUNK_BYTES = 64 << 20  # Of one chunk's query x bank distance matrix.
+# Of one chunk's query x bank matrix: within a core's cache (64 MB chunks ran
+# the search 4-7x slower than 4 MB ones here).
+CHUNK_BYTES = 4 << 20
+ROUNDING = 1e-5  # Relative: a squared distance below it is rounding (nearest_distance).
 
 
 # ------------------------------------------------------------------ features
@@ -140,25 +146,29 @@ def cell_features(params, model_state, images_uint8: jax.Array, *, model, mean, 
 
 def chunk_size(bank_cells: int) -> int:
   """Queries per chunk: the chunk's distance matrix within CHUNK_BYTES."""
-  return int(max(16, min(4096, CHUNK_BYTES // (4 * max(bank_cells, 1)))))
+  return int(max(16, min(1024, CHUNK_BYTES // (4 * max(bank_cells, 1)))))
 
 
 def nearest_distance(queries: jax.Array, bank: jax.Array, *, chunk: int) -> jax.Array:
   """Pure: (Q, d) queries, (M, d) bank -> (Q,) Euclidean distance of each
   query to its nearest bank row. Chunks of `chunk` queries (lax.map: one
-  chunk's (chunk, M) matrix in memory at a time); the nearest by
-  |q|^2 - 2 q.b + |b|^2, its distance then from q - b itself, so a query
-  equal to a bank row is at exactly 0."""
+  chunk's (chunk, M) matrix in memory at a time), each the minimum over the
+  bank of |b|^2 - 2 q.b, plus |q|^2. A squared distance below ROUNDING x
+  |q|^2 is float32's rounding of the three terms, not a distance: it is 0,
+  so a query equal to a bank row is at exactly 0. (The minimum, not the
+  argmin and a recomputed difference: XLA's argmin on a CPU cost 25x the
+  whole search here.)"""
   q = queries.shape[0]
   pad = -q % chunk
   padded = jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk, queries.shape[1])
   bank_sq = jnp.sum(bank * bank, axis=-1)
 
   def one(block):
-    d2 = (jnp.sum(block * block, -1, keepdims=True) + bank_sq[None]
-          - 2.0 * jnp.matmul(block, bank.T, precision=jax.lax.Precision.HIGHEST))
-    nearest = bank[jnp.argmin(d2, axis=-1)]
-    return jnp.sqrt(jnp.sum((block - nearest) ** 2, axis=-1))
+    block_sq = jnp.sum(block * block, axis=-1)
+    d2 = jnp.min(bank_sq[None] - 2.0 * jnp.matmul(block, bank.T,
+                                                 precision=jax.lax.Precision.HIGHEST),
+                 axis=-1) + block_sq
+    return jnp.sqrt(jnp.where(d2 > ROUNDING * block_sq, d2, 0.0))
 
   return jax.lax.map(one, padded).reshape(-1)[:q]
 
