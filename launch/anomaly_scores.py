@@ -8,6 +8,7 @@ only; and the bank's map against magnetic_tile's masks.
       [--taps=block3,block4,block5,block4+block5,block3+block4] [--positions=z,none] \
       [--max_cells=16384] [--sampling=greedy] [--floors=docs/sweeps/mt_k5_quick/floors.json] \
       [--out=FILE.json] [--cache=DIR]
+  python launch/anomaly_scores.py --report=FILE.json        # its tables again, nothing computed
 
 Per finished run of the sweep (with its best checkpoint kept), on its own
 folds: a bank of the good images of its training split per --taps entry (a
@@ -79,8 +80,8 @@ TARGET_TYPE = 'uneven'
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python launch/anomaly_scores.py',
                               description=__doc__.split('\n\n')[0])
-  p.add_argument('--sweep', required=True, help='sweep directory with checkpoints kept')
-  p.add_argument('--export', required=True, help='dataset export with masks (.npz)')
+  p.add_argument('--sweep', help='sweep directory with checkpoints kept (required)')
+  p.add_argument('--export', help='dataset export with masks (.npz) (required)')
   p.add_argument('--taps', default=DEFAULT_TAPS,
                  help='bank taps to try, comma-separated (taps joined by +)')
   p.add_argument('--positions', default='z,none',
@@ -95,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--cache', default=None,
                  help='folder for the banks\' distances (reused when the run and bank match)')
   p.add_argument('--batch_size', type=int, default=32)
+  p.add_argument('--report', default=None,
+                 help='print the tables of a JSON this command wrote, and nothing else')
   return p
 
 
@@ -396,20 +399,22 @@ def markdown(result: dict) -> str:
   types = sorted({k.split('/', 1)[1] for r in runs for k in r['scores']['classifier']['test']
                   if k.startswith('recall/')})
   lines = ['| score (test, threshold chosen on val) | AUROC | overkill | balanced acc. | '
-           + ' | '.join(f'recall {t}' for t in types) + f' | good flagged at half {TARGET_TYPE} |',
-           '|' + '---|' * (5 + len(types))]
+           + ' | '.join(f'recall {t}' for t in types)
+           + f' | AUROC {TARGET_TYPE} vs good | good flagged at half {TARGET_TYPE} |',
+           '|' + '---|' * (6 + len(types))]
   for name in SCORES:
     rows = [r['scores'][name]['test'] for r in runs]
     lines.append(f'| {name} | {_mean([x["auroc"] for x in rows])} | '
                  f'{_mean([x["overkill_rate"] for x in rows])} | '
                  f'{_mean([x["balanced_accuracy"] for x in rows])} | '
                  + ' | '.join(_mean([x.get(f'recall/{t}') for x in rows]) for t in types)
+                 + f' | {_mean([x.get(f"auroc/{TARGET_TYPE}") for x in rows])}'
                  + f' | {_mean([x.get(f"overkill_at_half_{TARGET_TYPE}") for x in rows])} |')
   if result.get('floors'):
     models = sorted({m for f in result['floors'].values() for m in f})
     lines.append('| floors (test AUROC): ' + ', '.join(
         f'{m} {_mean([f.get(m) for f in result["floors"].values()])}' for m in models)
-        + ' |' + ' |' * (4 + len(types)))
+        + ' |' + ' |' * (5 + len(types)))
   configs = list(runs[0]['configs'])
   lines += ['', '| bank tap | val AUROC | test AUROC | test AUROC uneven | val pixel AUROC | '
             'test pixel AUROC | val pointing | test pointing | chosen (score/map) |',
@@ -437,7 +442,10 @@ def markdown(result: dict) -> str:
               + ' | load average |', '|' + '---|' * (len(names) + 2),
               '| mean over runs | ' + ' | '.join(_mean([r['ms_per_roi'][n] for r in runs])
                                                  for n in names)
-              + f' | {_mean([r["ms_per_roi"]["load_average_1min"] for r in runs])} |']
+              + f' | {_mean([r["ms_per_roi"]["load_average_1min"] for r in runs])} |',
+              '| x the score, mean of the runs\' ratios | ' + ' | '.join(
+                  _mean([r['ms_per_roi'][n] / r['ms_per_roi']['score'] for r in runs])
+                  for n in names) + ' | |']
   lines += ['', '| paired over folds | pairs | mean difference | 95% interval | p | verdict |',
             '|---|---|---|---|---|---|']
   for name, c in result['comparisons'].items():
@@ -463,7 +471,16 @@ def json_safe(value):
 
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
+  if args.report:
+    try:
+      print(markdown(rundir.read_json(args.report, 'anomaly scores record')))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+      print(f'error: --report={args.report}: {e}', file=sys.stderr)
+      return 2
+    return 0
   try:
+    if not args.sweep or not args.export:
+      raise ValueError('--sweep and --export are required (or --report=FILE.json)')
     if not os.path.isdir(args.sweep):
       raise ValueError(f'--sweep={args.sweep}: no such directory')
     taps = [c.strip() for c in args.taps.split(',') if c.strip()]
