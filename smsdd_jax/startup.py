@@ -31,6 +31,8 @@ import time
 
 import jax
 
+from smsdd_jax import rundir
+
 log = logging.getLogger('smsdd_jax')
 
 # XLA's compile of one program (or its load from the persistent cache):
@@ -134,12 +136,7 @@ def machine_key() -> str:
   JAX's own keys hold the jaxlib version, the platform, XLA's flags and the
   program; the jax version and the CPU's instruction sets are added, so that
   a cache on a shared home never hands one machine code compiled for another."""
-  flags = ''
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
-      flags = next((line for line in f if line.startswith('flags')), '')
-  except OSError:
-    pass
+  flags = rundir.cpu_field('flags')
   cpu = hashlib.sha256(f'{platform.machine()} {flags}'.encode()).hexdigest()[:12]
   return f'jax{jax.__version__}-{platform.machine()}-{cpu}'
 
