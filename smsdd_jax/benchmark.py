@@ -557,27 +557,33 @@ def bench_runtimes(steps: int, width_mult: float, impls: str) -> dict:
 
 
 def bench_maps(steps: int, width_mult: float, batch: int, backbone: str = 'vgg16') -> dict:
-  """Per ROI: the plain score against its Grad-CAM map and its occlusion
-  map (maps.py's defaults), alone (batch 1) and in batches of `batch`."""
+  """Per ROI: the plain score against the gradient maps (Grad-CAM, fine,
+  fine_fast: maps.py's, on the model the score runs, its batch norm folded
+  as Predictor does) and the occlusion map, alone (batch 1) and in batches
+  of `batch`."""
   import functools  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from smsdd_jax import inference, maps, models  # pylint: disable=import-outside-toplevel
   p = _random_predictor(width_mult, backbone=backbone)
-  kw = dict(model=p.model, mean=p.mean, std=p.std)
-  score = jax.jit(functools.partial(inference.probabilities, **kw))
-  cam = jax.jit(lambda params, state, images: maps.gradcam(
-      params, state, inference.normalize(images, p.mean, p.std), model=p.model))
+  model, params, state = models.folded_batch_norm(p.model, p.params, p.model_state)
+  score_model, score_params = models.packed_for_inference(model, params, (110, 230))
+  fns = {'score': (jax.jit(functools.partial(inference.probabilities, model=score_model,
+                                             mean=p.mean, std=p.std)), score_params)}
+  for method in ('gradcam', 'fine', 'fine_fast'):
+    fns[method] = (jax.jit(lambda params, state, images, method=method: maps.network_maps(
+        params, state, inference.normalize(images, p.mean, p.std), model=model,
+        method=method)), params)
   logodds = jax.jit(lambda x: maps.defect_score(models.forward(
-      p.params, x, model=p.model, model_state=p.model_state)[0]))
+      params, x, model=model, model_state=state)[0]))
   windows = maps.occlusion_windows((110, 230), 16, 8)
   rng = np.random.default_rng(0)
   out = {}
   for n in (1, batch):
     images = rng.integers(0, 256, (n, 110, 230, 3), dtype=np.uint8)
-    for name, fn in (('score', score), ('gradcam', cam)):
-      t = _median_time(lambda: jax.block_until_ready(fn(p.params, p.model_state, images)),  # noqa: B023
-                       steps)  # Called within this iteration: it sees this fn and images.
+    for name, (fn, weights) in fns.items():
+      t = _median_time(lambda: jax.block_until_ready(fn(weights, state, images)),  # noqa: B023
+                       steps)  # Called within this iteration: it sees these and images.
       out[f'{name}_ms_per_roi_batch{n}'] = round(t / n * 1e3, 2)
   x = np.asarray(inference.normalize(images[0], p.mean, p.std))
   t = _median_time(lambda: maps.occlusion(logodds, x, windows), max(1, steps // 2))

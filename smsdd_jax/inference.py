@@ -222,12 +222,16 @@ class Predictor:
     self.precision = precision
     self.traces = 0
 
-    # Scoring runs on its own copy of the model with oneDNN-packed kernels
-    # where the run uses oneDNN (models.packed_for_inference); maps, the
-    # embedding and exports keep self.model and self.params.
+    # Scores and maps run on a copy of the model with each batch norm folded
+    # into its conv (fused conv + bias + ReLU: ~1.5x faster maps at 1/16
+    # width), scores with oneDNN-packed kernels where the run uses oneDNN
+    # (models.packed_for_inference); the embedding, the memory bank and
+    # exports keep self.model and self.params.
     from smsdd_jax import models  # pylint: disable=import-outside-toplevel
+    self._map_model, self._map_params, self._map_state = models.folded_batch_norm(
+        self.model, self.params, self.model_state)
     self._score_model, self._score_params = models.packed_for_inference(
-        self.model, self.params, self.image_size, precision)
+        self._map_model, self._map_params, self.image_size, precision)
 
     def score(params, model_state, images):
       self.traces += 1  # Runs while tracing only.
@@ -278,7 +282,7 @@ class Predictor:
 
   def predict_proba(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB ROIs at the run's image size -> (N,) float32."""
-    return self._batched(self._score, images_rgb_uint8, self._score_params)
+    return self._batched(self._score, images_rgb_uint8, self._score_params, self._map_state)
 
   def embed(self, images_rgb_uint8: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB ROIs at the run's image size -> (N, d) float32:
@@ -301,20 +305,21 @@ class Predictor:
     maps_lib.check_method(method)
     if scale not in MAP_SCALES:
       raise ValueError(f'scale={scale!r}: expected one of {MAP_SCALES}')
+    layer = maps_lib.resolve_layer(method, self.model.backbone, layer)  # None: reads no tap.
     if method == 'occlusion':
       heat = self._occlusion(images_rgb_uint8, patch, stride)
     elif method == 'feature_distance':
       self._checked(images_rgb_uint8)
       heat = (bank or self.memory_bank()).maps(images_rgb_uint8)
     else:
-      layer = maps_lib.resolve_layer(method, self.model.backbone, layer)
       key = (method, layer, float(sigma))
       if key not in self._network_maps:
         self._network_maps[key] = jax.jit(
             lambda params, state, images, key=key: maps_lib.network_maps(
-                params, state, normalize(images, self.mean, self.std), model=self.model,
+                params, state, normalize(images, self.mean, self.std), model=self._map_model,
                 method=key[0], layer=key[1], sigma=key[2]))
-      heat = self._batched(self._network_maps[key], images_rgb_uint8)
+      heat = self._batched(self._network_maps[key], images_rgb_uint8, self._map_params,
+                           self._map_state)
     if scale == 'raw':
       return heat
     if scale == 'image':
@@ -336,10 +341,12 @@ class Predictor:
         if method in maps_lib.GRADIENT_METHODS else None
     if layer:
       params['layer'] = layer
-    if method == 'fine':
+    if method in ('fine', 'fine_fast'):
       from smsdd_jax import backbones  # pylint: disable=import-outside-toplevel
       params['amount_layer'] = backbones.get(self.model.backbone).default_tap
-    if method in ('fine', 'gradxinput'):
+    if method == 'fine_fast':
+      params['detail_layer'] = maps_lib.detail_tap(self.model.backbone)
+    if method in ('fine', 'fine_fast', 'gradxinput'):
       params['sigma'] = float(sigma)
     if method == 'occlusion':
       params.update(patch=int(patch), stride=int(stride))
@@ -398,7 +405,7 @@ class Predictor:
     if self._logodds is None:
       from smsdd_jax import models  # pylint: disable=import-outside-toplevel
       self._logodds = jax.jit(lambda x: maps_lib.defect_score(models.forward(
-          self.params, x, model=self.model, model_state=self.model_state)[0]))
+          self._map_params, x, model=self._map_model, model_state=self._map_state)[0]))
     windows = maps_lib.occlusion_windows(self.image_size, patch, stride)
     x = np.asarray(normalize(images, self.mean, self.std))
     return np.stack([maps_lib.occlusion(self._logodds, im, windows) for im in x]) \
@@ -412,11 +419,13 @@ class Predictor:
                        f'got {images.dtype} {images.shape}')
     return images
 
-  def _batched(self, fn, images_rgb_uint8: np.ndarray, params=None) -> np.ndarray:
+  def _batched(self, fn, images_rgb_uint8: np.ndarray, params=None,
+               model_state=None) -> np.ndarray:
     """fn(params, model_state, batch) over fixed-size batches (the last one
-    zero-padded: one shape, one compile), concatenated; params defaults to
-    self.params."""
+    zero-padded: one shape, one compile), concatenated; params and
+    model_state default to self's."""
     params = self.params if params is None else params
+    model_state = self.model_state if model_state is None else model_state
     images = self._checked(images_rgb_uint8)
     want = images.shape[1:]
     out = []
@@ -425,7 +434,7 @@ class Predictor:
       n = len(chunk)
       if n < self.batch_size:
         chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *want), np.uint8)])
-      out.append(np.asarray(fn(params, self.model_state, chunk))[:n])
+      out.append(np.asarray(fn(params, model_state, chunk))[:n])
     return np.concatenate(out)
 
   def decide(self, prob: float) -> str:

@@ -11,7 +11,7 @@ probability: a confident softmax saturates, and its gradient with it, so the
 map of a crop scored 0.999 would be noise.
 
 Methods (`METHODS`; one forward and one backward per image, jitted per batch
-like the scores, unless said otherwise):
+like the scores, in chunks of MAP_CHUNK ROIs, unless said otherwise):
 
   fine        The default by evidence (docs/results.md, "Where is the
               defect": the best pixel AUROC and pointing game on the
@@ -23,6 +23,12 @@ like the scores, unless said otherwise):
               tap (block5), the cells the classifier reads, which follows the
               score (a good crop's is low), so the map is cool where the
               network saw nothing.
+  fine_fast   fine with its detail read at the tap 2 input pixels a cell
+              (VGG16's block2: gradient x activation there) instead of the
+              input, so no backward runs through the full-resolution layers:
+              within 2x the score's time at 1/16 width where fine takes ~3x,
+              at a lower pointing game (docs/results.md, "Where is the
+              defect").
   gradcam     Grad-CAM (Selvaraju et al., 2017) at one of the backbone's taps
               (smsdd_jax/backbones/; VGG16's: each block's output before its
               pool, default the last, 'block5': 1/16 of the ROI's size; a
@@ -38,6 +44,8 @@ like the scores, unless said otherwise):
               sum_c x_c d(score)/dx_c of the normalised input (what the
               pixel's departure from the training mean added to the
               log-odds, to first order), smoothed by a Gaussian of `sigma` px.
+              At a tap (gradxinput@block2) the same of that tap's activation,
+              put on the ROI's pixels as Grad-CAM's cells are.
   occlusion   The drop of the score when a patch of the normalised input is set
               to the training mean (zero), averaged over the patches covering
               each pixel. Model-agnostic and needs no gradient, but costs one
@@ -61,6 +69,7 @@ background the anomaly floor of launch/floors.py subtracts) and
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import cv2
@@ -70,11 +79,21 @@ import numpy as np
 
 from smsdd_jax import backbones, metrics
 
-METHODS = ('fine', 'gradcam', 'gradcampp', 'gradxinput', 'occlusion', 'feature_distance')
+METHODS = ('fine', 'fine_fast', 'gradcam', 'gradcampp', 'gradxinput', 'occlusion',
+           'feature_distance')
 DEFAULT_METHOD = 'fine'
-GRADIENT_METHODS = ('fine', 'gradcam', 'gradcampp', 'gradxinput')  # network_maps makes these.
+# network_maps makes these.
+GRADIENT_METHODS = ('fine', 'fine_fast', 'gradcam', 'gradcampp', 'gradxinput')
 DEFAULT_SIGMA = 2.0  # px, of gradient x input's smoothing (chosen on validation).
 FINE_STRIDE = 4  # Input pixels a cell of the tap fine and gradcampp read by default.
+DETAIL_STRIDE = 2  # Input pixels a cell of the tap fine_fast's gradient x activation reads.
+# ROIs per forward and backward inside one jitted call of network_maps. A
+# larger batch's stored activations outgrow what malloc keeps for reuse
+# (glibc hands blocks over 32 MB back to the system), so every call faulted
+# its ~80 MB of pages in anew: 19.5k page faults and 1.9 ms a ROI for `fine`
+# at batch 32 and 1/16 width, 1.2 ms in chunks of 8 (docs/performance.md,
+# "Maps beside the score").
+MAP_CHUNK = 8
 
 
 def defect_score(logits: jax.Array) -> jax.Array:
@@ -94,26 +113,38 @@ def check_method(method: str) -> str:
   return method
 
 
-def fine_tap(backbone: str) -> str:
-  """The backbone's tap nearest FINE_STRIDE input pixels a cell (the finer
-  of two as near): VGG16's block3, ResNet-18's layer1."""
+def tap_near(backbone: str, stride: int) -> str:
+  """The backbone's tap nearest `stride` input pixels a cell (the finer of
+  two as near)."""
   taps = backbones.get(backbone).taps
-  return min(taps, key=lambda t: (abs(np.log2(taps[t] / FINE_STRIDE)), taps[t]))
+  return min(taps, key=lambda t: (abs(np.log2(taps[t] / stride)), taps[t]))
+
+
+def fine_tap(backbone: str) -> str:
+  """The tap of fine's and gradcampp's Grad-CAM++ (FINE_STRIDE): VGG16's
+  block3, ResNet-18's layer1."""
+  return tap_near(backbone, FINE_STRIDE)
+
+
+def detail_tap(backbone: str) -> str:
+  """The tap of fine_fast's gradient x activation (DETAIL_STRIDE): VGG16's
+  block2, ResNet-18's stem."""
+  return tap_near(backbone, DETAIL_STRIDE)
 
 
 def default_layer(method: str, backbone: str) -> Optional[str]:
   """The tap a method reads by default (None for methods without one)."""
   if method == 'gradcam':
     return backbones.get(backbone).default_tap
-  if method in ('gradcampp', 'fine'):
+  if method in ('gradcampp', 'fine', 'fine_fast'):
     return fine_tap(backbone)
-  return None
+  return None  # gradxinput: the input, or a tap when asked for one.
 
 
 def resolve_layer(method: str, backbone: str, layer: Optional[str]) -> Optional[str]:
   """`layer` or the method's default, checked against the backbone's taps."""
   default = default_layer(method, backbone)
-  if default is None:
+  if default is None and not (method == 'gradxinput' and layer):
     if layer:
       raise ValueError(f'layer={layer!r}: method {method!r} reads no tap')
     return None
@@ -200,26 +231,58 @@ def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
                     precision=hi)
 
 
+def gradient_x_activation(a: jax.Array, g: jax.Array, size: tuple[int, int], stride: int,
+                          sigma: float) -> jax.Array:
+  """relu(sum_c a_c g_c) on a grid `stride` input pixels a cell (1: the
+  input itself), on the input's pixels, smoothed by a Gaussian of `sigma` px."""
+  cells = jax.nn.relu((a.astype(jnp.float32) * g).sum(-1))
+  if stride == 1:
+    return gaussian_blur(cells, sigma)
+  return to_input_grid(cells, size, stride, sigma)
+
+
 def network_maps(params, model_state, x: jax.Array, *, model, method: str = DEFAULT_METHOD,
                  layer: Optional[str] = None, sigma: float = DEFAULT_SIGMA) -> jax.Array:
   """Pure: normalised ROIs x (N, H, W, 3), the model's input
   (`inference.normalize`), -> (N, H, W) float32 >= 0, the absolute map of
   a gradient method (GRADIENT_METHODS; the module doc says what each is) at
-  `layer`, a tap of the model's backbone (None: the method's default)."""
+  `layer`, a tap of the model's backbone (None: the method's default;
+  gradxinput's is the input). In chunks of MAP_CHUNK ROIs (one after
+  another, the last padded), each ROI's map its own."""
   if method not in GRADIENT_METHODS:
     raise ValueError(f'method={method!r}: network_maps makes {GRADIENT_METHODS}')
   layer = resolve_layer(method, model.backbone, layer)
+  one = functools.partial(_chunk_maps, params, model_state, model=model, method=method,
+                          layer=layer, sigma=sigma)
+  n = x.shape[0]
+  if n <= MAP_CHUNK:
+    return one(x)
+  chunks = -(-n // MAP_CHUNK)
+  x = jnp.pad(x, ((0, chunks * MAP_CHUNK - n),) + ((0, 0),) * (x.ndim - 1))
+  out = jax.lax.map(one, x.reshape(chunks, MAP_CHUNK, *x.shape[1:]))
+  return out.reshape(chunks * MAP_CHUNK, *out.shape[2:])[:n]
+
+
+def _chunk_maps(params, model_state, x: jax.Array, *, model, method: str,
+                layer: Optional[str], sigma: float) -> jax.Array:
+  """network_maps of one chunk, `layer` resolved."""
   bb = backbones.get(model.backbone)
   size = x.shape[1:3]
-  layers = [] if layer is None else sorted({layer, bb.default_tap} if method == 'fine'
-                                           else {layer})
+  fine = method in ('fine', 'fine_fast')
+  # The tap of the gradient x activation; None: the input's gradient x input.
+  gxa_tap = (layer if method == 'gradxinput' else
+             detail_tap(model.backbone) if method == 'fine_fast' else None)
+  layers = {layer, gxa_tap} | ({bb.default_tap} if fine else set())
+  layers = sorted(t for t in layers if t is not None)
+  needs_dx = (method == 'gradxinput' or fine) and gxa_tap is None
   acts, grads, dx = _gradients(params, model_state, x, model=model, layers=layers,
-                               input_grad=method in ('gradxinput', 'fine'))
+                               input_grad=needs_dx)
   if method == 'gradcam':
     return jax.nn.relu(to_input_grid(gradcam_cells(acts[layer], grads[layer]), size,
                                      bb.taps[layer]))
-  if method in ('gradxinput', 'fine'):
-    gxi = gaussian_blur(jax.nn.relu((dx * x.astype(jnp.float32)).sum(-1)), sigma)
+  if method == 'gradxinput' or fine:
+    gxi = (gradient_x_activation(x, dx, size, 1, sigma) if gxa_tap is None else
+           gradient_x_activation(acts[gxa_tap], grads[gxa_tap], size, bb.taps[gxa_tap], sigma))
     if method == 'gradxinput':
       return gxi
   cells = gradcampp_cells(acts[layer], grads[layer])
@@ -238,20 +301,40 @@ def gradcam(params, model_state, x: jax.Array, *, model,
                                 layer=layer))
 
 
-def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
-  """(N, h, w) block output -> (N, H, W) on the input's pixels. Cell (i, j)
-  of a block `stride` = 2^pools input pixels apart covers input rows
-  [i stride, (i + 1) stride); the pools' floor division leaves the last rows
-  and columns (fewer than `stride`) uncovered: they take the nearest cell's
-  value, where a plain resize to (H, W) would stretch the map over them and
-  shift every cell (up to 14 px at the bottom of a 110-row ROI at block5).
-  A tower that pads to ceil(size / 2) per stride (ResNet's) has cells past
-  the border: they are cut off."""
-  n, h, w = cam.shape
-  up = jax.image.resize(cam, (n, h * stride, w * stride), method='bilinear')
-  up = up[:, :size[0], :size[1]]
-  return jnp.pad(up, ((0, 0), (0, size[0] - up.shape[1]), (0, size[1] - up.shape[2])),
-                 mode='edge')
+@functools.lru_cache(maxsize=64)
+def grid_matrix(cells: int, pixels: int, stride: int, sigma: float = 0.0) -> np.ndarray:
+  """(pixels, cells) float32: the weight pixel p takes from cell c along one
+  axis when cells `stride` px apart are put on the input's pixels
+  (`to_input_grid`'s rule: bilinear from the cells' centres, the border
+  cells' values held outward, pixels past the cells' cover taking the
+  nearest cell's), then smoothed by a Gaussian of `sigma` px (0: none)."""
+  centre = (np.arange(min(pixels, cells * stride)) + 0.5) / stride - 0.5
+  centre = np.clip(centre, 0, cells - 1)  # jax.image.resize renormalises at the borders: the same.
+  w = np.maximum(0.0, 1.0 - np.abs(centre[:, None] - np.arange(cells)[None, :]))
+  w = np.concatenate([w, np.repeat(w[-1:], pixels - len(w), axis=0)])
+  if sigma > 0:
+    w = blur_matrix(pixels, sigma).astype(np.float64) @ w
+  return w.astype(np.float32)
+
+
+def to_input_grid(cam: jax.Array, size: tuple[int, int], stride: int,
+                  sigma: float = 0.0) -> jax.Array:
+  """(N, h, w) block output -> (N, H, W) on the input's pixels (smoothed by
+  a Gaussian of `sigma` px in the same products). Cell (i, j) of a block
+  `stride` = 2^pools input pixels apart covers input rows
+  [i stride, (i + 1) stride), bilinear between the cells' centres; the
+  pools' floor division leaves the last rows and columns (fewer than
+  `stride`) uncovered: they take the nearest cell's value, where a plain
+  resize to (H, W) would stretch the map over them and shift every cell (up
+  to 14 px at the bottom of a 110-row ROI at block5). A tower that pads to
+  ceil(size / 2) per stride (ResNet's) has cells past the border: they are
+  cut off. As two small matrix products (`grid_matrix`), cheaper than a
+  resize and then a blur at the input's size."""
+  _, h, w = cam.shape
+  rows = jnp.asarray(grid_matrix(h, size[0], stride, float(sigma)))
+  cols = jnp.asarray(grid_matrix(w, size[1], stride, float(sigma)))
+  return jnp.einsum('ph,nhw,qw->npq', rows, cam.astype(jnp.float32), cols,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def occlusion_windows(size: tuple[int, int], patch: int, stride: int) -> np.ndarray:

@@ -194,6 +194,31 @@ def init(model: SiameseNet, rng: jax.Array, image_shape: Sequence[int]):
   return params, model_state
 
 
+def folded_batch_norm(model: SiameseNet, params, model_state):
+  """(model, params, model_state) for inference with each conv's batch norm
+  folded into it: kernel * s and bias - mean * s, s = scale / sqrt(var + eps),
+  the running statistics (what an eval-mode forward computes, to float32
+  rounding), so a tower of conv + batch norm + ReLU runs as fused conv +
+  bias + ReLU where the conv_impl has them (models.packed_for_inference
+  then packs them; maps take their gradients). The same three where the
+  model has no batch norm or its tower is not conv -> batch norm -> ReLU
+  throughout (a ResNet's: `Backbone.always_batch_norm`). Not for training."""
+  bb = backbones.get(model.backbone)
+  if not model.batch_norm or bb.always_batch_norm or model.legacy_names or not model_state:
+    return model, params, model_state
+  stats, out = model_state['batch_stats'], {}
+  eps = 1e-5  # flax.linen.BatchNorm's default (layers.batch_norm keeps it).
+  for conv in bb.pretrained.conv_names:
+    bn = bb.pretrained.bn_name(conv)
+    s = params[bn]['scale'] / jnp.sqrt(stats[bn]['var'] + eps)
+    out[conv] = {'kernel': params[conv]['kernel'] * s,
+                 'bias': params[bn]['bias'] - stats[bn]['mean'] * s}
+  rest = {k: v for k, v in params.items()
+          if k not in out and k not in {bb.pretrained.bn_name(c) for c in out}}
+  state = {k: v for k, v in model_state.items() if k != 'batch_stats'}
+  return model.clone(batch_norm=False), {**rest, **out}, state
+
+
 PRECISIONS = ('float32', 'bfloat16')  # Of packed_for_inference's convolutions.
 
 

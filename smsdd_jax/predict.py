@@ -123,7 +123,8 @@ CSV_COLUMNS = ('file', 'prob_defective', 'decision', 'threshold', 'roi_method',
                'corners', 'error', 'tta', 'runs', 'precision', 'notes')
 # smsdd_jax.maps.METHODS, the default (maps.DEFAULT_METHOD) first; named here so
 # that the flags parse without importing JAX (tests/test_predict checks they agree).
-MAP_METHODS = ('fine', 'gradcam', 'gradcampp', 'gradxinput', 'occlusion', 'feature_distance')
+MAP_METHODS = ('fine', 'fine_fast', 'gradcam', 'gradcampp', 'gradxinput', 'occlusion',
+               'feature_distance')
 SHEET_MAX_TILES = 600
 SHEET_COLUMNS = 6
 

@@ -127,8 +127,8 @@ def test_maps_are_timed_beside_the_plain_score(capsys):
   benchmark.main(['--only=maps', '--steps=1', '--width-mult=0.0625', '--inference-batch=2'])
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(summary['maps']) == {
-      'score_ms_per_roi_batch1', 'gradcam_ms_per_roi_batch1', 'score_ms_per_roi_batch2',
-      'gradcam_ms_per_roi_batch2', 'occlusion_ms_per_roi', 'occlusion_forwards_per_roi'}
+      f'{m}_ms_per_roi_batch{n}' for m in ('score', 'gradcam', 'fine', 'fine_fast')
+      for n in (1, 2)} | {'occlusion_ms_per_roi', 'occlusion_forwards_per_roi'}
   assert summary['maps']['occlusion_forwards_per_roi'] == 13 * 28  # 16 px windows, 8 apart.
   assert all(v > 0 for v in summary['maps'].values())
 

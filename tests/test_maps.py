@@ -125,6 +125,58 @@ def test_the_fine_map_is_its_parts_at_the_height_of_block5(trained_run, predicto
   assert maps.fine_tap('resnet18') == 'layer1'
 
 
+def test_gradient_x_activation_at_a_tap_matches_a_reference_by_hand(trained_run, predictor):
+  """gradxinput@block5: relu(sum_c A_c d(score)/dA_c) on block5's cells, put
+  on the ROI's pixels and smoothed by OpenCV's Gaussian."""
+  run = inference.load_run(trained_run)
+  images = _rois(predictor, 3, seed=4)
+  a, g = _block5_by_hand(run, images)
+  cells = jnp.asarray(np.maximum(np.asarray((a * g).sum(-1)), 0))
+  want = np.stack([cv2.GaussianBlur(m, (0, 0), 1.5) for m in _to_roi(cells, images)])
+  got = predictor.maps(images, 'gradxinput', layer='block5', sigma=1.5)
+  assert want.max() > 0
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * want.max())
+
+
+def test_fine_fast_reads_its_detail_at_the_tap_two_pixels_a_cell(trained_run, predictor):
+  """fine_fast = fine with gradient x activation at block2 for the input's."""
+  run = inference.load_run(trained_run)
+  images = _rois(predictor, 3, seed=5)
+  assert maps.detail_tap('vgg16') == 'block2' and maps.detail_tap('resnet18') == 'stem'
+  parts = [maps.normalise(predictor.maps(images, 'gradcampp')),
+           maps.normalise(predictor.maps(images, 'gradxinput', layer='block2'))]
+  amount = np.asarray(_gradcam_cells_by_hand(run, images)).max(axis=(1, 2))
+  want = 0.5 * (parts[0] + parts[1]) * amount[:, None, None]
+  np.testing.assert_allclose(predictor.maps(images, 'fine_fast'), want, rtol=1e-3,
+                             atol=1e-6 * want.max())
+  assert predictor.map_params('fine_fast') == {
+      'method': 'fine_fast', 'layer': 'block3', 'amount_layer': 'block5',
+      'detail_layer': 'block2', 'sigma': maps.DEFAULT_SIGMA}
+
+
+def test_network_maps_in_chunks_are_each_images_own(trained_run, predictor):
+  """More ROIs than MAP_CHUNK, not a multiple of it: each map as if alone."""
+  run = inference.load_run(trained_run)
+  n = maps.MAP_CHUNK + 3
+  x = inference.normalize(_rois(predictor, n, seed=6), run.mean, run.std)
+  fn = jax.jit(lambda v: maps.network_maps(run.params, run.model_state, v, model=run.model))
+  together = np.asarray(fn(x))
+  alone = np.concatenate([np.asarray(fn(x[i:i + 1])) for i in (0, maps.MAP_CHUNK, n - 1)])
+  assert together.shape == (n, *predictor.image_size)
+  np.testing.assert_allclose(together[[0, maps.MAP_CHUNK, n - 1]], alone, rtol=1e-5,
+                             atol=1e-6 * together.max())
+
+
+def test_grid_matrix_is_a_bilinear_resize_then_a_blur():
+  cam = jax.random.uniform(jax.random.PRNGKey(1), (2, 27, 57))
+  up = jax.image.resize(cam, (2, 108, 228), 'bilinear')
+  want = np.asarray(jnp.pad(up, ((0, 0), (0, 2), (0, 2)), mode='edge'))
+  np.testing.assert_allclose(maps.to_input_grid(cam, (110, 230), 4), want, atol=1e-6)
+  blurred = np.stack([cv2.GaussianBlur(m, (0, 0), 2.0) for m in want])
+  np.testing.assert_allclose(maps.to_input_grid(cam, (110, 230), 4, sigma=2.0), blurred,
+                             atol=1e-5)
+
+
 def test_maps_per_image_are_independent_of_their_batch_and_compile_once(predictor):
   images = _rois(predictor, 6, seed=1)  # 6 with batch 4: a padded second batch.
   for method in ('gradcam', 'fine'):
@@ -138,8 +190,8 @@ def test_maps_per_image_are_independent_of_their_batch_and_compile_once(predicto
     predictor.maps(images[..., :2])
   with pytest.raises(ValueError, match="layer='block9'"):
     predictor.maps(images, 'gradcam', layer='block9')
-  with pytest.raises(ValueError, match="layer='block4': method 'gradxinput' reads no tap"):
-    predictor.maps(images, 'gradxinput', layer='block4')
+  with pytest.raises(ValueError, match="layer='block4': method 'occlusion' reads no tap"):
+    predictor.maps(images, 'occlusion', layer='block4')
   with pytest.raises(ValueError, match="method='saliency'"):
     predictor.maps(images, 'saliency')
   with pytest.raises(ValueError, match="scale='norm'"):

@@ -116,6 +116,30 @@ def test_packed_for_inference_scores_as_the_model_it_packs():
     models.packed_for_inference(model, params, (110, 230), 'int8')
 
 
+def test_folded_batch_norm_gives_the_eval_logits_without_batch_norm():
+  """Each conv's batch norm folded into it (running statistics that are not
+  the identity's): the eval-mode logits, from fused conv + bias + ReLU."""
+  model = tiny(batch_norm=True)
+  params, state = models.init(model, jax.random.PRNGKey(0), (110, 230, 3))
+  keys = iter(jax.random.split(jax.random.PRNGKey(2), 256))
+  stats = jax.tree_util.tree_map(
+      lambda v: v + 0.5 * jax.random.uniform(next(keys), v.shape), state['batch_stats'])
+  state = {**state, 'batch_stats': stats}
+  params = jax.tree_util.tree_map(lambda v: v + 0.1 * jax.random.normal(next(keys), v.shape),
+                                  params)
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 110, 230, 3))
+  want = models.forward(params, x, model=model, model_state=state)[0]
+  folded, fparams, fstate = models.folded_batch_norm(model, params, state)
+  assert not folded.batch_norm and 'batch_stats' not in fstate
+  assert not any(k.endswith('_bn') for k in fparams)
+  got = models.forward(fparams, x, model=folded, model_state=fstate)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+  plain = tiny(batch_norm=False)  # Nothing to fold: the same three back.
+  assert models.folded_batch_norm(plain, params, {}) == (plain, params, {})
+  resnet = tiny(batch_norm=True, backbone='resnet18')
+  assert models.folded_batch_norm(resnet, params, state)[0] is resnet
+
+
 def test_conv_impl_auto_per_platform():
   # Measured: oneDNN through the FFI wins on CPU, then the custom backward
   # where the library was not built; on GPU/TPU cuDNN/XLA's own do.

@@ -47,7 +47,7 @@ from smsdd_jax import memory_bank, metrics, rundir
 FORMAT = 'smsdd_jax.map_scale/1'
 DEFAULT_NAME = 'map_scale.json'  # In the run's workdir, by default.
 RULE = 'median over the defective validation crops of each map\'s maximum'
-DEFAULT_METHODS = ('fine', 'gradcam', 'gradcampp', 'gradxinput')  # Occlusion: on request.
+DEFAULT_METHODS = ('fine', 'fine_fast', 'gradcam', 'gradcampp', 'gradxinput')  # Occlusion: asked.
 
 
 @dataclasses.dataclass(frozen=True)
