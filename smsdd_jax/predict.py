@@ -310,8 +310,10 @@ class RoiWriter:
 class Sheet:
   """Keeps the tiles a contact sheet will show (bounded memory)."""
 
-  def __init__(self, threshold: float, max_tiles: int = SHEET_MAX_TILES):
+  def __init__(self, threshold: float, max_tiles: int = SHEET_MAX_TILES,
+               map_line: Optional[str] = None):
     self.threshold, self.max_tiles = threshold, max_tiles
+    self.map_line = map_line  # Under a tile with a map: its method and scale.
     self.entries: list[tuple[tuple, np.ndarray]] = []
     self.total = 0
 
@@ -324,7 +326,7 @@ class Sheet:
 
   def add(self, result, order: int) -> None:
     self.total += 1
-    self.entries.append((self._key(result, order), _tile(result)))
+    self.entries.append((self._key(result, order), _tile(result, self.map_line)))
     if len(self.entries) > 2 * self.max_tiles:
       self.entries = sorted(self.entries, key=lambda e: e[0])[:self.max_tiles]
 
@@ -339,8 +341,11 @@ class Sheet:
     for i, t in enumerate(tiles):
       r, c = divmod(i, cols)
       sheet[4 + r * (th + 4):4 + r * (th + 4) + th, 4 + c * (tw + 4):4 + c * (tw + 4) + tw] = t
-    if not cv2.imwrite(path, sheet):
-      raise OSError(f'could not write {path}')
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1] or '.png', sheet)
+    if not ok:
+      raise OSError(f'could not encode {path}')
+    with rundir.atomic_file(path, 'wb') as f:  # Never a half-written sheet.
+      f.write(encoded.tobytes())
     return len(tiles)
 
 
@@ -370,11 +375,14 @@ def _map_caption(result, threshold: float, method: str, scale) -> list[str]:
 _TILE_ROI = (110, 230)
 
 
-def _tile(result) -> np.ndarray:
+def _tile(result, map_line: Optional[str] = None) -> np.ndarray:
   """ROI with a coloured frame (red defective, green good, orange error) and
-  two lines of text: file name, then probability and decision or the error."""
+  two lines of text: file name, then probability and decision or the error;
+  a third, `map_line` (the map's method and scale), under a ROI drawn with
+  its map."""
   h, w = _TILE_ROI
-  tile = np.full((h + 40, w + 8, 3), 40, np.uint8)
+  # Every tile of a sheet with maps has the third line's room (one tile size).
+  tile = np.full((h + (54 if map_line else 40), w + 8, 3), 40, np.uint8)
   if result.error:
     color, line2 = (0, 140, 255), 'ERROR (not scored)'
   elif result.decision == 'defective':
@@ -401,6 +409,9 @@ def _tile(result) -> np.ndarray:
               (255, 255, 255), 1, cv2.LINE_AA)
   cv2.putText(tile, line2[:38], (4, h + 35), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
               color, 1, cv2.LINE_AA)
+  if map_line and result.roi is not None and result.heat is not None:
+    cv2.putText(tile, map_line[:42], (4, h + 49), cv2.FONT_HERSHEY_SIMPLEX, 0.36,
+                (200, 200, 200), 1, cv2.LINE_AA)
   return tile
 
 
@@ -679,7 +690,8 @@ def _score(args, predictor, paths, out_file, inference, bank=None) -> int:
   writer.writeheader()
   rois = RoiWriter(args.save_rois, paths, args.input) if args.save_rois else None
   overlays = RoiWriter(args.maps, paths, args.input) if args.maps else None
-  sheet = Sheet(predictor.threshold) if args.sheet else None
+  sheet = Sheet(predictor.threshold, map_line=(f'{args.map_method} map, {args.scale.short}'
+                                               if args.maps else None)) if args.sheet else None
   embeddings = Embeddings(args.embeddings, predictor) if args.embeddings else None
   progress = Progress(len(paths))
   done, failures, counts, noted = 0, [], {'good': 0, 'defective': 0}, 0

@@ -4,6 +4,7 @@ its parts, the batch/jit path, occlusion on a score whose answer is known, the
 pixel metrics on hand-made masks, and predict --maps."""
 import csv
 import pathlib
+import types
 
 import cv2
 import jax
@@ -347,7 +348,14 @@ def test_predict_maps_writes_one_overlay_per_scored_frame(trained_run, frames, t
   got = cv2.cvtColor(cv2.imread(str(maps_dir / name)), cv2.COLOR_BGR2RGB)
   assert got.shape == expected.shape == (roi.shape[0] + 32, roi.shape[1], 3)
   assert np.abs(got.astype(int) - expected).max() <= 2
-  assert cv2.imread(str(sheet)) is not None
+  tiles = cv2.imread(str(sheet))  # 5 tiles (4 maps, 1 error) of one size, with the map's line.
+  assert tiles.shape == (4 + (110 + 54 + 4), 4 + 5 * (230 + 8 + 4), 3)
+  assert not list(tmp_path.glob('sheet.png.tmp*'))  # Written whole, by a rename.
+  band = tiles[4 + 110 + 40:4 + 110 + 54]  # The tiles' third lines: text.
+  assert (band > 120).any()
+  lone = predict._tile(types.SimpleNamespace(error='', decision='good', prob=0.1, roi=roi,  # pylint: disable=protected-access
+                                             heat=None, path='a.png'), 'fine map, x')
+  assert lone.shape[0] == 110 + 54 and not (lone[110 + 40:] > 120).any()  # No map: no line.
 
 
 def test_report_draws_test_decisions_with_their_maps_from_an_export(trained_run, tmp_path,

@@ -206,10 +206,8 @@ def test_command_writes_a_bank_of_training_images_and_refuses_inputs(trained_run
 def test_real_export_banks_never_hold_validation_or_test_images(shared_data):
   """On magnetic_tile's export (when made here): for every fold of the
   grouped 5-fold, the bank's images are good training images of that fold."""
-  paths = [REPO / 'exports' / 'magnetic_tile_110x230.npz',
-           REPO.parent / 'ladder' / 'exports' / 'magnetic_tile_110x230.npz']
-  path = next((p for p in paths if p.is_file()), None)
-  if path is None:
+  path = REPO / 'exports' / 'magnetic_tile_110x230.npz'
+  if not path.is_file():
     pytest.skip('no magnetic_tile export here (python -m smsdd_jax.dataset_export)')
   del shared_data
   import ml_collections  # pylint: disable=import-outside-toplevel
