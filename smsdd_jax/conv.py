@@ -27,6 +27,8 @@ tests/test_conv.py checks values and gradients against lax / flax.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -223,37 +225,42 @@ def _windows(x):
           for i in (0, 1) for j in (0, 1)]
 
 
-@jax.custom_vjp
 def max_pool2x2(x: jax.Array) -> jax.Array:
-  """2x2, stride 2, VALID max-pool of NHWC x; flax.linen.max_pool's values."""
+  """2x2, stride 2, VALID max-pool of NHWC x; flax.linen.max_pool's values,
+  and its gradient (select-and-scatter's: to the first maximum of each
+  window, row-major)."""
+  return _max_pool(x.shape[1] % 2, x.shape[2] % 2, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _max_pool(odd_h: int, odd_w: int, x: jax.Array) -> jax.Array:
+  del odd_h, odd_w  # The backward's: the rows and columns no window covers.
   a, b, c, d = _windows(x)
   return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
-def _max_pool_fwd(x):
-  return max_pool2x2(x), x
-
-
-def _max_pool_bwd(x, dy):
+def _max_pool_fwd(odd_h, odd_w, x):
   views = _windows(x)
   y = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
-  taken = jnp.zeros(y.shape, bool)
-  grads = []
-  for v in views:  # The gradient goes to the first maximum, as select-and-scatter.
-    hit = (v == y) & ~taken
-    taken = taken | hit
-    grads.append(jnp.where(hit, dy, jnp.zeros_like(dy)))
-  # Scatter each view's gradient back to its stride-2 positions with an
-  # interior-padded pad (no reshapes, so it also works on sharded batches).
-  h, w = x.shape[1], x.shape[2]
-  h2, w2 = y.shape[1], y.shape[2]
-  zero = jnp.zeros((), dy.dtype)
-  dx = None
-  for (i, j), gij in zip(((0, 0), (0, 1), (1, 0), (1, 1)), grads):
-    part = lax.pad(gij, zero, ((0, 0, 0), (i, h - 2 * h2 + 1 - i, 1),
-                               (j, w - 2 * w2 + 1 - j, 1), (0, 0, 0)))
-    dx = part if dx is None else dx + part
-  return (dx,)
+  # Which of the 4 positions each output took (the first maximum), kept as
+  # one byte an output (a sixteenth of a float32 x's bytes): the backward
+  # only routes dy. Recomputing it there from x (4 compares and 4 interior
+  # pads) cost 14x as much in bfloat16 (docs/performance.md).
+  first = jnp.where(views[0] == y, 0, jnp.where(views[1] == y, 1,
+                                                jnp.where(views[2] == y, 2, 3)))
+  return y, first.astype(jnp.uint8)
 
 
-max_pool2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+def _max_pool_bwd(odd_h, odd_w, first, dy):
+  n, h2, w2, c = dy.shape
+  position = jnp.arange(4, dtype=jnp.uint8).reshape(1, 1, 2, 1, 2, 1)
+  # (n, h2, 2, w2, 2, c): the window's 2 x 2 beside each output, then the
+  # input's rows and columns by a reshape that leaves the batch axis alone
+  # (so dx keeps dy's sharding: said, as explicit sharding asks).
+  dx = jnp.where(first[:, :, None, :, None, :] == position, dy[:, :, None, :, None, :],
+                 jnp.zeros((), dy.dtype))
+  dx = jnp.reshape(dx, (n, 2 * h2, 2 * w2, c), out_sharding=jax.typeof(dy).sharding)
+  return (jnp.pad(dx, ((0, 0), (0, odd_h), (0, odd_w), (0, 0))),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
