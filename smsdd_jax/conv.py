@@ -242,25 +242,52 @@ def _max_pool(odd_h: int, odd_w: int, x: jax.Array) -> jax.Array:
 def _max_pool_fwd(odd_h, odd_w, x):
   views = _windows(x)
   y = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
-  # Which of the 4 positions each output took (the first maximum), kept as
-  # one byte an output (a sixteenth of a float32 x's bytes): the backward
-  # only routes dy. Recomputing it there from x (4 compares and 4 interior
-  # pads) cost 14x as much in bfloat16 (docs/performance.md).
+  if x.dtype != jnp.bfloat16:
+    return y, x  # The backward finds the maxima again (cheaper in float32, below).
+  # In bfloat16, which of the 4 positions each output took (the first
+  # maximum), kept as one byte an output: finding it again in the backward
+  # from x (4 compares, 4 interior-padded selects and their sum) cost 14x as
+  # much there, XLA:CPU's bfloat16 elementwise code being slow; in float32
+  # that is the cheaper way (docs/performance.md, "bfloat16 training").
   first = jnp.where(views[0] == y, 0, jnp.where(views[1] == y, 1,
                                                 jnp.where(views[2] == y, 2, 3)))
   return y, first.astype(jnp.uint8)
 
 
-def _max_pool_bwd(odd_h, odd_w, first, dy):
+def _max_pool_bwd(odd_h, odd_w, saved, dy):
+  if saved.dtype != jnp.uint8:
+    return _max_pool_bwd_from_x(saved, dy)
   n, h2, w2, c = dy.shape
   position = jnp.arange(4, dtype=jnp.uint8).reshape(1, 1, 2, 1, 2, 1)
   # (n, h2, 2, w2, 2, c): the window's 2 x 2 beside each output, then the
   # input's rows and columns by a reshape that leaves the batch axis alone
   # (so dx keeps dy's sharding: said, as explicit sharding asks).
-  dx = jnp.where(first[:, :, None, :, None, :] == position, dy[:, :, None, :, None, :],
+  dx = jnp.where(saved[:, :, None, :, None, :] == position, dy[:, :, None, :, None, :],
                  jnp.zeros((), dy.dtype))
   dx = jnp.reshape(dx, (n, 2 * h2, 2 * w2, c), out_sharding=jax.typeof(dy).sharding)
   return (jnp.pad(dx, ((0, 0), (0, odd_h), (0, odd_w), (0, 0))),)
+
+
+def _max_pool_bwd_from_x(x, dy):
+  views = _windows(x)
+  y = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
+  taken = jnp.zeros(y.shape, bool)
+  grads = []
+  for v in views:  # The gradient goes to the first maximum, as select-and-scatter.
+    hit = (v == y) & ~taken
+    taken = taken | hit
+    grads.append(jnp.where(hit, dy, jnp.zeros_like(dy)))
+  # Scatter each view's gradient back to its stride-2 positions with an
+  # interior-padded pad (no reshapes, so it also works on sharded batches).
+  h, w = x.shape[1], x.shape[2]
+  h2, w2 = y.shape[1], y.shape[2]
+  zero = jnp.zeros((), dy.dtype)
+  dx = None
+  for (i, j), gij in zip(((0, 0), (0, 1), (1, 0), (1, 1)), grads):
+    part = lax.pad(gij, zero, ((0, 0, 0), (i, h - 2 * h2 + 1 - i, 1),
+                               (j, w - 2 * w2 + 1 - j, 1), (0, 0, 0)))
+    dx = part if dx is None else dx + part
+  return (dx,)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -51,17 +51,20 @@ def test_every_dw_method(shape, method):
   np.testing.assert_allclose(conv.conv3x3_dx(ct, w), vjp(ct)[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('shape', [(2, 13, 28, 4), (1, 7, 5, 3), (2, 4, 6, 8)])
-def test_max_pool_matches_flax(shape):
+def test_max_pool_matches_flax(shape, dtype):
+  """Both backwards (float32: the maxima found again from x; bfloat16: the
+  forward's choice kept as a byte) are select-and-scatter's, bit for bit."""
   import flax.linen as nn
   r = np.random.default_rng(2)
   # ReLU'd input: many tied zeros, where the gradient must go to the first max.
-  x = jax.nn.relu(jnp.asarray(r.standard_normal(shape), jnp.float32))
+  x = jax.nn.relu(jnp.asarray(r.standard_normal(shape), dtype))
   ref_fn = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
   y, vjp = jax.vjp(conv.max_pool2x2, x)
   y_ref, vjp_ref = jax.vjp(ref_fn, x)
   np.testing.assert_array_equal(y, y_ref)
-  ct = jnp.asarray(r.standard_normal(y.shape), jnp.float32)
+  ct = jnp.asarray(r.standard_normal(y.shape), dtype)
   np.testing.assert_array_equal(vjp(ct)[0], vjp_ref(ct)[0])
 
 
