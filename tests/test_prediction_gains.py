@@ -69,6 +69,18 @@ def test_a_sweep_without_kept_checkpoints_is_one_line(tmp_path, capsys, crops_da
       'no finished run with its best checkpoint kept')
 
 
+def _masked_export_and_runs(out_dir, export_path):
+  """The sweep's export with a hand-made mask on each defective crop (in
+  memory: the crops carry none), and its finished runs keyed as
+  localization.py keys them."""
+  export = dataset_export.load(export_path)
+  h, w = export.image_size
+  export.masks = np.zeros((len(export.labels), h, w), np.uint8)
+  export.masks[export.labels == 1, h // 4:h // 2, w // 4:w // 2] = 255
+  runs = [{**r, 'key': r['run']} for r in prediction_gains.finished_runs(str(out_dir), None)]
+  return export, runs
+
+
 def test_localization_scores_each_runs_maps_against_masks_and_floors(sweep, tmp_path):
   """launch/localization.py on the same two runs, with hand-made masks added to
   the export in memory (the crops carry none): one map per defective crop,
@@ -76,11 +88,7 @@ def test_localization_scores_each_runs_maps_against_masks_and_floors(sweep, tmp_
   import localization  # pylint: disable=import-outside-toplevel
   from smsdd_jax import maps  # pylint: disable=import-outside-toplevel
   out_dir, export_path = sweep
-  export = dataset_export.load(export_path)
-  h, w = export.image_size
-  export.masks = np.zeros((len(export.labels), h, w), np.uint8)
-  export.masks[export.labels == 1, h // 4:h // 2, w // 4:w // 2] = 255
-  runs = [{**r, 'key': r['run']} for r in prediction_gains.finished_runs(str(out_dir), None)]
+  export, runs = _masked_export_and_runs(out_dir, export_path)
   args = localization.parser().parse_args([f'--sweep={out_dir}', f'--export={export_path}',
                                            '--layers=block5,block4'])
   result = localization.evaluate(runs, export, args)
@@ -107,11 +115,7 @@ def test_localization_chooses_on_val_pairs_per_crop_and_times_each_map(sweep, tm
   import localization  # pylint: disable=import-outside-toplevel
   from smsdd_jax import data_splits, maps  # pylint: disable=import-outside-toplevel
   out_dir, export_path = sweep
-  export = dataset_export.load(export_path)
-  h, w = export.image_size
-  export.masks = np.zeros((len(export.labels), h, w), np.uint8)
-  export.masks[export.labels == 1, h // 4:h // 2, w // 4:w // 2] = 255
-  runs = [{**r, 'key': r['run']} for r in prediction_gains.finished_runs(str(out_dir), None)]
+  export, runs = _masked_export_and_runs(out_dir, export_path)
   args = localization.parser().parse_args([
       f'--sweep={out_dir}', f'--export={export_path}', '--split=val', '--peaks',
       '--methods=fine,gradcampp@block3,gradcam@block4*gradcam@block5'])
