@@ -45,8 +45,9 @@ dataset, the split and fold, the indices of the images used) and its own
 settings; `load` refuses (ValueError, one line) a bank made for another run,
 checkpoint or data.
 
-Imports only the backbone registry and rundir: inference.py and maps.py may
-import this module without a circle; the Predictor comes in as an argument.
+Imports the backbone registry, maps (its cell-to-pixel matrices) and rundir,
+none of which imports it: inference.py may import this module without a
+circle (tests/test_imports.py); the Predictor comes in as an argument.
 The command (which makes a Predictor) is the package's __main__.py.
 """
 from __future__ import annotations
@@ -63,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smsdd_jax import backbones, rundir
+from smsdd_jax import backbones, maps, rundir
 
 FORMAT = 'smsdd_jax.memory_bank/1'
 DEFAULT_NAME = 'memory_bank.npz'  # In the run's workdir, by default.
@@ -103,13 +104,13 @@ def parse_taps(tap: str, backbone: str) -> tuple[str, ...]:
 def upsample(x: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
   """(N, h, w, C) cells `stride` pixels apart -> (N, *size, C) on a `stride`
   times finer grid: bilinear, the rows and columns past the cells' cover
-  taking the nearest cell's value (maps.to_input_grid's rule)."""
-  n, h, w, c = x.shape
-  if stride > 1:
-    x = jax.image.resize(x, (n, h * stride, w * stride, c), method='bilinear')
-  x = x[:, :size[0], :size[1]]
-  return jnp.pad(x, ((0, 0), (0, size[0] - x.shape[1]), (0, size[1] - x.shape[2]), (0, 0)),
-                 mode='edge')
+  taking the nearest cell's value (maps.to_input_grid's rule, by its
+  matrices, maps.grid_matrix)."""
+  _, h, w, _ = x.shape
+  rows = jnp.asarray(maps.grid_matrix(h, size[0], stride))
+  cols = jnp.asarray(maps.grid_matrix(w, size[1], stride))
+  return jnp.einsum('ph,nhwc,qw->npqc', rows, x.astype(jnp.float32), cols,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def local_mean(x: jax.Array, k: int) -> jax.Array:
