@@ -206,17 +206,16 @@ def folded_batch_norm(model: SiameseNet, params, model_state):
   bb = backbones.get(model.backbone)
   if not model.batch_norm or bb.always_batch_norm or model.legacy_names or not model_state:
     return model, params, model_state
-  stats, out = model_state['batch_stats'], {}
+  stats, folded = model_state['batch_stats'], dict(params)
   eps = 1e-5  # flax.linen.BatchNorm's default (layers.batch_norm keeps it).
   for conv in bb.pretrained.conv_names:
-    bn = bb.pretrained.bn_name(conv)
-    s = params[bn]['scale'] / jnp.sqrt(stats[bn]['var'] + eps)
-    out[conv] = {'kernel': params[conv]['kernel'] * s,
-                 'bias': params[bn]['bias'] - stats[bn]['mean'] * s}
-  rest = {k: v for k, v in params.items()
-          if k not in out and k not in {bb.pretrained.bn_name(c) for c in out}}
+    name = bb.pretrained.bn_name(conv)
+    bn, bn_stats = folded.pop(name), stats[name]
+    s = bn['scale'] / jnp.sqrt(bn_stats['var'] + eps)
+    folded[conv] = {'kernel': params[conv]['kernel'] * s,
+                    'bias': bn['bias'] - bn_stats['mean'] * s}
   state = {k: v for k, v in model_state.items() if k != 'batch_stats'}
-  return model.clone(batch_norm=False), {**rest, **out}, state
+  return model.clone(batch_norm=False), folded, state
 
 
 PRECISIONS = ('float32', 'bfloat16')  # Of packed_for_inference's convolutions.
