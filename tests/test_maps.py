@@ -168,7 +168,7 @@ def test_network_maps_in_chunks_are_each_images_own(trained_run, predictor):
                              atol=1e-6 * together.max())
 
 
-def test_grid_matrix_is_a_bilinear_resize_then_a_blur():
+def test_to_input_grid_is_a_bilinear_resize_then_a_blur():
   cam = jax.random.uniform(jax.random.PRNGKey(1), (2, 27, 57))
   up = jax.image.resize(cam, (2, 108, 228), 'bilinear')
   want = np.asarray(jnp.pad(up, ((0, 0), (0, 2), (0, 2)), mode='edge'))
@@ -176,6 +176,47 @@ def test_grid_matrix_is_a_bilinear_resize_then_a_blur():
   blurred = np.stack([cv2.GaussianBlur(m, (0, 0), 2.0) for m in want])
   np.testing.assert_allclose(maps.to_input_grid(cam, (110, 230), 4, sigma=2.0), blurred,
                              atol=1e-5)
+
+
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+  """(n, n): row i holds the weights output i takes from each input under
+  OpenCV's Gaussian with its reflect-101 border, by the definition."""
+  k = maps.gaussian_kernel(sigma)
+  r, out = len(k) // 2, np.zeros((n, n))
+  for i in range(n):
+    for offset, weight in zip(range(-r, r + 1), k):
+      j = i + offset
+      while not 0 <= j < n:  # Reflect-101, repeated for a kernel wider than n.
+        j = 0 if n == 1 else -j if j < 0 else 2 * (n - 1) - j
+      out[i, j] += weight
+  return out
+
+
+def _grid_matrix(cells: int, pixels: int, stride: int, sigma: float) -> np.ndarray:
+  """(pixels, cells): to_input_grid's rule along one axis as a dense matrix,
+  from the cells' centres (what the stencils replaced)."""
+  centre = np.clip((np.arange(min(pixels, cells * stride)) + 0.5) / stride - 0.5, 0, cells - 1)
+  w = np.maximum(0.0, 1.0 - np.abs(centre[:, None] - np.arange(cells)[None, :]))
+  w = np.concatenate([w, np.repeat(w[-1:], pixels - len(w), axis=0)])
+  return _blur_matrix(pixels, sigma) @ w if sigma > 0 else w
+
+
+@pytest.mark.parametrize('cells,size,stride,sigma', [
+    ((55, 115), (110, 230), 2, 2.0),  # fine_fast's detail.
+    ((27, 57), (110, 230), 4, 0.0),   # Grad-CAM++ at block3.
+    ((6, 14), (110, 230), 16, 0.0),   # Grad-CAM at block5: 14 rows past the cells.
+    ((4, 4), (7, 9), 2, 2.0),         # Kernel wider than the axis: reflected again.
+    ((4, 8), (14, 30), 4, 1.0),       # Cells past the border (ResNet's ceil): cut off.
+    ((1, 3), (1, 5), 2, 1.0)])        # One cell, one pixel.
+def test_to_input_grid_equals_its_dense_matrices(cells, size, stride, sigma):
+  cam = np.random.default_rng(3).random((2, *cells)).astype(np.float32)
+  rows = _grid_matrix(cells[0], size[0], stride, sigma)
+  cols = _grid_matrix(cells[1], size[1], stride, sigma)
+  want = np.einsum('ph,nhw,qw->npq', rows, cam.astype(np.float64), cols)
+  got = np.asarray(jax.jit(maps.to_input_grid, static_argnums=(1, 2, 3))(
+      jnp.asarray(cam), size, stride, sigma))
+  assert got.shape == (2, *size)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_maps_per_image_are_independent_of_their_batch_and_compile_once(predictor):
@@ -384,4 +425,4 @@ def test_the_blur_is_opencvs_gaussian_with_its_default_border(shape, sigma):
   got = np.asarray(maps.gaussian_blur(jnp.asarray(m), sigma))
   want = np.stack([cv2.GaussianBlur(a, (0, 0), sigma) for a in m])
   np.testing.assert_allclose(got, want, atol=1e-6)
-  np.testing.assert_allclose(maps.blur_matrix(shape[1], sigma).sum(axis=1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(_blur_matrix(shape[1], sigma).sum(axis=1), 1.0, rtol=1e-12)

@@ -85,6 +85,28 @@ def test_cache_keeps_shapes_apart():
 
 
 @needs_onednn
+def test_kept_reorders_follow_the_weights_bytes():
+  """Small weights keep their reordered copy per plan (several per shape,
+  the oldest replaced): each call still convolves with the weights it was
+  given, when they alternate, exceed the copies kept, or differ from a kept
+  one in their last byte only."""
+  shape = (2, 5, 7, 8, 16)  # oneDNN reorders these weights (checked below).
+  x, w, ct = _inputs(shape)
+  ws = [w + i for i in range(6)]  # More than the 4 copies a plan keeps.
+  last = w.reshape(-1).at[-1].add(1.0).reshape(w.shape)  # Same bytes but the last 4.
+  fwd = jax.jit(onednn.conv3x3)
+  dx = jax.jit(jax.grad(lambda x, w: jnp.sum(onednn.conv3x3(x, w) * ct)))
+  onednn.stats(reset=True)
+  for i, wi in enumerate(ws + ws[::-1] + [w, last, w, last]):
+    np.testing.assert_allclose(fwd(x, wi), _ref(x, wi), rtol=1e-4, atol=1e-3, err_msg=str(i))
+    want = jax.grad(lambda x, w: jnp.sum(_ref(x, w) * ct))(x, wi)
+    np.testing.assert_allclose(dx(x, wi), want, rtol=1e-4, atol=1e-3, err_msg=str(i))
+  rows = {r['op']: r for r in onednn.stats(reset=True) if r['shape'] == shape}
+  assert rows['fwd']['reorder_ms'] > 0 and rows['bwd_data']['reorder_ms'] > 0, rows
+  assert any('fwd 2 5 7 8 16' in p and 'weights reordered' in p for p in onednn.plans())
+
+
+@needs_onednn
 def test_empty_batch():
   x, w, ct = _inputs((0, 5, 7, 4, 8))
   y, dx, dw = _value_and_grads(onednn.conv3x3, x, w, ct)

@@ -105,12 +105,8 @@ def upsample(x: jax.Array, size: tuple[int, int], stride: int) -> jax.Array:
   """(N, h, w, C) cells `stride` pixels apart -> (N, *size, C) on a `stride`
   times finer grid: bilinear, the rows and columns past the cells' cover
   taking the nearest cell's value (maps.to_input_grid's rule, by its
-  matrices, maps.grid_matrix)."""
-  _, h, w, _ = x.shape
-  rows = jnp.asarray(maps.grid_matrix(h, size[0], stride))
-  cols = jnp.asarray(maps.grid_matrix(w, size[1], stride))
-  return jnp.einsum('ph,nhwc,qw->npqc', rows, x.astype(jnp.float32), cols,
-                    precision=jax.lax.Precision.HIGHEST)
+  per-axis stencil, maps.bilinear_axis)."""
+  return maps.bilinear_axis(maps.bilinear_axis(x, 1, stride, size[0]), 2, stride, size[1])
 
 
 def local_mean(x: jax.Array, k: int) -> jax.Array:

@@ -21,8 +21,14 @@
 //    costs milliseconds, so each (op, shape) gets a Plan built once and kept
 //    for the life of the process.
 //  * Weights go through oneDNN's preferred (blocked) layout (format_tag::any)
-//    with a reorder from/to HWIO on every call: they change at every step, so
-//    only the staging buffer is reused, never its contents.
+//    with a reorder from/to HWIO. In training they change at every step; in
+//    scores and maps the same weights come back call after call (a map runs
+//    every layer once per chunk of ROIs), and a reorder of a few KB cost
+//    ~40 us there, mostly waking oneDNN's threads: a 1/16-width map spent a
+//    fifth of its conv time in them. So a plan keeps the reordered copy of
+//    small weights (kKeepBytes) with the HWIO bytes it came from, and reorders
+//    again only when those bytes differ (memcmp: a few KB, ~1 us). Larger
+//    weights reorder into one shared staging buffer every call.
 //  * Activations stay NHWC: oneDNN's brgemm convolutions run on NHWC
 //    directly, and XLA's buffers are used in place, without copies.
 //  * One process-wide mutex serialises the calls: each call already uses all
@@ -45,6 +51,7 @@
 #include <tuple>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -152,6 +159,15 @@ struct Plan {
   std::string impl;              // oneDNN's implementation name, for reports
   int64_t calls = 0;
   double conv_s = 0, reorder_s = 0;  // Summed over calls, for SmsddOnednnStats.
+  // Small input weights (WeightsIn): reordered copies, each with the HWIO
+  // bytes it was made from (several layers share a shape, so a plan). The
+  // oldest is replaced first.
+  struct Kept {
+    std::vector<char> from;  // Empty: nothing kept.
+    Staging to;
+  };
+  std::vector<Kept> kept;
+  size_t kept_next = 0;
 };
 
 struct Runtime {
@@ -312,10 +328,46 @@ void Execute(Runtime& rt, Plan& p, std::unordered_map<int, memory> args) {
   ++p.calls;
 }
 
-// The weights in the conv's layout: HWIO in place, or the staging buffer.
+// Input weights up to this size keep their reordered copy in their plan
+// (see the top of the file); VGG16's largest at 1/16 width is 37 KB, and at
+// full width the reorder is a small share of a layer's time.
+constexpr size_t kKeepBytes = size_t{1} << 20;
+// Copies kept per plan: VGG16 has at most 3 layers of one shape (block5's).
+constexpr size_t kKeptPerPlan = 4;
+
+// The weight gradient's buffer in the conv's layout: the caller's HWIO
+// buffer in place, or the staging buffer (reordered into HWIO after).
 memory ConvWeights(Runtime& rt, const Plan& p, void* hwio) {
   void* ptr = p.reorder_w ? rt.weights.Get(p.conv_w.get_size()) : hwio;
   return memory(p.conv_w, rt.eng, ptr);
+}
+
+// The weights an op reads, in the conv's layout: the caller's HWIO buffer in
+// place, or reordered: small ones into the plan's kept copy, redone only when
+// the HWIO bytes differ from those it was made from; larger ones into the
+// staging buffer, every call.
+memory WeightsIn(Runtime& rt, Plan& p, void* hwio) {
+  if (!p.reorder_w) return memory(p.conv_w, rt.eng, hwio);
+  memory from(p.user_w, rt.eng, hwio);
+  const size_t bytes = p.user_w.get_size();
+  if (bytes > kKeepBytes) {
+    memory to(p.conv_w, rt.eng, rt.weights.Get(p.conv_w.get_size()));
+    ReorderWeights(rt, p, from, to);
+    return to;
+  }
+  const char* src = static_cast<const char*>(hwio);
+  for (Plan::Kept& k : p.kept) {
+    if (k.from.size() == bytes && std::memcmp(k.from.data(), src, bytes) == 0) {
+      return memory(p.conv_w, rt.eng, k.to.Get(p.conv_w.get_size()));
+    }
+  }
+  if (p.kept.size() < kKeptPerPlan) p.kept.emplace_back();
+  Plan::Kept& k = p.kept[p.kept_next++ % p.kept.size()];
+  k.from.clear();  // A reorder that throws leaves nothing kept.
+  memory to(p.conv_w, rt.eng, k.to.Get(p.conv_w.get_size()));
+  ReorderWeights(rt, p, from, to);
+  k.from.assign(src, src + bytes);
+  return to;
 }
 
 // The buffers of one call, in the order of the FFI targets' arguments:
@@ -339,8 +391,7 @@ void Run(Op op, const Shape& s, const Buffers& buf) {
     return;
   }
   memory in(p.act_in, rt.eng, buf.a), res(p.act_out, rt.eng, buf.out);
-  memory w_user(p.user_w, rt.eng, buf.b), w = ConvWeights(rt, p, buf.b);
-  if (p.reorder_w) ReorderWeights(rt, p, w_user, w);
+  memory w = WeightsIn(rt, p, buf.b);
   bool fwd = IsFwd(op);
   std::unordered_map<int, memory> args{{fwd ? DNNL_ARG_SRC : DNNL_ARG_DIFF_DST, in},
                                        {DNNL_ARG_WEIGHTS, w},
