@@ -60,7 +60,7 @@ for path in (REPO, HERE):
 import numpy as np  # pylint: disable=wrong-import-position
 
 import prediction_gains  # pylint: disable=wrong-import-position
-from smsdd_jax import data_splits, dataset_export, figures, inference, maps, metrics, rundir, stats, sweep_runs  # pylint: disable=wrong-import-position
+from smsdd_jax import data_splits, dataset_export, figures, inference, maps, metrics, run_records, rundir, stats, sweep_runs  # pylint: disable=wrong-import-position
 
 METRICS = ('pixel_auroc', 'pointing')
 BASE_VARIANT = 'beta_a'
@@ -253,7 +253,7 @@ def cost_per_roi(predictor, images: np.ndarray, labels: list[tuple[str, str]],
           'cpu': rundir.cpu_field('model name'), 'cores': os.cpu_count(),
           'avx512_bf16': 'avx512_bf16' in flags, 'amx_bf16': 'amx_bf16' in flags,
           'width_mult': float(predictor.model.width_mult),
-          'conv_impl': predictor.model.conv_impl}
+          'conv_impl': predictor.model.conv_impl, 'git_commit': run_records.git_commit()}
 
 
 # ------------------------------------------------------------------ comparisons

@@ -48,7 +48,7 @@ def write_run_info(config, workdir: str, record: dict | None = None,
     except metadata.PackageNotFoundError:
       pass
   info = {'config': record or config.to_dict(), 'versions': versions,
-          'python': sys.version.split()[0], 'git_commit': _git_commit(),
+          'python': sys.version.split()[0], 'git_commit': git_commit(),
           'devices': [str(d) for d in jax.devices()],
           # Weights alone do not say which code ran: a term may come from a config file.
           'loss_terms': losses.describe(config.loss),
@@ -62,7 +62,8 @@ def write_run_info(config, workdir: str, record: dict | None = None,
     write_json(os.path.join(workdir, rundir.CONFIG), info)
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+  """HEAD of the checkout this package runs from ('unknown' outside one)."""
   try:
     return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
                           cwd=os.path.dirname(__file__), check=True).stdout.strip()
