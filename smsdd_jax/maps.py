@@ -192,9 +192,10 @@ def gradcampp_cells(a: jax.Array, g: jax.Array) -> jax.Array:
   """Grad-CAM++ on a tap's grid (its closed form for an exponential of the
   score: only first derivatives are needed). Its weights sum
   alpha relu(g), alpha = g^2 / (2 g^2 + S g^3), S the channel's spatial sum
-  of activations (0 where that denominator is): where g > 0 that is
-  g / (2 + S g), so one pass computes them (half the time of the terms
-  written out; equal to float32 rounding)."""
+  of activations: where g > 0 that is g / (2 + S g), so one pass computes
+  them (half the time of the terms written out; equal to float32
+  rounding). S >= 0 at a tap after a ReLU, so 2 + S g > 0 there; a term
+  whose 2 + S g is 0 (a tap with negative activations) counts 0."""
   s = a.sum(axis=(1, 2), keepdims=True)
   denom = 2.0 + s * g
   keep = (g > 0) & (denom != 0)

@@ -361,6 +361,7 @@ memory WeightsIn(Runtime& rt, Plan& p, void* hwio) {
       return memory(p.conv_w, rt.eng, k.to.Get(p.conv_w.get_size()));
     }
   }
+  if (p.kept.empty()) p.kept.reserve(kKeptPerPlan);  // Never moved: no copies of Staging.
   if (p.kept.size() < kKeptPerPlan) p.kept.emplace_back();
   Plan::Kept& k = p.kept[p.kept_next++ % p.kept.size()];
   k.from.clear();  // A reorder that throws leaves nothing kept.
