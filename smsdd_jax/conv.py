@@ -268,15 +268,26 @@ def _max_pool_bwd(odd_h, odd_w, saved, dy):
   return (jnp.pad(dx, ((0, 0), (0, odd_h), (0, odd_w), (0, 0))),)
 
 
-def _max_pool_bwd_from_x(x, dy):
+def first_max_hits(x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+  """(y, hits) of a 2x2 / stride 2 max-pool of NHWC x: y its output, hits
+  4 bool arrays of y's shape, one per window position in `_windows`' order,
+  each True where that position holds the window's first maximum
+  (row-major): where select-and-scatter, and so the pool's gradient, sends
+  dy."""
   views = _windows(x)
   y = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
   taken = jnp.zeros(y.shape, bool)
-  grads = []
-  for v in views:  # The gradient goes to the first maximum, as select-and-scatter.
+  hits = []
+  for v in views:
     hit = (v == y) & ~taken
     taken = taken | hit
-    grads.append(jnp.where(hit, dy, jnp.zeros_like(dy)))
+    hits.append(hit)
+  return y, hits
+
+
+def _max_pool_bwd_from_x(x, dy):
+  y, hits = first_max_hits(x)
+  grads = [jnp.where(hit, dy, jnp.zeros_like(dy)) for hit in hits]
   # Scatter each view's gradient back to its stride-2 positions with an
   # interior-padded pad (no reshapes, so it also works on sharded batches).
   h, w = x.shape[1], x.shape[2]

@@ -76,7 +76,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smsdd_jax import backbones, metrics
+from smsdd_jax import backbones, conv, metrics
 
 METHODS = ('fine', 'fine_fast', 'gradcam', 'gradcampp', 'gradxinput', 'occlusion',
            'feature_distance')
@@ -158,28 +158,39 @@ def resolve_layer(method: str, backbone: str, layer: Optional[str]) -> Optional[
 
 
 def _gradients(params, model_state, x: jax.Array, *, model, layers: Sequence[str],
-               input_grad: bool):
+               input_grad: bool, pooled: Sequence[str] = ()):
   """One forward and one backward of the batch's summed defect log-odds:
   ({layer: activation}, {layer: d score / d activation}, d score / dx or
-  None). Eval mode (BatchNorm's running statistics), so every image's
-  gradient depends on that image alone. Under jit, what is not returned
-  (the taps' gradients below the deepest one asked for, the input's) is
-  never computed."""
+  None, {tap: (the output of the max-pool after it, d score / d that)} for
+  the taps in `pooled`, of the backbone's pooled_taps). Eval mode
+  (BatchNorm's running statistics), so every image's gradient depends on
+  that image alone. Under jit, what is not returned or not used (the taps'
+  gradients below the deepest one asked for, the input's) is never
+  computed."""
   variables = {'params': params, **(model_state or {})}
+  collections = ['intermediates'] + (['pooled'] if pooled else [])
 
-  def run(perturbations, images):
-    (logits, _), taps = model.apply({**variables, 'perturbations': perturbations}, images,
-                                    train=False, mutable=['intermediates'])
-    return defect_score(logits).sum(), {k: taps['intermediates'][k][0] for k in layers}
+  def run(perturbations, pooled_perturbations, images):
+    extra = {'pooled_perturbations': pooled_perturbations} if pooled else {}
+    (logits, _), taps = model.apply(
+        {**variables, 'perturbations': perturbations, **extra}, images, train=False,
+        mutable=collections)
+    return defect_score(logits).sum(), (
+        {k: taps['intermediates'][k][0] for k in layers},
+        {k: taps['pooled'][k][0] for k in pooled})
 
   # The perturbations' shapes are the taps' own: read them without computing.
   _, shapes = jax.eval_shape(lambda: model.apply(variables, x, train=False,
-                                                 mutable=['intermediates']))
-  zeros = {name: jnp.zeros(v[0].shape, v[0].dtype)
-           for name, v in shapes['intermediates'].items()}
-  (grads, dx), acts = jax.grad(run, argnums=(0, 1), has_aux=True)(zeros, x)
-  f32 = lambda d: {k: d[k].astype(jnp.float32) for k in layers}
-  return f32(acts), f32(grads), (dx.astype(jnp.float32) if input_grad else None)
+                                                 mutable=collections))
+  zeros = lambda c: {name: jnp.zeros(v[0].shape, v[0].dtype)
+                     for name, v in shapes.get(c, {}).items()}
+  (grads, pooled_grads, dx), (acts, pooled_acts) = jax.grad(
+      run, argnums=(0, 1, 2), has_aux=True)(zeros('intermediates'), zeros('pooled'), x)
+  f32 = lambda d, keys: {k: d[k].astype(jnp.float32) for k in keys}
+  return (f32(acts, layers), f32(grads, layers),
+          (dx.astype(jnp.float32) if input_grad else None),
+          {k: (pooled_acts[k].astype(jnp.float32), pooled_grads[k].astype(jnp.float32))
+           for k in pooled})
 
 
 def gradcam_cells(a: jax.Array, g: jax.Array) -> jax.Array:
@@ -241,6 +252,26 @@ def gradient_x_activation_cells(a: jax.Array, g: jax.Array) -> jax.Array:
   return jax.nn.relu((a.astype(jnp.float32) * g).sum(-1))
 
 
+def pooled_gradient_x_activation_cells(a: jax.Array, y: jax.Array,
+                                       dy: jax.Array) -> jax.Array:
+  """`gradient_x_activation_cells(a, g)` for activations a (N, h, w, C)
+  that a 2x2 / stride 2 max-pool follows, from the pool's side: y = pool(a)
+  and dy its gradient (N, h // 2, w // 2, C). The pool's gradient g is dy at
+  each window's first maximum (conv.first_max_hits) and 0 elsewhere, where
+  a_c = y_c: so each of a window's 4 cells sums y dy over the channels whose
+  first maximum it holds, and g, a full-size array, is never formed (4
+  passes over it cost a fifth of fine_fast's map beside the score); the rows
+  and columns no window covers get 0, as g does."""
+  _, hits = conv.first_max_hits(a)
+  m = y.astype(jnp.float32) * dy
+  parts = [jnp.where(hit, m, 0.0).sum(-1) for hit in hits]  # Window positions, row-major.
+  n, h2, w2 = parts[0].shape
+  grid = jnp.stack(parts, -1).reshape(n, h2, w2, 2, 2).transpose(0, 1, 3, 2, 4)
+  grid = grid.reshape(n, 2 * h2, 2 * w2)
+  grid = jnp.pad(grid, ((0, 0), (0, a.shape[1] - 2 * h2), (0, a.shape[2] - 2 * w2)))
+  return jax.nn.relu(grid)
+
+
 def network_maps(params, model_state, x: jax.Array, *, model, method: str = DEFAULT_METHOD,
                  layer: Optional[str] = None, sigma: float = DEFAULT_SIGMA) -> jax.Array:
   """Pure: normalised ROIs x (N, H, W, 3), the model's input
@@ -291,8 +322,9 @@ def _chunk_cells(params, model_state, x: jax.Array, *, model, method: str,
   layers = {layer, gxa_tap} | ({bb.default_tap} if fine else set())
   layers = sorted(t for t in layers if t is not None)
   needs_dx = (method == 'gradxinput' or fine) and gxa_tap is None
-  acts, grads, dx = _gradients(params, model_state, x, model=model, layers=layers,
-                               input_grad=needs_dx)
+  pooled = [gxa_tap] if gxa_tap in bb.pooled_taps else []
+  acts, grads, dx, pools = _gradients(params, model_state, x, model=model, layers=layers,
+                                      input_grad=needs_dx, pooled=pooled)
   out = {}
   if method == 'gradcam':
     out['cam'] = gradcam_cells(acts[layer], grads[layer])
@@ -300,6 +332,8 @@ def _chunk_cells(params, model_state, x: jax.Array, *, model, method: str,
     out['cam'] = gradcampp_cells(acts[layer], grads[layer])
   if method == 'gradxinput' or fine:
     out['detail'] = (gradient_x_activation_cells(x, dx) if gxa_tap is None else
+                     pooled_gradient_x_activation_cells(acts[gxa_tap], *pools[gxa_tap])
+                     if pooled else
                      gradient_x_activation_cells(acts[gxa_tap], grads[gxa_tap]))
   if fine:
     out['amount'] = gradcam_cells(acts[bb.default_tap], grads[bb.default_tap]).max(axis=(1, 2))

@@ -46,6 +46,7 @@ EMBEDDINGS = ('flatten', 'flatten_l2', 'gap', 'gap_l2')
 # position, as in ResNet-style heads; 'gmp' keeps the strongest local response).
 HEADS = ('flatten', 'gap', 'gmp')
 TAP_COLLECTIONS = ('intermediates', 'perturbations')  # Of SiameseNet.tap.
+POOLED_COLLECTIONS = ('pooled', 'pooled_perturbations')  # Of SiameseNet.pooled_tap.
 
 # VGG16's constants under their names before the registry (backbones.vgg16).
 VGG16_LAYERS, NUM_POOLS, CONV_NAMES = vgg16.LAYERS, vgg16.NUM_POOLS, vgg16.CONV_NAMES
@@ -104,6 +105,14 @@ class SiameseNet(nn.Module):
     asked for those collections, so training and scoring are unchanged."""
     self.sow('intermediates', name, x)
     return self.perturb(name, x)
+
+  def pooled_tap(self, name: str, x: jax.Array) -> jax.Array:
+    """The output of the 2x2 max-pool after tap `name` (its backbone's
+    `pooled_taps`), as `tap` but in POOLED_COLLECTIONS: maps.py reads a
+    tap's gradient x activation from the pool's side, where the gradient is
+    a quarter the size. No-ops unless apply() is asked for them."""
+    self.sow(POOLED_COLLECTIONS[0], name, x)
+    return self.perturb(name, x, collection=POOLED_COLLECTIONS[1])
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False):
@@ -190,7 +199,8 @@ def init(model: SiameseNet, rng: jax.Array, image_shape: Sequence[int]):
   variables = rename_legacy(dict(variables))
   params = variables['params']
   # BatchNorm statistics only: init also fills tap's collections.
-  model_state = {k: v for k, v in variables.items() if k not in ('params',) + TAP_COLLECTIONS}
+  model_state = {k: v for k, v in variables.items()
+                 if k not in ('params',) + TAP_COLLECTIONS + POOLED_COLLECTIONS}
   return params, model_state
 
 

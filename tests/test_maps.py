@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from smsdd_jax import inference, maps, models, predict
+from smsdd_jax import backbones, conv, inference, maps, models, predict
 from smsdd_jax.datasets import synthetic_screens
 
 
@@ -137,6 +137,39 @@ def test_gradient_x_activation_at_a_tap_matches_a_reference_by_hand(trained_run,
   got = predictor.maps(images, 'gradxinput', layer='block5', sigma=1.5)
   assert want.max() > 0
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * want.max())
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 13, 5), (1, 8, 6, 3)])
+def test_gradient_x_activation_from_the_pools_side_equals_through_its_backward(shape):
+  """The pooled form gives what the pool's own backward gives, ties (ReLU
+  zeros, repeated values: the first maximum takes the gradient) and the
+  rows and columns no window covers included."""
+  rng = np.random.default_rng(7)
+  a = jnp.asarray(np.maximum(rng.integers(-2, 3, shape), 0), jnp.float32)  # Many ties.
+  y, pool_vjp = jax.vjp(conv.max_pool2x2, a)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  (g,) = pool_vjp(dy)
+  want = maps.gradient_x_activation_cells(a, g)
+  got = maps.pooled_gradient_x_activation_cells(a, y, dy)
+  assert got.shape == want.shape == shape[:3] and float(want.max()) > 0
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_maps_read_from_the_pools_side_equal_the_taps_own(trained_run, predictor, monkeypatch):
+  """fine_fast and gradxinput@block2 with the detail from the pool's side
+  (VGG16's pooled_taps) equal them without it (through the pool's backward)."""
+  run = inference.load_run(trained_run)
+  x = inference.normalize(_rois(predictor, 3, seed=8), run.mean, run.std)
+  calls = {m: (lambda m=m, layer=layer: np.asarray(jax.jit(
+      lambda v: maps.network_maps(run.params, run.model_state, v, model=run.model, method=m,
+                                  layer=layer))(x)))
+           for m, layer in (('fine_fast', None), ('gradxinput', 'block2'))}
+  pooled = {m: f() for m, f in calls.items()}
+  monkeypatch.setattr(type(backbones.get(run.model.backbone)), 'pooled_taps', ())
+  for m, f in calls.items():
+    plain = f()
+    assert plain.max() > 0
+    np.testing.assert_allclose(pooled[m], plain, rtol=1e-5, atol=1e-6 * plain.max(), err_msg=m)
 
 
 def test_fine_fast_reads_its_detail_at_the_tap_two_pixels_a_cell(trained_run, predictor):

@@ -52,6 +52,10 @@ class Backbone:
   # order. `net.tap(name, x)` sows each during the forward.
   taps: dict[str, int] = {}
   default_tap: str = ''  # maps' default layer.
+  # The taps a 2x2 / stride 2 max-pool (conv.max_pool2x2) follows, whose
+  # output `net.pooled_tap(tap, y)` sows (maps.py reads gradient x
+  # activation there from the pool's side).
+  pooled_taps: tuple[str, ...] = ()
   # True where the tower is built with batch norm whatever
   # config.model.batch_norm says (it switches it for the others).
   always_batch_norm: bool = False

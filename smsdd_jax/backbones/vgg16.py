@@ -56,6 +56,7 @@ class VGG16(base.Backbone):
   taps = {f'block{b}': 2 ** (b - 1) for b in range(1, NUM_POOLS + 1)}
   # Grad-CAM at block5 localised best on magnetic_tile (maps.py).
   default_tap = 'block5'
+  pooled_taps = tuple(taps)  # Each block ends with its max-pool.
   legacy_names = {**{f'Conv_{i}': n for i, n in enumerate(CONV_NAMES)},
                   **{f'BatchNorm_{i}': n + BN_SUFFIX for i, n in enumerate(CONV_NAMES)}}
   pretrained = base.PretrainedLayout(
@@ -70,7 +71,8 @@ class VGG16(base.Backbone):
     for v in channels(net.width_mult):
       if v == 'M':
         block += 1
-        x = layers.max_pool2x2(net, net.tap(f'block{block}', x))
+        x = net.pooled_tap(f'block{block}',
+                           layers.max_pool2x2(net, net.tap(f'block{block}', x)))
         continue
       # Flax's automatic names (see SiameseNet.legacy_names) or VGG16's.
       name, bn_name = ((f'Conv_{i}', f'BatchNorm_{i}') if net.legacy_names
