@@ -25,9 +25,11 @@ like the scores, in chunks of MAP_CHUNK ROIs, unless said otherwise):
               network saw nothing.
   fine_fast   fine with its detail read at the tap 2 input pixels a cell
               (VGG16's block2: gradient x activation there) instead of the
-              input, so no backward runs through the full-resolution layers:
-              1.9-2.0x the score's time a ROI at 1/16 width where fine takes
-              2.9-3x, at the same pixel AUROC and a lower pointing game
+              input, so no backward runs through the full-resolution layers
+              (and, block2 ending in a max-pool, it is read from the pool's
+              side: `pooled_gradient_x_activation_cells`): 1.8-1.9x the
+              score's time a ROI at 1/16 width where fine takes 2.8-3x, at
+              the same pixel AUROC and a lower pointing game
               (docs/results.md, "Where is the defect").
   gradcam     Grad-CAM (Selvaraju et al., 2017) at one of the backbone's taps
               (smsdd_jax/backbones/; VGG16's: each block's output before its
