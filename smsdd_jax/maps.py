@@ -332,11 +332,12 @@ def _chunk_cells(params, model_state, x: jax.Array, *, model, method: str,
     out['cam'] = gradcam_cells(acts[layer], grads[layer])
   elif method != 'gradxinput':
     out['cam'] = gradcampp_cells(acts[layer], grads[layer])
-  if method == 'gradxinput' or fine:
-    out['detail'] = (gradient_x_activation_cells(x, dx) if gxa_tap is None else
-                     pooled_gradient_x_activation_cells(acts[gxa_tap], *pools[gxa_tap])
-                     if pooled else
-                     gradient_x_activation_cells(acts[gxa_tap], grads[gxa_tap]))
+  if gxa_tap is None and needs_dx:
+    out['detail'] = gradient_x_activation_cells(x, dx)
+  elif pooled:  # From the pool's side: its full-size backward is never formed.
+    out['detail'] = pooled_gradient_x_activation_cells(acts[gxa_tap], *pools[gxa_tap])
+  elif gxa_tap is not None:
+    out['detail'] = gradient_x_activation_cells(acts[gxa_tap], grads[gxa_tap])
   if fine:
     out['amount'] = gradcam_cells(acts[bb.default_tap], grads[bb.default_tap]).max(axis=(1, 2))
   return out
